@@ -1,0 +1,1 @@
+//! See the house plan (DESIGN.md) for what this module owns.

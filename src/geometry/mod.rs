@@ -1,0 +1,1 @@
+//! Pure 3D geometry (boxes, frames, cameras, IoU, NMS).

@@ -1,0 +1,1 @@
+//! r2r glue: the only module that imports r2r.
