@@ -226,3 +226,34 @@ fn mrope_positions_follow_the_rule() {
     assert_eq!(next, 8);
     assert!(mrope_positions(&ids, &[], img, 2, 0).is_err());
 }
+
+/// Half precision runs the same code path (CPU supports bf16 and f16) and stays close to f32.
+#[test]
+fn half_precision_runs_and_stays_close() {
+    let r = reference();
+    let (case, names, prompt) = cases().into_iter().next().unwrap();
+    let f32_pipe = Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let p = prepare(&f32_pipe, &r, case, &names, prompt);
+    for dt in [DType::BF16, DType::F16] {
+        let m = Qwen2VL::load(&fixture(), &Device::Cpu, dt).unwrap();
+        let (h, _) = m.forward(&p.ids, p.images.as_ref()).unwrap();
+        let logits = m
+            .logits(&h)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let want = &r[&format!("{case}.logits")];
+        let d = max_abs_diff(&logits, want);
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        println!("{dt:?}: logits max|Δ| = {d:.3e} (max |logit| {scale:.2})");
+        assert!(d < 0.1 * scale, "{dt:?} drifts too far ({d})");
+    }
+}

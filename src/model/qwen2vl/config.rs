@@ -238,16 +238,20 @@ impl Config {
     pub fn validate(&self, path: &Path) -> Result<()> {
         let t = &self.text;
         let bad = |k: &str, why: String| Err(Error::format(path, Some(k.into()), why));
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return bad("num_attention_heads", "must divide hidden_size".into());
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             return bad(
                 "num_key_value_heads",
                 "must divide num_attention_heads".into(),
             );
         }
-        if t.head_dim() % 2 != 0 || t.mrope_section.iter().sum::<usize>() != t.head_dim() / 2 {
+        if !t.head_dim().is_multiple_of(2)
+            || t.mrope_section.iter().sum::<usize>() != t.head_dim() / 2
+        {
             return bad(
                 "mrope_section",
                 format!(
@@ -258,7 +262,10 @@ impl Config {
             );
         }
         let v = &self.vision;
-        if v.num_heads == 0 || v.embed_dim % v.num_heads != 0 || v.head_dim() % 4 != 0 {
+        if v.num_heads == 0
+            || !v.embed_dim.is_multiple_of(v.num_heads)
+            || !v.head_dim().is_multiple_of(4)
+        {
             return bad(
                 "vision_config.num_heads",
                 "head_dim must be a multiple of 4".into(),

@@ -248,6 +248,7 @@ impl TextModel {
         let s = positions[0].first().map(Vec::len).unwrap_or(0);
         let mut cos = Vec::with_capacity(b * s * half);
         let mut sin = Vec::with_capacity(b * s * half);
+        #[allow(clippy::needless_range_loop)]
         for bi in 0..b {
             for si in 0..s {
                 for j in 0..half {
