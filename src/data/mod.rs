@@ -1,1 +1,2 @@
 //! See the house plan (DESIGN.md) for what this module owns.
+pub mod nuscenes;
