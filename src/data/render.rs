@@ -309,6 +309,15 @@ pub fn cast_lidar(
     let origin = Point3::from(lidar_to_global.translation.vector);
     let mut points = Vec::new();
     let mut hits = vec![0u32; solids.len()];
+    let spheres: Vec<(Point3<f64>, f64)> = solids
+        .iter()
+        .map(|s| {
+            (
+                s.bbox.center,
+                s.bbox.size.iter().map(|v| v * v / 4.0).sum::<f64>(),
+            )
+        })
+        .collect();
     for ring in 0..spec.rings {
         let f = if spec.rings > 1 {
             ring as f64 / (spec.rings - 1) as f64
@@ -332,6 +341,16 @@ pub fn cast_lidar(
                 }
             }
             for (i, s) in solids.iter().enumerate() {
+                // Bounding-sphere rejection first: most beams miss most boxes.
+                let (c, r2) = spheres[i];
+                let v = c - origin;
+                let tca = v.dot(&d);
+                if tca + r2.sqrt() < 0.0
+                    || v.norm_squared() - tca * tca > r2
+                    || tca - r2.sqrt() > best
+                {
+                    continue;
+                }
                 if let Some((t0, _)) = ray_box(&origin, &d, &s.bbox) {
                     if t0 > 0.0 && t0 < best {
                         best = t0;

@@ -919,6 +919,14 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         summary.scenes += 1;
     }
     for location in LOCATIONS {
+        // The devkit opens a semantic-prior mask per map record at load; ours is a small all-drivable
+        // placeholder (255 = drivable) since the synthetic world is an open plane.
+        let filename = format!("maps/synth-{location}.png");
+        let mut png = Vec::new();
+        image::GrayImage::from_pixel(256, 256, image::Luma([255u8]))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| Error::format(out.join(&filename), None, format!("PNG encoding failed: {e}")))?;
+        write_file(&out.join(&filename), &png)?;
         t.map.push(Map {
             token: tokens.next(),
             log_tokens: t
@@ -928,7 +936,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
                 .map(|l| l.token.clone())
                 .collect(),
             category: "semantic_prior".into(),
-            filename: format!("maps/synth-{location}.png"),
+            filename,
         });
     }
     t.write(&out.join(&cfg.version))?;
