@@ -105,7 +105,7 @@ command -v g++ >/dev/null 2>&1 || APT_NEEDED+=(g++)
 command -v make >/dev/null 2>&1 || APT_NEEDED+=(make)
 command -v pkg-config >/dev/null 2>&1 || APT_NEEDED+=(pkg-config)
 # r2r's bindgen loads libclang at build time.
-if ! ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/*/libclang.so /usr/lib/*/libclang-*.so >/dev/null 2>&1 &&
+if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null && ! compgen -G '/usr/lib/*/libclang.so' >/dev/null &&
     [[ -z "${LIBCLANG_PATH:-}" ]]; then
     APT_NEEDED+=(libclang-dev)
 fi
@@ -270,6 +270,16 @@ build_interfaces() {
         grep -E 'CMake Error|error:|Error:|No module named' "$log" | head -n 10 >&2 || true
         die "building the interface package $name failed." "Full log: $log"
     fi
+    # r2r watches environment variables only: a changed message definition needs its generated bindings
+    # dropped (not on a first build: then there are none).
+    local msgs_stamp="$INSTALL/.stamp-$name-msgs" msgs_now
+    msgs_now="$(hash_of "$src"/msg/*.msg)"
+    if [[ -f "$msgs_stamp" && "$(cat "$msgs_stamp")" != "$msgs_now" && -d "$ROOT/target" ]] &&
+        command -v cargo >/dev/null 2>&1; then
+        info "$name messages changed: cargo clean -p r2r_msg_gen -p r2r (regenerates the Rust bindings)"
+        (cd "$ROOT" && cargo clean -p r2r_msg_gen -p r2r >/dev/null 2>&1) || true
+    fi
+    echo "$msgs_now" >"$msgs_stamp"
     echo "$want" >"$stamp"
     info "$name: built in $((SECONDS - t)) s"
 }
