@@ -34,7 +34,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info => {
             println!("vlm3d {}", env!("CARGO_PKG_VERSION"));
-            println!("features: ros={} cuda={}", cfg!(feature = "ros"), cfg!(feature = "cuda"));
+            println!(
+                "features: ros={} cuda={}",
+                cfg!(feature = "ros"),
+                cfg!(feature = "cuda")
+            );
             Ok(())
         }
     }

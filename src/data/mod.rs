@@ -1,1 +1,6 @@
 //! See the house plan (DESIGN.md) for what this module owns.
+pub mod bagschema;
+pub mod cdr;
+pub mod dataset;
+pub mod msgs;
+pub mod rosbag;

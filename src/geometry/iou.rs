@@ -9,7 +9,12 @@ use super::Box3D;
 
 /// Scalars the IoU code runs on: `f64`, and [`Dual`] for the gradient.
 trait Real:
-    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
+    Copy
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
 {
     fn cst(v: f64) -> Self;
     fn val(self) -> f64;
