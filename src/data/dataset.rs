@@ -407,36 +407,39 @@ impl Dataset {
                 }
             }
             "sensor_msgs/msg/CompressedImage" | "sensor_msgs/msg/CameraInfo" => {
-                let Some(p) = self
+                let wanted = self
                     .pending
-                    .iter_mut()
-                    .find(|p| p.index.cameras.values().any(|c| c.stamp_ns == m.log_time))
-                else {
+                    .iter()
+                    .any(|p| p.index.cameras.values().any(|c| c.stamp_ns == m.log_time));
+                if !wanted {
                     return Ok(());
-                };
-                let is_image = &*m.type_name == "sensor_msgs/msg/CompressedImage";
-                let (channel, frame) = {
-                    let Some((ch, c)) = p.index.cameras.iter().find(|(_, c)| {
-                        c.stamp_ns == m.log_time && (!is_image || *c.topic == *m.topic)
-                    }) else {
-                        return Ok(());
-                    };
-                    (ch.clone(), c.frame.clone())
-                };
-                if is_image {
+                }
+                let (frame, image, info) = if &*m.type_name == "sensor_msgs/msg/CompressedImage" {
                     let img: CompressedImage = m.decode()?;
-                    if img.header.frame_id != frame {
-                        return Ok(());
-                    }
-                    p.jpegs.insert(channel.clone(), img.data);
+                    (img.header.frame_id.clone(), Some(img), None)
                 } else {
                     let info: CameraInfo = m.decode()?;
-                    if info.header.frame_id != frame {
-                        return Ok(());
-                    }
+                    (info.header.frame_id.clone(), None, Some(info))
+                };
+                let found = self.pending.iter_mut().find_map(|p| {
+                    let ch = p
+                        .index
+                        .cameras
+                        .iter()
+                        .find(|(_, c)| c.stamp_ns == m.log_time && c.frame == frame)
+                        .map(|(ch, _)| ch.clone())?;
+                    Some((p, ch))
+                });
+                let Some((p, channel)) = found else {
+                    return Ok(());
+                };
+                if let Some(img) = image {
+                    p.jpegs.insert(channel.clone(), img.data);
+                }
+                if let Some(info) = info {
                     p.infos.insert(channel.clone(), info);
                 }
-                if let (Some(_), Some(_)) = (p.jpegs.get(&channel), p.infos.get(&channel)) {
+                if p.jpegs.contains_key(&channel) && p.infos.contains_key(&channel) {
                     let jpeg = p.jpegs.remove(&channel).expect("checked");
                     let info = p.infos.remove(&channel).expect("checked");
                     p.images.insert(channel, (jpeg, info));

@@ -1,6 +1,7 @@
 //! See the house plan (DESIGN.md) for what this module owns.
 pub mod bagschema;
 pub mod cdr;
+pub mod convert;
 pub mod dataset;
 pub mod msgs;
 pub mod rosbag;

@@ -106,6 +106,7 @@ pub struct BagWriter {
     schemas: HashMap<String, u16>,
     summary: BagSummary,
     options: BagWriterOptions,
+    custom_data: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for BagWriter {
@@ -156,6 +157,7 @@ impl BagWriter {
                 ..Default::default()
             },
             options,
+            custom_data: BTreeMap::new(),
         })
     }
 
@@ -254,6 +256,11 @@ impl BagWriter {
         Ok(())
     }
 
+    /// Sets a `custom_data` entry of `metadata.yaml`.
+    pub fn set_custom_data(&mut self, key: &str, value: &str) {
+        self.custom_data.insert(key.to_string(), value.to_string());
+    }
+
     /// Messages written so far.
     pub fn message_count(&self) -> u64 {
         self.summary.message_count
@@ -332,7 +339,7 @@ impl BagWriter {
                     },
                     message_count: s.message_count,
                 }],
-                custom_data: BTreeMap::new(),
+                custom_data: (!self.custom_data.is_empty()).then(|| self.custom_data.clone()),
                 ros_distro: self.options.ros_distro.clone(),
             },
         }
@@ -372,9 +379,9 @@ pub struct BagInfo {
     /// Per-file information.
     #[serde(default)]
     pub files: Vec<FileInfo>,
-    /// Free key/value pairs.
+    /// Free key/value pairs (`~` when none).
     #[serde(default)]
-    pub custom_data: BTreeMap<String, String>,
+    pub custom_data: Option<BTreeMap<String, String>>,
     /// ROS distribution that wrote the bag.
     #[serde(default)]
     pub ros_distro: String,
