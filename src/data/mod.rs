@@ -4,4 +4,5 @@ pub mod cdr;
 pub mod convert;
 pub mod dataset;
 pub mod msgs;
+pub mod nuscenes;
 pub mod rosbag;
