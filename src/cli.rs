@@ -131,8 +131,10 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut layout = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_yaml::from_str::<BagLayout>(&text).with_context(|| format!("parsing {}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_yaml::from_str::<BagLayout>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
         }
         None => BagLayout::default(),
     };

@@ -9,7 +9,9 @@ use std::process::Command;
 
 use serde_json::Value;
 use vlm3d::data::convert::{convert_loaded, ConvertOptions};
-use vlm3d::data::msgs::{BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage};
+use vlm3d::data::msgs::{
+    BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage,
+};
 use vlm3d::data::nuscenes::NuScenes;
 use vlm3d::data::rosbag::BagReader;
 use vlm3d::data::synth::{generate, SynthConfig};
@@ -40,7 +42,11 @@ fn rosbags_python() -> PathBuf {
     let lock = target.join("peer-venv-rosbags.lock");
     let start = std::time::Instant::now();
     while std::fs::create_dir(&lock).is_err() {
-        assert!(start.elapsed().as_secs() < 600, "stale lock {}", lock.display());
+        assert!(
+            start.elapsed().as_secs() < 600,
+            "stale lock {}",
+            lock.display()
+        );
         std::thread::sleep(std::time::Duration::from_millis(500));
         if has_rosbags(&python) {
             return python;
@@ -48,20 +54,37 @@ fn rosbags_python() -> PathBuf {
     }
     let result = (|| {
         if !python.exists() {
-            let ok = Command::new("python3").arg("-m").arg("venv").arg(&venv).status().ok()?.success();
+            let ok = Command::new("python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv)
+                .status()
+                .ok()?
+                .success();
             if !ok {
                 return None;
             }
         }
         let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "rosbags"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "rosbags",
+            ])
             .status()
             .ok()?
             .success();
         ok.then_some(())
     })();
     let _ = std::fs::remove_dir(&lock);
-    assert!(result.is_some() && has_rosbags(&python), "could not install rosbags into {}", venv.display());
+    assert!(
+        result.is_some() && has_rosbags(&python),
+        "could not install rosbags into {}",
+        venv.display()
+    );
     python
 }
 
@@ -131,7 +154,10 @@ fn same(a: &Value, b: &Value, path: &str) {
                 assert_eq!(x, y, "{path}");
             } else {
                 let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-                assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{path}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                    "{path}: {x} vs {y}"
+                );
             }
         }
         (Value::Array(x), Value::Array(y)) => {
@@ -176,7 +202,11 @@ fn rosbags_reads_every_message_we_write() {
     convert_loaded(&nusc, &opts).unwrap();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/read_bag.py");
-    let out = Command::new(&python).arg(&script).arg(&bag).output().unwrap();
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(&bag)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "rosbags failed on our bag:\n{}",
@@ -190,7 +220,12 @@ fn rosbags_reads_every_message_we_write() {
     assert_eq!(topics.len(), meta.topics_with_message_count.len());
     for t in &meta.topics_with_message_count {
         let p = &topics[&t.topic_metadata.name];
-        assert_eq!(p["type"], t.topic_metadata.type_name.as_str(), "{}", t.topic_metadata.name);
+        assert_eq!(
+            p["type"],
+            t.topic_metadata.type_name.as_str(),
+            "{}",
+            t.topic_metadata.name
+        );
         assert_eq!(p["count"], t.message_count);
         assert_eq!(p["read"], t.message_count, "{}", t.topic_metadata.name);
     }
@@ -202,7 +237,14 @@ fn rosbags_reads_every_message_we_write() {
         "vlm3d/msg/BoundingBox3DArray",
         "std_msgs/msg/String",
     ] {
-        assert!(peer["registered"].as_array().unwrap().iter().any(|r| r == ty), "{ty} not registered");
+        assert!(
+            peer["registered"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == ty),
+            "{ty} not registered"
+        );
     }
 
     // Message by message, rosbags' fields equal ours.

@@ -21,8 +21,9 @@ use nalgebra::Isometry3;
 
 use super::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
 use super::msgs::{
-    BoundingBox3DArrayMsg, BoundingBox3DMsg, CameraInfo, CompressedImage, Header, Point, PointCloud2,
-    PointField, Pose, Quaternion, RosMessage, StringMsg, TFMessage, Transform, TransformStamped, Vector3,
+    BoundingBox3DArrayMsg, BoundingBox3DMsg, CameraInfo, CompressedImage, Header, Point,
+    PointCloud2, PointField, Pose, Quaternion, RosMessage, StringMsg, TFMessage, Transform,
+    TransformStamped, Vector3,
 };
 use super::nuscenes::{NuScenes, SampleData};
 use super::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
@@ -95,7 +96,11 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Loads `<dataroot>/<version>` and converts it (see the module docs).
-pub fn convert_nuscenes(dataroot: &Path, version: &str, opts: &ConvertOptions) -> Result<ConvertReport> {
+pub fn convert_nuscenes(
+    dataroot: &Path,
+    version: &str,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
     let nusc = NuScenes::load(dataroot, version)?;
     convert_loaded(&nusc, opts)
 }
@@ -112,7 +117,11 @@ fn quat(q: &nalgebra::UnitQuaternion<f64>) -> Quaternion {
 fn transform(iso: &Isometry3<f64>) -> Transform {
     let t = iso.translation.vector;
     Transform {
-        translation: Vector3 { x: t.x, y: t.y, z: t.z },
+        translation: Vector3 {
+            x: t.x,
+            y: t.y,
+            z: t.z,
+        },
         rotation: quat(&iso.rotation),
     }
 }
@@ -145,20 +154,26 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::invalid("output path", format!("{} has no usable folder name", out.display())))?
-        .to_string();
-    if out.exists() {
-        if !opts.force {
-            let what = if out.join("metadata.yaml").exists() {
-                "a complete bag"
-            } else {
-                "something that is not a finished bag"
-            };
-            return Err(Error::invalid(
+        .ok_or_else(|| {
+            Error::invalid(
                 "output path",
-                format!("{} exists ({what}); pass --force to replace it", out.display()),
-            ));
-        }
+                format!("{} has no usable folder name", out.display()),
+            )
+        })?
+        .to_string();
+    if out.exists() && !opts.force {
+        let what = if out.join("metadata.yaml").exists() {
+            "a complete bag"
+        } else {
+            "something that is not a finished bag"
+        };
+        return Err(Error::invalid(
+            "output path",
+            format!(
+                "{} exists ({what}); pass --force to replace it",
+                out.display()
+            ),
+        ));
     }
     let partial = with_suffix(out, ".partial");
     if partial.exists() {
@@ -180,19 +195,26 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
         tf_static: writer.add_topic::<TFMessage>(&layout.tf_static_topic, Qos::Latched)?,
         tf: writer.add_topic::<TFMessage>(&layout.tf_topic, Qos::Reliable)?,
         sample: writer.add_topic::<StringMsg>(&layout.sample(), Qos::Reliable)?,
-        annotations: writer.add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
+        annotations: writer
+            .add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
         images: BTreeMap::new(),
         lidar: BTreeMap::new(),
     };
 
-    let scenes: Vec<_> = nusc.scenes().iter().take(opts.max_scenes.unwrap_or(usize::MAX)).collect();
+    let scenes: Vec<_> = nusc
+        .scenes()
+        .iter()
+        .take(opts.max_scenes.unwrap_or(usize::MAX))
+        .collect();
     let total_samples: u64 = scenes.iter().map(|s| s.nbr_samples as u64).sum();
     let bar = if opts.progress {
         let b = ProgressBar::new(total_samples);
         b.set_style(
-            ProgressStyle::with_template("{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b
     } else {
@@ -222,8 +244,14 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                 match sensor.modality.as_str() {
                     "camera" => {
                         if !topics.images.contains_key(&sensor.channel) {
-                            let img = writer.add_topic::<CompressedImage>(&layout.image_topic(&sensor.channel), Qos::Reliable)?;
-                            let info = writer.add_topic::<CameraInfo>(&layout.info_topic(&sensor.channel), Qos::Reliable)?;
+                            let img = writer.add_topic::<CompressedImage>(
+                                &layout.image_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
+                            let info = writer.add_topic::<CameraInfo>(
+                                &layout.info_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
                             topics.images.insert(sensor.channel.clone(), (img, info));
                         }
                         cameras.insert(
@@ -239,7 +267,10 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                     }
                     "lidar" => {
                         if opts.lidar && !topics.lidar.contains_key(&sensor.channel) {
-                            let id = writer.add_topic::<PointCloud2>(&layout.lidar_topic(&sensor.channel), Qos::Reliable)?;
+                            let id = writer.add_topic::<PointCloud2>(
+                                &layout.lidar_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
                             topics.lidar.insert(sensor.channel.clone(), id);
                         }
                         if sensor.channel == "LIDAR_TOP" {
@@ -304,15 +335,28 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                     writer.write(topics.tf_static, *t, &msg, &mut scratch)?;
                 }
                 Event::Index(si) => {
-                    let idx = indices[*si].as_ref().expect("index events only for indexed samples");
-                    let data = serde_json::to_string(idx).map_err(|e| Error::invalid("sample index", e.to_string()))?;
+                    let idx = indices[*si]
+                        .as_ref()
+                        .expect("index events only for indexed samples");
+                    let data = serde_json::to_string(idx)
+                        .map_err(|e| Error::invalid("sample index", e.to_string()))?;
                     writer.write(topics.sample, *t, &StringMsg { data }, &mut scratch)?;
                 }
                 Event::Data(sd) => {
-                    write_sample_data(nusc, sd, *t, opts, &topics, &mut writer, &mut scratch, &mut report)?;
+                    write_sample_data(
+                        nusc,
+                        sd,
+                        *t,
+                        opts,
+                        &topics,
+                        &mut writer,
+                        &mut scratch,
+                        &mut report,
+                    )?;
                 }
                 Event::Annotations(si) => {
-                    let sd = lidar_sd[*si].expect("annotation events only for samples with a LiDAR");
+                    let sd =
+                        lidar_sd[*si].expect("annotation events only for samples with a LiDAR");
                     let frame = indices[*si].as_ref().expect("indexed").lidar.frame.clone();
                     let boxes = nusc.boxes_in_sensor(sd)?;
                     let msg = BoundingBox3DArrayMsg {
@@ -381,7 +425,9 @@ fn write_sample_data(
     let is_camera = sensor.modality == "camera";
     let path = nusc.file_path(sd);
     let payload = if is_camera {
-        std::fs::read(&path).map_err(|e| Error::format(&path, Some(record()), format!("cannot read the image: {e}")))?
+        std::fs::read(&path).map_err(|e| {
+            Error::format(&path, Some(record()), format!("cannot read the image: {e}"))
+        })?
     } else {
         if !opts.lidar {
             return Ok(());
@@ -395,7 +441,13 @@ fn write_sample_data(
                 report.missing_lidar += 1;
                 return Ok(());
             }
-            Err(e) => return Err(Error::format(&path, Some(record()), format!("cannot read the point cloud: {e}"))),
+            Err(e) => {
+                return Err(Error::format(
+                    &path,
+                    Some(record()),
+                    format!("cannot read the point cloud: {e}"),
+                ))
+            }
         }
     };
     report.source_bytes += payload.len() as u64;
@@ -422,7 +474,11 @@ fn write_sample_data(
             [k[(2, 0)], k[(2, 1)], k[(2, 2)]],
         ];
         if !payload.starts_with(&[0xff, 0xd8]) {
-            return Err(Error::format(&path, Some(record()), "not a JPEG file (no SOI marker)"));
+            return Err(Error::format(
+                &path,
+                Some(record()),
+                "not a JPEG file (no SOI marker)",
+            ));
         }
         CompressedImage::cdr_from_parts(&header, "jpeg", &payload, scratch);
         writer.write_raw(img_topic, t, scratch)?;
@@ -434,7 +490,10 @@ fn write_sample_data(
             return Err(Error::format(
                 &path,
                 Some(record()),
-                format!("{} bytes is not a whole number of 5-float points", payload.len()),
+                format!(
+                    "{} bytes is not a whole number of 5-float points",
+                    payload.len()
+                ),
             ));
         }
         let topic = topics.lidar[&sensor.channel];

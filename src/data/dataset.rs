@@ -253,7 +253,7 @@ pub struct Example {
 
 fn iso_from_transform(t: &Transform) -> Option<Isometry3<f64>> {
     let q = nalgebra::Quaternion::new(t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z);
-    if !(q.norm() > 1e-9) {
+    if q.norm().is_nan() || q.norm() <= 1e-9 {
         return None;
     }
     Some(Isometry3::from_parts(
@@ -462,7 +462,7 @@ impl Dataset {
                     };
                     let o = &b.center.orientation;
                     let q = nalgebra::Quaternion::new(o.w, o.x, o.y, o.z);
-                    if !(q.norm() > 1e-9) {
+                    if q.norm().is_nan() || q.norm() <= 1e-9 {
                         return Err(Error::format(&*m.file, Some(record()), "zero quaternion"));
                     }
                     let ob = OrientedBox3D::new(
@@ -544,7 +544,7 @@ impl Dataset {
                     continue;
                 }
                 let oriented = match self.config.target_frame {
-                    TargetFrame::Lidar => b.clone(),
+                    TargetFrame::Lidar => *b,
                     TargetFrame::Camera => in_cam,
                 };
                 ex_boxes.push(LabeledBox {
