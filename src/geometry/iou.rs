@@ -85,6 +85,7 @@ impl Sub for Dual {
         }
     }
 }
+#[allow(clippy::suspicious_arithmetic_impl)] // product rule
 impl Mul for Dual {
     type Output = Dual;
     fn mul(self, o: Dual) -> Dual {
@@ -94,6 +95,7 @@ impl Mul for Dual {
         }
     }
 }
+#[allow(clippy::suspicious_arithmetic_impl)] // quotient rule
 impl Div for Dual {
     type Output = Dual;
     fn div(self, o: Dual) -> Dual {
@@ -207,7 +209,8 @@ fn iou_generic<T: Real>(a: &[T; 7], b: &[T; 7]) -> T {
     let inter = bev_inter(a, b) * dz;
     let union = a[3] * a[4] * a[5] + b[3] * b[4] * b[5] - inter;
     let (i, u) = (inter.val(), union.val());
-    if !(i > 0.0) || !(u > 0.0) || !i.is_finite() || !u.is_finite() {
+    let valid = i.is_finite() && u.is_finite() && i > 0.0 && u > 0.0;
+    if !valid {
         return zero;
     }
     // Floating-point clipping can overshoot by an ulp on identical boxes; IoU stays in [0, 1].
