@@ -486,7 +486,7 @@ fn write_sample_data(
         writer.write(info_topic, t, &info, scratch)?;
     } else {
         const STEP: usize = 20;
-        if payload.len() % STEP != 0 {
+        if !payload.len().is_multiple_of(STEP) {
             return Err(Error::format(
                 &path,
                 Some(record()),
