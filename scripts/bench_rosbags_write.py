@@ -7,7 +7,7 @@ Usage: bench_rosbags_write.py --dataroot DIR --version v1.0-mini --out BAG [--re
 Same topics, types, stamps and payloads as the Rust converter with its default layout: per key frame the
 ego pose on /tf, the original JPEG + CameraInfo per camera, the LiDAR cloud, /tf_static per scene, the
 per-sample index on /vlm3d/sample and the annotations in the LiDAR frame on /annotations.
-Prints one JSON line (and writes it to --report-json): seconds, samples, messages, bag_bytes, peak_rss_kb.
+Prints one JSON line (and writes it to --report-json): seconds, cpu_seconds, samples, bag_bytes, peak_rss_kb.
 """
 import argparse
 import json
@@ -233,8 +233,9 @@ def main():
 
     seconds = time.perf_counter() - start
     bag_bytes = sum(f.stat().st_size for f in Path(args.out).glob('*.mcap'))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     report = {
-        'seconds': seconds, 'samples': n_samples, 'bag_bytes': bag_bytes,
+        'seconds': seconds, 'cpu_seconds': ru.ru_utime + ru.ru_stime, 'samples': n_samples, 'bag_bytes': bag_bytes,
         'peak_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
     print(json.dumps(report))

@@ -129,9 +129,16 @@ pub struct BenchConvertArgs {
     /// Sample counts to benchmark (comma separated); each gets its own synthetic set.
     #[arg(long, value_delimiter = ',', default_value = "200,400")]
     pub samples: Vec<usize>,
-    /// Working folder for the synthetic sets and bags.
+    /// Working folder for the synthetic sets (and the bags, unless --bag-dir).
     #[arg(long, default_value = "target/bench-convert")]
     pub work: std::path::PathBuf,
+    /// Where the bags are written (e.g. a tmpfs such as /dev/shm, to time the converters rather than the
+    /// disk's writeback); default: --work.
+    #[arg(long)]
+    pub bag_dir: Option<std::path::PathBuf>,
+    /// Runs per converter and size; the fastest is reported (peak memory: the largest).
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
     /// Image width of the synthetic sets.
     #[arg(long, default_value_t = 1600)]
     pub width: u32,
@@ -259,6 +266,21 @@ pub fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) of this process so far, seconds, from /proc/self/stat (100 ticks/s); 0 where
+/// /proc is unavailable.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     use crate::data::bagschema::BagLayout;
     use anyhow::Context;
@@ -284,7 +306,10 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     opts.chunk_size = args.chunk_size;
     opts.progress = !args.no_progress;
     opts.max_scenes = args.max_scenes;
-    let r = crate::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
+    let started = std::time::Instant::now();
+    let mut r = crate::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
+    // Include loading the tables, as the rosbags baseline does.
+    r.seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss_kb();
     eprintln!(
         "wrote {}: {} scenes, {} samples, {} messages, {} annotations, {:.1} MB in {:.2} s ({:.1} samples/s, {:.1} MB/s), peak RSS {} MB",
@@ -306,7 +331,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         let j = serde_json::json!({
             "scenes": r.scenes, "samples": r.samples, "messages": r.messages,
             "annotations": r.annotations, "bag_bytes": r.bag_bytes, "source_bytes": r.source_bytes,
-            "seconds": r.seconds, "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
+            "seconds": r.seconds, "cpu_seconds": cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
         });
         std::fs::write(&p, j.to_string()).with_context(|| format!("writing {}", p.display()))?;
     }

@@ -228,6 +228,18 @@ fn rosbags_reads_every_message_we_write() {
         );
         assert_eq!(p["count"], t.message_count);
         assert_eq!(p["read"], t.message_count, "{}", t.topic_metadata.name);
+        // The RIHS01 type hash we record is the one rosbags computes from the (Jazzy-checked) definition.
+        assert!(t
+            .topic_metadata
+            .type_description_hash
+            .starts_with("RIHS01_"));
+        assert_eq!(
+            p["rihs01"],
+            t.topic_metadata.type_description_hash.as_str(),
+            "{}",
+            t.topic_metadata.name
+        );
+        assert_eq!(p["digest"], t.topic_metadata.type_description_hash.as_str());
     }
     for ty in [
         "sensor_msgs/msg/CompressedImage",

@@ -1,8 +1,10 @@
 //! See the house plan (DESIGN.md) for what this module owns.
 pub mod bagschema;
+pub mod bench;
 pub mod cdr;
 pub mod convert;
 pub mod dataset;
 pub mod msgs;
 pub mod nuscenes;
 pub mod rosbag;
+pub mod typehash;

@@ -169,6 +169,17 @@ pub fn full_definition(name: &str) -> String {
     out
 }
 
+/// The RIHS01 type description hash (REP 2011) of a type this module defines, as rosbag2 Jazzy records it.
+///
+/// # Panics
+/// On a type this module does not define (a programming error).
+pub fn type_hash(name: &str) -> String {
+    super::typehash::rihs01(name, &|t| {
+        DEFINITIONS.iter().find(|d| d.0 == t).map(|d| d.1)
+    })
+    .unwrap_or_else(|| panic!("no message definition for {name} or a dependency"))
+}
+
 /// `builtin_interfaces/msg/Time`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
 pub struct Time {
@@ -858,6 +869,23 @@ mod tests {
         assert_eq!(
             b,
             vec![0, 1, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, b'a', b'b', 0]
+        );
+    }
+
+    #[test]
+    fn type_hashes_match_ros2_jazzy() {
+        // Values recorded by ROS 2 Jazzy (rosidl) for these interfaces.
+        assert_eq!(
+            type_hash("std_msgs/msg/String"),
+            "RIHS01_df668c740482bbd48fb39d76a70dfd4bd59db1288021743503259e948f6b1a18"
+        );
+        assert_eq!(
+            type_hash("sensor_msgs/msg/CameraInfo"),
+            "RIHS01_b3dfd68ff46c9d56c80fd3bd4ed22c7a4ddce8c8348f2f59c299e73118e7e275"
+        );
+        assert_eq!(
+            type_hash("tf2_msgs/msg/TFMessage"),
+            "RIHS01_e369d0f05a23ae52508854b66f6aa0437f3449d652e8cbf22d5abe85d020f087"
         );
     }
 

@@ -54,6 +54,9 @@ pub struct BagWriterOptions {
     pub chunk_size: u64,
     /// `ros_distro` written to `metadata.yaml`.
     pub ros_distro: String,
+    /// fsync the MCAP file before writing `metadata.yaml` (durability across power loss; like rosbag2 and
+    /// rosbags, off by default — interruption safety does not need it).
+    pub fsync: bool,
 }
 
 impl Default for BagWriterOptions {
@@ -61,6 +64,7 @@ impl Default for BagWriterOptions {
         Self {
             chunk_size: 1 << 20,
             ros_distro: "jazzy".into(),
+            fsync: false,
         }
     }
 }
@@ -73,6 +77,7 @@ pub struct TopicId(usize);
 struct TopicState {
     name: String,
     type_name: String,
+    type_hash: String,
     qos: Qos,
     channel: u16,
     count: u64,
@@ -167,15 +172,22 @@ impl BagWriter {
 
     /// Adds (or returns the already added) topic `name` carrying messages of type `T`.
     pub fn add_topic<T: RosMessage>(&mut self, name: &str, qos: Qos) -> Result<TopicId> {
-        self.add_topic_raw(name, T::TYPE, &T::definition(), qos)
+        self.add_topic_raw(
+            name,
+            T::TYPE,
+            &T::definition(),
+            &super::msgs::type_hash(T::TYPE),
+            qos,
+        )
     }
 
-    /// Adds a topic given its type name and full `ros2msg` definition text.
+    /// Adds a topic given its type name, full `ros2msg` definition text and RIHS01 hash (may be empty).
     pub fn add_topic_raw(
         &mut self,
         name: &str,
         type_name: &str,
         definition: &str,
+        type_hash: &str,
         qos: Qos,
     ) -> Result<TopicId> {
         if let Some(&i) = self.by_name.get(name) {
@@ -204,7 +216,7 @@ impl BagWriter {
         };
         let mut meta = BTreeMap::new();
         meta.insert("offered_qos_profiles".to_string(), qos.yaml());
-        meta.insert("topic_type_hash".to_string(), String::new());
+        meta.insert("topic_type_hash".to_string(), type_hash.to_string());
         let channel = self
             .mcap
             .add_channel(schema, name, "cdr", &meta)
@@ -212,6 +224,7 @@ impl BagWriter {
         self.topics.push(TopicState {
             name: name.to_string(),
             type_name: type_name.to_string(),
+            type_hash: type_hash.to_string(),
             qos,
             channel,
             count: 0,
@@ -289,7 +302,9 @@ impl BagWriter {
             .into_inner()
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        if self.options.fsync {
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
         summary.file_bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         let yaml = serde_yaml::to_string(&meta)
             .map_err(|e| Error::format(dir.join("metadata.yaml"), None, e.to_string()))?;
@@ -321,7 +336,7 @@ impl BagWriter {
                             serialization_format: "cdr".into(),
                             offered_qos_profiles: serde_yaml::from_str(&t.qos.yaml())
                                 .unwrap_or_default(),
-                            type_description_hash: String::new(),
+                            type_description_hash: t.type_hash.clone(),
                         },
                         message_count: t.count,
                     })
@@ -555,6 +570,16 @@ impl BagReader {
         self.metadata.as_ref()
     }
 
+    /// Streams the messages of one topic decoded as `T` (log time, message); other topics are skipped.
+    pub fn typed<T: RosMessage>(&self, topic: &str) -> impl Iterator<Item = Result<(u64, T)>> + '_ {
+        let topic = topic.to_string();
+        self.messages().filter_map(move |m| match m {
+            Err(e) => Some(Err(e)),
+            Ok(m) if *m.topic == *topic => Some(m.decode::<T>().map(|v| (m.log_time, v))),
+            Ok(_) => None,
+        })
+    }
+
     /// Streams every message of every file in file order.
     pub fn messages(&self) -> Messages {
         Messages {
@@ -729,6 +754,9 @@ mod tests {
         assert_eq!(&*msgs[0].type_name, "tf2_msgs/msg/TFMessage");
         let m: StringMsg = msgs[7].decode().unwrap();
         assert_eq!(m.data, format!("{:0100}", 6));
+        let typed: Vec<(u64, StringMsg)> = r.typed("/s").collect::<Result<_>>().unwrap();
+        assert_eq!(typed.len(), 50);
+        assert_eq!(typed[3].0, 13);
         assert!(msgs[7].decode::<TFMessage>().is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -81,7 +81,11 @@ def main():
             # Raises when the embedded definition disagrees with a type the store already has.
             typestore.register(get_types_from_msg(conn.msgdef.data, conn.msgtype))
             out['registered'].append(conn.msgtype)
-            out['topics'][conn.topic] = {'type': conn.msgtype, 'count': conn.msgcount, 'read': 0}
+            out['topics'][conn.topic] = {
+                'type': conn.msgtype, 'count': conn.msgcount, 'read': 0,
+                # The hash rosbags computes from the registered definition, and the one the bag records.
+                'rihs01': typestore.hash_rihs01(conn.msgtype), 'digest': conn.digest,
+            }
         for conn, t, raw in reader.messages():
             msg = typestore.deserialize_cdr(raw, conn.msgtype)
             out['topics'][conn.topic]['read'] += 1
