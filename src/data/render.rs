@@ -394,7 +394,7 @@ pub fn pcd_bin(points: &[LidarPoint]) -> Vec<u8> {
 
 /// Parses a `.pcd.bin` (5 little-endian float32 per point); `None` when the length is not a multiple of 20.
 pub fn parse_pcd_bin(bytes: &[u8]) -> Option<Vec<LidarPoint>> {
-    if bytes.len() % 20 != 0 {
+    if !bytes.len().is_multiple_of(20) {
         return None;
     }
     Some(
