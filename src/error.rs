@@ -51,7 +51,11 @@ impl Error {
     }
 
     /// Shorthand for [`Error::Format`].
-    pub fn format(path: impl Into<PathBuf>, record: Option<String>, why: impl Into<String>) -> Self {
+    pub fn format(
+        path: impl Into<PathBuf>,
+        record: Option<String>,
+        why: impl Into<String>,
+    ) -> Self {
         Error::Format {
             path: path.into(),
             record,

@@ -21,7 +21,10 @@ const CORNER_SIGNS: [[f64; 3]; 8] = [
 
 fn check_finite(what: &str, values: &[f64]) -> Result<()> {
     if values.iter().any(|v| !v.is_finite()) {
-        return Err(Error::invalid(what, format!("non-finite value in {values:?}")));
+        return Err(Error::invalid(
+            what,
+            format!("non-finite value in {values:?}"),
+        ));
     }
     Ok(())
 }
@@ -113,16 +116,27 @@ impl Box3D {
         let (s, c) = self.yaw.sin_cos();
         let (hl, hw) = (self.size[0] / 2.0, self.size[1] / 2.0);
         let local = [[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]];
-        local.map(|[u, v]| [self.center[0] + c * u - s * v, self.center[1] + s * u + c * v])
+        local.map(|[u, v]| {
+            [
+                self.center[0] + c * u - s * v,
+                self.center[1] + s * u + c * v,
+            ]
+        })
     }
 
     /// Whether a point lies inside the box (boundary included).
     pub fn contains(&self, p: &Point3<f64>) -> bool {
         let (s, c) = self.yaw.sin_cos();
-        let d = [p.x - self.center[0], p.y - self.center[1], p.z - self.center[2]];
+        let d = [
+            p.x - self.center[0],
+            p.y - self.center[1],
+            p.z - self.center[2],
+        ];
         let u = c * d[0] + s * d[1];
         let v = -s * d[0] + c * d[1];
-        u.abs() <= self.size[0] / 2.0 && v.abs() <= self.size[1] / 2.0 && d[2].abs() <= self.size[2] / 2.0
+        u.abs() <= self.size[0] / 2.0
+            && v.abs() <= self.size[1] / 2.0
+            && d[2].abs() <= self.size[2] / 2.0
     }
 
     /// Expresses the box in another frame: `t` maps points of this box's frame into the target frame.
@@ -146,7 +160,11 @@ pub struct OrientedBox3D {
 
 impl OrientedBox3D {
     /// Builds a box from its parts, validating the size and centre.
-    pub fn new(center: Point3<f64>, size_lwh: [f64; 3], rotation: UnitQuaternion<f64>) -> Result<Self> {
+    pub fn new(
+        center: Point3<f64>,
+        size_lwh: [f64; 3],
+        rotation: UnitQuaternion<f64>,
+    ) -> Result<Self> {
         check_finite("box centre", center.coords.as_slice())?;
         check_size(size_lwh)?;
         Ok(Self {
@@ -158,9 +176,17 @@ impl OrientedBox3D {
 
     /// Builds a box from a nuScenes annotation's fields: `translation`, `size` in nuScenes' **(w, l, h)**
     /// order, and `rotation` as (w, x, y, z).
-    pub fn from_nuscenes(translation: [f64; 3], size_wlh: [f64; 3], rotation_wxyz: [f64; 4]) -> Result<Self> {
+    pub fn from_nuscenes(
+        translation: [f64; 3],
+        size_wlh: [f64; 3],
+        rotation_wxyz: [f64; 4],
+    ) -> Result<Self> {
         let rotation = quaternion_from_wxyz(rotation_wxyz)?;
-        Self::new(Point3::from(translation), [size_wlh[1], size_wlh[0], size_wlh[2]], rotation)
+        Self::new(
+            Point3::from(translation),
+            [size_wlh[1], size_wlh[0], size_wlh[2]],
+            rotation,
+        )
     }
 
     /// Expresses the box in another frame: `t` maps points of this box's frame into the target frame.
@@ -175,7 +201,9 @@ impl OrientedBox3D {
     /// The eight corners in nuScenes' order (see the devkit's `Box.corners()`).
     pub fn corners(&self) -> [Point3<f64>; 8] {
         let half = Vector3::new(self.size[0], self.size[1], self.size[2]) / 2.0;
-        CORNER_SIGNS.map(|s| self.center + self.rotation * Vector3::new(s[0], s[1], s[2]).component_mul(&half))
+        CORNER_SIGNS.map(|s| {
+            self.center + self.rotation * Vector3::new(s[0], s[1], s[2]).component_mul(&half)
+        })
     }
 
     /// Yaw about +z of the box's heading: the angle of its x axis projected on the frame's xy plane.

@@ -33,11 +33,18 @@ impl PinholeCamera {
         if k[(0, 0)] <= 0.0 || k[(1, 1)] <= 0.0 {
             return Err(Error::invalid(
                 "camera matrix",
-                format!("focal lengths must be positive, got fx={} fy={}", k[(0, 0)], k[(1, 1)]),
+                format!(
+                    "focal lengths must be positive, got fx={} fy={}",
+                    k[(0, 0)],
+                    k[(1, 1)]
+                ),
             ));
         }
         if width == 0 || height == 0 {
-            return Err(Error::invalid("camera image size", format!("{width}x{height} is empty")));
+            return Err(Error::invalid(
+                "camera image size",
+                format!("{width}x{height} is empty"),
+            ));
         }
         Ok(Self { k, width, height })
     }
@@ -82,7 +89,8 @@ impl PinholeCamera {
         if corners.is_empty() || corners.iter().any(|c| c.z <= 0.1) {
             return false;
         }
-        let visible = |c: &Point3<f64>| c.z > 1.0 && self.project(c).is_some_and(|px| self.in_image(&px));
+        let visible =
+            |c: &Point3<f64>| c.z > 1.0 && self.project(c).is_some_and(|px| self.in_image(&px));
         match rule {
             VisibilityRule::AllCorners => corners.iter().all(visible),
             VisibilityRule::AnyCorner => corners.iter().any(visible),

@@ -9,7 +9,12 @@ use super::Box3D;
 
 /// Scalars the IoU code runs on: `f64`, and [`Dual`] for the gradient.
 trait Real:
-    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
+    Copy
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
 {
     fn cst(v: f64) -> Self;
     fn val(self) -> f64;
@@ -80,6 +85,7 @@ impl Sub for Dual {
         }
     }
 }
+#[allow(clippy::suspicious_arithmetic_impl)] // product rule
 impl Mul for Dual {
     type Output = Dual;
     fn mul(self, o: Dual) -> Dual {
@@ -89,6 +95,7 @@ impl Mul for Dual {
         }
     }
 }
+#[allow(clippy::suspicious_arithmetic_impl)] // quotient rule
 impl Div for Dual {
     type Output = Dual;
     fn div(self, o: Dual) -> Dual {
@@ -202,7 +209,8 @@ fn iou_generic<T: Real>(a: &[T; 7], b: &[T; 7]) -> T {
     let inter = bev_inter(a, b) * dz;
     let union = a[3] * a[4] * a[5] + b[3] * b[4] * b[5] - inter;
     let (i, u) = (inter.val(), union.val());
-    if !(i > 0.0) || !(u > 0.0) || !i.is_finite() || !u.is_finite() {
+    let valid = i.is_finite() && u.is_finite() && i > 0.0 && u > 0.0;
+    if !valid {
         return zero;
     }
     // Floating-point clipping can overshoot by an ulp on identical boxes; IoU stays in [0, 1].

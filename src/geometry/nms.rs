@@ -12,16 +12,25 @@ pub fn bev_nms(boxes: &[Box3D], scores: &[f64], iou_threshold: f64) -> Result<Ve
         ));
     }
     if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(Error::invalid("nms input", format!("score {i} is {}", scores[i])));
+        return Err(Error::invalid(
+            "nms input",
+            format!("score {i} is {}", scores[i]),
+        ));
     }
     if !(0.0..=1.0).contains(&iou_threshold) {
-        return Err(Error::invalid("nms threshold", format!("{iou_threshold} is outside [0, 1]")));
+        return Err(Error::invalid(
+            "nms threshold",
+            format!("{iou_threshold} is outside [0, 1]"),
+        ));
     }
     let mut order: Vec<usize> = (0..boxes.len()).collect();
     order.sort_by(|&i, &j| scores[j].total_cmp(&scores[i]));
     let mut keep: Vec<usize> = Vec::new();
     for i in order {
-        if keep.iter().all(|&k| bev_iou(&boxes[k], &boxes[i]) <= iou_threshold) {
+        if keep
+            .iter()
+            .all(|&k| bev_iou(&boxes[k], &boxes[i]) <= iou_threshold)
+        {
             keep.push(i);
         }
     }

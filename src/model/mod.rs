@@ -1,1 +1,7 @@
-//! See the house plan (DESIGN.md) for what this module owns.
+//! The network: Qwen2-VL in candle ([`qwen2vl`]), LoRA adapters ([`lora`]), the box head ([`box_head`]) and the
+//! images + prompt → boxes [`detector`]; [`bench`] times one forward pass.
+pub mod bench;
+pub mod box_head;
+pub mod detector;
+pub mod lora;
+pub mod qwen2vl;

@@ -1,0 +1,179 @@
+//! Box queries and the paper's box head: K learned query embeddings appended after the prompt, and an MLP
+//! (512 → 256 → 128, ReLU) from the decoder's hidden state at each query to a box and a confidence.
+//!
+//! Raw head output per query (`BOX_OUTPUTS` = 9 channels): centre x, y, z (metres), log length, log width, log
+//! height, sin yaw, cos yaw, and a confidence logit. [`decode_box`] turns them into `[x, y, z, l, w, h, yaw]`.
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{Linear, VarBuilder, VarMap};
+
+use crate::{Error, Result};
+
+/// Widths of the paper's MLP hidden layers.
+pub const HIDDEN_LAYERS: [usize; 3] = [512, 256, 128];
+/// Channels of the final layer: 3 centre, 3 log-size, sin/cos yaw, confidence logit.
+pub const BOX_OUTPUTS: usize = 9;
+/// Default number of box queries.
+pub const DEFAULT_QUERIES: usize = 16;
+
+/// Output of the head for a batch of query states.
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    /// 128-d embedding of the last hidden layer (`[.., 128]`), the space of the stage-1 loss.
+    pub embedding: Tensor,
+    /// The eight box channels `[.., 8]` (centre, log size, sin/cos yaw).
+    pub boxes: Tensor,
+    /// Confidence logits `[..]`.
+    pub logits: Tensor,
+}
+
+/// The MLP: three ReLU layers and a linear output layer.
+#[derive(Debug, Clone)]
+pub struct BoxHead {
+    layers: Vec<Linear>,
+    out: Linear,
+}
+
+impl BoxHead {
+    /// Builds (or, when `vb` is backed by a [`VarMap`], creates as trainable variables) a head for `hidden`-wide
+    /// states; tensor names `box_head.fc{1,2,3}` and `box_head.out`.
+    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let mut layers = Vec::new();
+        let mut din = hidden;
+        for (i, &d) in HIDDEN_LAYERS.iter().enumerate() {
+            layers.push(candle_nn::linear(din, d, vb.pp(format!("fc{}", i + 1)))?);
+            din = d;
+        }
+        let out = candle_nn::linear(din, BOX_OUTPUTS, vb.pp("out"))?;
+        Ok(Self { layers, out })
+    }
+
+    /// Applies the head to `[.., hidden]` states.
+    pub fn forward(&self, x: &Tensor) -> Result<HeadOutput> {
+        let mut h = x.clone();
+        for l in &self.layers {
+            h = l.forward(&h)?.relu()?;
+        }
+        let o = self.out.forward(&h)?;
+        let last = o.rank() - 1;
+        Ok(HeadOutput {
+            embedding: h,
+            boxes: o.narrow(last, 0, 8)?,
+            logits: o.narrow(last, 8, 1)?.squeeze(last)?,
+        })
+    }
+}
+
+/// The learned part added to the VLM: query embeddings and the box head, all trainable variables of one
+/// [`VarMap`] (tensor names `queries`, `box_head.*`).
+pub struct DetectionHead {
+    /// Variables (for the optimizer and for saving).
+    pub varmap: VarMap,
+    /// `[K, hidden]` query embeddings.
+    pub queries: Tensor,
+    /// The MLP.
+    pub head: BoxHead,
+}
+
+impl DetectionHead {
+    /// Fresh queries (normal, std 0.02 × √hidden so they have the scale of token embeddings) and a fresh head.
+    pub fn new(hidden: usize, num_queries: usize, dtype: DType, device: &Device) -> Result<Self> {
+        if num_queries == 0 {
+            return Err(Error::invalid("num_queries", "must be at least 1"));
+        }
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+        let queries = vb.get_with_hints(
+            (num_queries, hidden),
+            "queries",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02 * (hidden as f64).sqrt(),
+            },
+        )?;
+        let head = BoxHead::new(hidden, vb.pp("box_head"))?;
+        Ok(Self {
+            varmap,
+            queries,
+            head,
+        })
+    }
+
+    /// Number of queries.
+    pub fn num_queries(&self) -> usize {
+        self.queries.dim(0).unwrap_or(0)
+    }
+
+    /// All trainable variables by name.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        let mut v: Vec<(String, Var)> = data.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Saves queries and head to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let t: HashMap<String, Tensor> = self
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&t, path)?;
+        Ok(())
+    }
+
+    /// Loads values saved by [`DetectionHead::save`] into a head of matching shape.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let t = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+            .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))?;
+        for (name, var) in self.vars() {
+            let src = t
+                .get(&name)
+                .ok_or_else(|| Error::format(path, Some(name.clone()), "missing"))?;
+            if src.dims() != var.dims() {
+                return Err(Error::format(
+                    path,
+                    Some(name),
+                    format!("shape {:?}, expected {:?}", src.dims(), var.dims()),
+                ));
+            }
+            var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// One decoded box: `[x, y, z, l, w, h, yaw]` and a confidence in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DecodedBox {
+    /// Centre, size and yaw.
+    pub bbox: [f32; 7],
+    /// Sigmoid of the confidence logit.
+    pub score: f32,
+}
+
+/// Decodes the eight box channels and the logit of one query.
+pub fn decode_box(raw: &[f32], logit: f32) -> DecodedBox {
+    let size = |v: f32| v.clamp(-10.0, 10.0).exp();
+    DecodedBox {
+        bbox: [
+            raw[0],
+            raw[1],
+            raw[2],
+            size(raw[3]),
+            size(raw[4]),
+            size(raw[5]),
+            raw[6].atan2(raw[7]),
+        ],
+        score: 1.0 / (1.0 + (-logit).exp()),
+    }
+}

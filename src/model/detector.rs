@@ -1,0 +1,347 @@
+//! Images + prompt → boxes. Each camera view is its own sequence `[chat prefix, image, prompt, chat suffix,
+//! K queries]` (the layout the per-camera training examples use); the views go through the vision tower
+//! together in one pass and through the decoder as one batch (views with equal image sizes share a batch).
+//! The images come before the prompt, so the image prefix's KV cache is computed once per frame
+//! ([`Detector::encode_frame`]) and every prompt on that frame costs only its own tokens and the queries.
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use super::box_head::{decode_box, DecodedBox, DetectionHead, HeadOutput, DEFAULT_QUERIES};
+use super::qwen2vl::{
+    chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
+};
+use crate::{Error, Result};
+
+/// Which frame the head's boxes are expressed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoxFrame {
+    /// The camera's optical frame (default; the node transforms with the rig extrinsics).
+    Camera,
+    /// The LiDAR frame directly (the paper's setting).
+    Lidar,
+}
+
+/// Detector settings.
+#[derive(Debug, Clone)]
+pub struct DetectorConfig {
+    /// Number of box queries.
+    pub num_queries: usize,
+    /// Frame of the predicted boxes.
+    pub frame: BoxFrame,
+    /// Boxes below this confidence are dropped by [`Detector::detect`].
+    pub score_threshold: f32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            num_queries: DEFAULT_QUERIES,
+            frame: BoxFrame::Camera,
+            score_threshold: 0.5,
+        }
+    }
+}
+
+/// Boxes found in one camera view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ViewDetections {
+    /// Index of the view in the input order.
+    pub view: usize,
+    /// Frame of the boxes.
+    pub frame: BoxFrame,
+    /// Boxes above the threshold, highest score first.
+    pub boxes: Vec<DecodedBox>,
+}
+
+/// A group of views with equal image grids, processed as one decoder batch.
+#[derive(Debug, Clone)]
+struct Group {
+    views: Vec<usize>,
+    cache: KvCache,
+    next_pos: i64,
+}
+
+/// The image prefix of one frame: its KV cache per group of views.
+#[derive(Debug, Clone)]
+pub struct FramePrefix {
+    groups: Vec<Group>,
+    n_views: usize,
+}
+
+/// A VLM with LoRA adapters (merged or not), box queries and the box head.
+pub struct Detector {
+    /// The checkpoint.
+    pub pipeline: Pipeline,
+    /// Queries and head.
+    pub head: DetectionHead,
+    /// Settings.
+    pub config: DetectorConfig,
+}
+
+impl Detector {
+    /// A detector with a fresh (untrained) head.
+    pub fn new(pipeline: Pipeline, config: DetectorConfig) -> Result<Self> {
+        let m = &pipeline.model;
+        let head = DetectionHead::new(
+            m.config.text.hidden_size,
+            config.num_queries,
+            m.dtype(),
+            m.device(),
+        )?;
+        Ok(Self {
+            pipeline,
+            head,
+            config,
+        })
+    }
+
+    /// Loads a checkpoint folder and, when present, `adapter/` (PEFT LoRA, merged at load) and `head.safetensors`
+    /// from `trained` (or the checkpoint folder itself when `None`).
+    pub fn load(
+        dir: &Path,
+        trained: Option<&Path>,
+        config: DetectorConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut pipeline = Pipeline::load(dir, device, dtype)?;
+        let t = trained.unwrap_or(dir);
+        if t.join("adapter").join("adapter_config.json").exists() {
+            pipeline.model.load_lora(&t.join("adapter"))?;
+            pipeline.model.merge_lora()?;
+        }
+        let mut det = Self::new(pipeline, config)?;
+        if t.join("head.safetensors").exists() {
+            det.head.load(&t.join("head.safetensors"))?;
+        } else {
+            tracing::warn!(
+                "no head.safetensors in {}: the box head is untrained",
+                t.display()
+            );
+        }
+        Ok(det)
+    }
+
+    fn prefix_ids(&self, grid: GridThw) -> Result<Vec<u32>> {
+        let ids = self.pipeline.encode(&chat_prefix(1))?;
+        self.pipeline.expand_image_pads(&ids, &[grid])
+    }
+
+    fn suffix_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        check_prompt(prompt)?;
+        self.pipeline.encode(&chat_suffix(prompt))
+    }
+
+    fn groups(grids: &[GridThw]) -> Vec<Vec<usize>> {
+        let mut groups: Vec<(GridThw, Vec<usize>)> = Vec::new();
+        for (i, g) in grids.iter().enumerate() {
+            match groups.iter_mut().find(|(k, _)| k == g) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((*g, vec![i])),
+            }
+        }
+        groups.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// Vision features of all views in one vision-tower pass, split per view, with their grids.
+    pub fn encode_images(&self, images: &[RgbImage]) -> Result<(Vec<Tensor>, Vec<GridThw>)> {
+        let model = &self.pipeline.model;
+        let processed = self.pipeline.processor.process(images, model.device())?;
+        let feats = model.encode_images(&processed)?;
+        let m = model.config.vision.spatial_merge_size;
+        let mut out = Vec::with_capacity(processed.grids.len());
+        let mut off = 0;
+        for g in &processed.grids {
+            let n = g.merged_tokens(m);
+            out.push(feats.narrow(0, off, n)?);
+            off += n;
+        }
+        Ok((out, processed.grids))
+    }
+
+    fn batch_inputs(
+        &self,
+        views: &[usize],
+        feats: &[Tensor],
+        ids: &[u32],
+        grid: GridThw,
+    ) -> Result<(Tensor, Positions, i64)> {
+        let model = &self.pipeline.model;
+        let m = model.config.vision.spatial_merge_size;
+        let (pos, next) = mrope_positions(ids, &[grid], model.config.image_token_id, m, 0)?;
+        let embs = views
+            .iter()
+            .map(|&v| model.embed(ids, Some(&feats[v])))
+            .collect::<Result<Vec<_>>>()?;
+        let b = views.len();
+        let p: Positions = [
+            vec![pos[0].clone(); b],
+            vec![pos[1].clone(); b],
+            vec![pos[2].clone(); b],
+        ];
+        Ok((Tensor::stack(&embs, 0)?, p, next))
+    }
+
+    fn suffix_inputs(&self, b: usize, suffix: &[u32], start: i64) -> Result<(Tensor, Positions)> {
+        let model = &self.pipeline.model;
+        let emb = model.embed(suffix, None)?;
+        let emb = Tensor::cat(&[&emb, &self.head.queries.to_dtype(emb.dtype())?], 0)?;
+        let n = emb.dim(0)?;
+        let emb = emb.unsqueeze(0)?.repeat((b, 1, 1))?;
+        let row: Vec<i64> = (0..n as i64).map(|i| start + i).collect();
+        Ok((
+            emb,
+            [vec![row.clone(); b], vec![row.clone(); b], vec![row; b]],
+        ))
+    }
+
+    /// Runs the vision tower and the image prefill once for a frame.
+    pub fn encode_frame(&self, images: &[RgbImage]) -> Result<FramePrefix> {
+        let (feats, grids) = self.encode_images(images)?;
+        self.prefill(&feats, &grids)
+    }
+
+    /// Image prefill from precomputed per-view vision features (e.g. cached during training).
+    pub fn prefill(&self, feats: &[Tensor], grids: &[GridThw]) -> Result<FramePrefix> {
+        let mut groups = Vec::new();
+        for views in Self::groups(grids) {
+            let grid = grids[views[0]];
+            let ids = self.prefix_ids(grid)?;
+            let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
+            let mut cache = KvCache::new();
+            self.pipeline
+                .model
+                .text
+                .forward_embeds(&emb, &pos, &mut cache, false)?;
+            groups.push(Group {
+                views,
+                cache,
+                next_pos: next,
+            });
+        }
+        Ok(FramePrefix {
+            groups,
+            n_views: grids.len(),
+        })
+    }
+
+    /// Hidden states at the queries `[views, K, hidden]` for a prompt on a prefilled frame (the prefix is reused,
+    /// not modified).
+    pub fn query_states_cached(&self, prefix: &FramePrefix, prompt: &str) -> Result<Tensor> {
+        let suffix = self.suffix_ids(prompt)?;
+        let k = self.head.num_queries();
+        let mut rows: Vec<Option<Tensor>> = vec![None; prefix.n_views];
+        for g in &prefix.groups {
+            let (emb, pos) = self.suffix_inputs(g.views.len(), &suffix, g.next_pos)?;
+            let mut cache = g.cache.clone();
+            let h = self
+                .pipeline
+                .model
+                .text
+                .forward_embeds(&emb, &pos, &mut cache, false)?;
+            let q = h.narrow(1, h.dim(1)? - k, k)?;
+            for (i, &v) in g.views.iter().enumerate() {
+                rows[v] = Some(q.get(i)?);
+            }
+        }
+        stack_rows(rows)
+    }
+
+    /// Hidden states at the queries `[views, K, hidden]` in one uncached pass over the whole sequences; with
+    /// `diff` only gradient-capable ops are used (training).
+    pub fn query_states(
+        &self,
+        feats: &[Tensor],
+        grids: &[GridThw],
+        prompt: &str,
+        diff: bool,
+    ) -> Result<Tensor> {
+        if feats.len() != grids.len() || feats.is_empty() {
+            return Err(Error::invalid(
+                "views",
+                format!("{} feature sets for {} grids", feats.len(), grids.len()),
+            ));
+        }
+        let suffix = self.suffix_ids(prompt)?;
+        let k = self.head.num_queries();
+        let mut rows: Vec<Option<Tensor>> = vec![None; grids.len()];
+        for views in Self::groups(grids) {
+            let grid = grids[views[0]];
+            let ids = self.prefix_ids(grid)?;
+            let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
+            let (semb, spos) = self.suffix_inputs(views.len(), &suffix, next)?;
+            let emb = Tensor::cat(&[&emb, &semb], 1)?;
+            let pos: Positions = std::array::from_fn(|a| {
+                pos[a]
+                    .iter()
+                    .zip(&spos[a])
+                    .map(|(p, s)| p.iter().chain(s).copied().collect())
+                    .collect()
+            });
+            let h =
+                self.pipeline
+                    .model
+                    .text
+                    .forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
+            let q = h.narrow(1, h.dim(1)? - k, k)?;
+            for (i, &v) in views.iter().enumerate() {
+                rows[v] = Some(q.get(i)?);
+            }
+        }
+        stack_rows(rows)
+    }
+
+    /// Applies the box head to query states.
+    pub fn head_forward(&self, states: &Tensor) -> Result<HeadOutput> {
+        self.head.head.forward(states)
+    }
+
+    /// Decodes head outputs `[views, K, ..]` into per-view boxes above the score threshold.
+    pub fn decode(&self, out: &HeadOutput) -> Result<Vec<ViewDetections>> {
+        let boxes = out.boxes.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+        let logits = out.logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(boxes
+            .iter()
+            .zip(&logits)
+            .enumerate()
+            .map(|(view, (b, l))| {
+                let mut found: Vec<DecodedBox> = b
+                    .iter()
+                    .zip(l)
+                    .map(|(raw, &lg)| decode_box(raw, lg))
+                    .filter(|d| d.score >= self.config.score_threshold)
+                    .collect();
+                found.sort_by(|a, b| b.score.total_cmp(&a.score));
+                ViewDetections {
+                    view,
+                    frame: self.config.frame,
+                    boxes: found,
+                }
+            })
+            .collect())
+    }
+
+    /// Detection on a prefilled frame (cheap for each additional prompt).
+    pub fn detect_cached(&self, prefix: &FramePrefix, prompt: &str) -> Result<Vec<ViewDetections>> {
+        let s = self.query_states_cached(prefix, prompt)?;
+        self.decode(&self.head_forward(&s)?)
+    }
+
+    /// Detection from images and a prompt.
+    pub fn detect(&self, images: &[RgbImage], prompt: &str) -> Result<Vec<ViewDetections>> {
+        check_prompt(prompt)?;
+        let prefix = self.encode_frame(images)?;
+        self.detect_cached(&prefix, prompt)
+    }
+}
+
+fn stack_rows(rows: Vec<Option<Tensor>>) -> Result<Tensor> {
+    let rows: Vec<Tensor> = rows
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::invalid("views", "a view produced no output")))
+        .collect::<Result<_>>()?;
+    Ok(Tensor::stack(&rows, 0)?)
+}

@@ -1,0 +1,114 @@
+//! Low-rank adapters: `y = W x + b + (alpha / r) · B (A dropout(x))`, with `B` zero-initialized so a fresh adapter
+//! leaves the model unchanged, and a merge that folds the update into `W` for inference.
+use candle_core::{Module, Tensor, Var};
+use candle_nn::Linear;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+/// Names of the attention projections LoRA can target.
+pub const ATTENTION_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+/// Hyper-parameters of the adapters; serializes to PEFT's `adapter_config.json` fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Rank.
+    pub r: usize,
+    /// Scaling numerator: the update is scaled by `lora_alpha / r`.
+    pub lora_alpha: f64,
+    /// Dropout probability on the adapter input during training.
+    #[serde(default)]
+    pub lora_dropout: f32,
+    /// Which projections of the text decoder's self-attention get adapters.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.0,
+            target_modules: ATTENTION_MODULES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// `lora_alpha / r`.
+    pub fn scale(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+}
+
+/// The trainable part of a [`LoraLinear`].
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// Down projection `[r, in]`.
+    pub a: Var,
+    /// Up projection `[out, r]` (zero at initialization).
+    pub b: Var,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout probability applied in training mode.
+    pub dropout: f32,
+}
+
+/// A frozen linear layer with an optional low-rank adapter.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    base: Linear,
+    /// The adapter, when attached and not merged.
+    pub adapter: Option<LoraAdapter>,
+}
+
+impl LoraLinear {
+    /// Wraps a frozen base layer without adapter.
+    pub fn new(base: Linear) -> Self {
+        Self {
+            base,
+            adapter: None,
+        }
+    }
+
+    /// The frozen base layer.
+    pub fn base(&self) -> &Linear {
+        &self.base
+    }
+
+    /// `(in, out)` features.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        let (o, i) = self.base.weight().dims2()?;
+        Ok((i, o))
+    }
+
+    /// Forward pass; `train` enables adapter dropout.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match &self.adapter {
+            None => Ok(y),
+            Some(ad) => {
+                let xin = if train && ad.dropout > 0.0 {
+                    candle_nn::ops::dropout(x, ad.dropout)?
+                } else {
+                    x.clone()
+                };
+                let low = xin.broadcast_matmul(&ad.a.as_tensor().t()?)?;
+                let up = low.broadcast_matmul(&ad.b.as_tensor().t()?)?;
+                y + (up * ad.scale)?
+            }
+        }
+    }
+
+    /// Folds the adapter into the base weight (`W + scale · B A`) and drops it.
+    pub fn merge(&mut self) -> Result<()> {
+        if let Some(ad) = self.adapter.take() {
+            let w = self.base.weight();
+            let delta =
+                (ad.b.as_tensor().matmul(ad.a.as_tensor())? * ad.scale)?.to_dtype(w.dtype())?;
+            let w = (w + delta)?;
+            self.base = Linear::new(w, self.base.bias().cloned());
+        }
+        Ok(())
+    }
+}

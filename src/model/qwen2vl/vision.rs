@@ -1,0 +1,215 @@
+//! The Qwen2-VL vision tower: Conv3d patch embedding (as a matmul), 2D rotary embeddings, pre-norm transformer
+//! blocks whose attention stays inside each image, and the 2×2 patch merger.
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::config::VisionConfig;
+use super::preprocess::GridThw;
+use super::weights::{layer_norm, linear, tensor};
+use crate::{Error, Result};
+
+/// `x * sigmoid(1.702 x)`.
+fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// Swaps the two halves of the last dimension, negating the second: `[-x2, x1]`.
+pub(crate) fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+struct Block {
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    fc1: Linear,
+    fc2: Linear,
+    num_heads: usize,
+}
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cu: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let (n, dim) = x.dims2()?;
+        let hd = dim / self.num_heads;
+        let h = self.norm1.forward(x)?;
+        let qkv = self.qkv.forward(&h)?.reshape((n, 3, self.num_heads, hd))?;
+        let rot = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.broadcast_mul(cos)? + rotate_half(&t)?.broadcast_mul(sin)?
+        };
+        // [n, heads, hd] → [heads, n, hd]
+        let q = rot(qkv.narrow(1, 0, 1)?.squeeze(1)?)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let k = rot(qkv.narrow(1, 1, 1)?.squeeze(1)?)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let v = qkv
+            .narrow(1, 2, 1)?
+            .squeeze(1)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outs = Vec::with_capacity(cu.len() - 1);
+        for w in cu.windows(2) {
+            let (s, len) = (w[0], w[1] - w[0]);
+            let qi = q.narrow(1, s, len)?;
+            let ki = k.narrow(1, s, len)?;
+            let vi = v.narrow(1, s, len)?;
+            let att = (qi.matmul(&ki.t()?)? * scale)?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            outs.push(att.matmul(&vi)?);
+        }
+        let o = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, dim))?;
+        let x = (x + self.proj.forward(&o)?)?;
+        let h = self.norm2.forward(&x)?;
+        let h = self.fc2.forward(&quick_gelu(&self.fc1.forward(&h)?)?)?;
+        x + h
+    }
+}
+
+/// The vision tower with its merger; output rows are image tokens in the text model's width.
+pub struct VisionModel {
+    patch_w: Tensor,
+    blocks: Vec<Block>,
+    ln_q: LayerNorm,
+    mlp0: Linear,
+    mlp2: Linear,
+    cfg: VisionConfig,
+}
+
+impl VisionModel {
+    /// Loads the weights under `visual.` (pass the builder already prefixed).
+    pub fn load(vb: VarBuilder, cfg: &VisionConfig, src: &std::path::Path) -> Result<Self> {
+        let c = cfg;
+        let k = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
+        let pw = tensor(
+            &vb,
+            (
+                c.embed_dim,
+                c.in_channels,
+                c.temporal_patch_size,
+                c.patch_size,
+                c.patch_size,
+            ),
+            "patch_embed.proj.weight",
+            src,
+        )?;
+        let patch_w = pw.reshape((c.embed_dim, k))?;
+        let mut blocks = Vec::with_capacity(c.depth);
+        for i in 0..c.depth {
+            let b = vb.pp(format!("blocks.{i}"));
+            blocks.push(Block {
+                norm1: layer_norm(&b.pp("norm1"), c.embed_dim, 1e-6, src)?,
+                norm2: layer_norm(&b.pp("norm2"), c.embed_dim, 1e-6, src)?,
+                qkv: linear(&b.pp("attn.qkv"), c.embed_dim, 3 * c.embed_dim, true, src)?,
+                proj: linear(&b.pp("attn.proj"), c.embed_dim, c.embed_dim, true, src)?,
+                fc1: linear(&b.pp("mlp.fc1"), c.embed_dim, c.mlp_hidden(), true, src)?,
+                fc2: linear(&b.pp("mlp.fc2"), c.mlp_hidden(), c.embed_dim, true, src)?,
+                num_heads: c.num_heads,
+            });
+        }
+        let m2 = c.embed_dim * c.spatial_merge_size * c.spatial_merge_size;
+        Ok(Self {
+            patch_w,
+            blocks,
+            ln_q: layer_norm(&vb.pp("merger.ln_q"), c.embed_dim, 1e-6, src)?,
+            mlp0: linear(&vb.pp("merger.mlp.0"), m2, m2, true, src)?,
+            mlp2: linear(&vb.pp("merger.mlp.2"), m2, c.hidden_size, true, src)?,
+            cfg: c.clone(),
+        })
+    }
+
+    /// cos/sin tables `[patches, 1, head_dim]` of the 2D rotary embedding, rows in the processor's merge order.
+    fn rotary(&self, grids: &[GridThw], device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.head_dim();
+        let quarter = hd / 4; // frequencies per axis
+        let m = self.cfg.spatial_merge_size;
+        let inv: Vec<f32> = (0..quarter)
+            .map(|i| 1.0 / 10000f32.powf((2 * i) as f32 / (hd / 2) as f32))
+            .collect();
+        let n: usize = grids.iter().map(GridThw::patches).sum();
+        let mut cos = Vec::with_capacity(n * hd);
+        let mut sin = Vec::with_capacity(n * hd);
+        let mut ang = vec![0f32; hd];
+        for g in grids {
+            for _ in 0..g.t {
+                for bh in 0..g.h / m {
+                    for bw in 0..g.w / m {
+                        for mh in 0..m {
+                            for mw in 0..m {
+                                let (y, x) = ((bh * m + mh) as f32, (bw * m + mw) as f32);
+                                for i in 0..quarter {
+                                    // [h freqs, w freqs] repeated twice over the head dim.
+                                    ang[i] = y * inv[i];
+                                    ang[quarter + i] = x * inv[i];
+                                    ang[2 * quarter + i] = y * inv[i];
+                                    ang[3 * quarter + i] = x * inv[i];
+                                }
+                                cos.extend(ang.iter().map(|a| a.cos()));
+                                sin.extend(ang.iter().map(|a| a.sin()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (n, 1, hd), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, 1, hd), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// Encodes the patches of several images in one pass: `[sum patches, C*T*P*P]` → `[sum merged tokens, hidden]`.
+    pub fn forward(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<Tensor> {
+        let n: usize = grids.iter().map(GridThw::patches).sum();
+        let m2 = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
+        for g in grids {
+            if g.h % self.cfg.spatial_merge_size != 0 || g.w % self.cfg.spatial_merge_size != 0 {
+                return Err(Error::invalid(
+                    "image grid",
+                    format!("{g:?} not divisible by the merge size"),
+                ));
+            }
+        }
+        let (rows, k) = pixel_values.dims2()?;
+        if rows != n || k != self.patch_w.dim(1)? {
+            return Err(Error::invalid(
+                "pixel values",
+                format!(
+                    "shape {:?} does not match grids ({n} patches × {})",
+                    pixel_values.shape(),
+                    self.patch_w.dim(1)?
+                ),
+            ));
+        }
+        let dtype = self.patch_w.dtype();
+        let x = pixel_values.to_dtype(dtype)?.matmul(&self.patch_w.t()?)?;
+        let (cos, sin) = self.rotary(grids, x.device(), dtype)?;
+        // Attention segments: one per temporal frame of each image.
+        let mut cu = vec![0usize];
+        for g in grids {
+            for _ in 0..g.t {
+                cu.push(cu.last().copied().unwrap_or(0) + g.h * g.w);
+            }
+        }
+        let mut x = x;
+        for b in &self.blocks {
+            x = b.forward(&x, &cos, &sin, &cu)?;
+        }
+        let x = self
+            .ln_q
+            .forward(&x)?
+            .reshape((n / m2, self.cfg.embed_dim * m2))?;
+        let x = self.mlp2.forward(&self.mlp0.forward(&x)?.gelu_erf()?)?;
+        Ok(x)
+    }
+}

@@ -1,0 +1,134 @@
+//! Checkpoint reading: the list of safetensors files of a folder (single file or sharded with an index) and
+//! tensor getters that turn a missing tensor or a wrong shape into an [`Error::Format`] naming the tensor.
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::{Error, Result};
+
+/// The safetensors files of a checkpoint folder: the shards named by `model.safetensors.index.json`, else
+/// `model.safetensors`, else every `*.safetensors` in the folder.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&index, None, format!("not JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::format(&index, Some("weight_map".into()), "missing"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.exists() {
+                return Err(Error::format(
+                    &index,
+                    None,
+                    format!("shard {} is missing", f.display()),
+                ));
+            }
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::format(
+            dir,
+            None,
+            "no *.safetensors weights in the checkpoint folder",
+        ));
+    }
+    Ok(files)
+}
+
+/// Memory-maps the files into a [`VarBuilder`]; a file that is not valid safetensors is a [`Error::Format`].
+pub fn var_builder(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    for f in files {
+        // Validate the header first so a corrupt file yields an error naming it.
+        let file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+        // SAFETY: the file is only read; the checkpoint is not expected to change while we run.
+        let mm = unsafe { memmap_read(&file) }.map_err(|e| Error::io(f, e))?;
+        safetensors::SafeTensors::deserialize(&mm)
+            .map_err(|e| Error::format(f, None, format!("not a valid safetensors file: {e}")))?;
+    }
+    // SAFETY: as above, the mapped files are read-only inputs.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+        Error::format(
+            files.first().cloned().unwrap_or_default(),
+            None,
+            e.to_string(),
+        )
+    })?;
+    Ok(vb)
+}
+
+unsafe fn memmap_read(file: &std::fs::File) -> std::io::Result<memmap2::Mmap> {
+    memmap2::MmapOptions::new().map(file)
+}
+
+fn name(vb: &VarBuilder, n: &str) -> String {
+    let p = vb.prefix();
+    if p.is_empty() {
+        n.to_string()
+    } else {
+        format!("{p}.{n}")
+    }
+}
+
+/// A tensor of a known shape; missing or mis-shaped tensors are reported with their full name.
+pub fn tensor<S: Into<Shape>>(vb: &VarBuilder, shape: S, n: &str, src: &Path) -> Result<Tensor> {
+    let shape: Shape = shape.into();
+    let full = name(vb, n);
+    if !vb.contains_tensor(n) {
+        return Err(Error::format(
+            src,
+            Some(full),
+            "tensor missing from the checkpoint",
+        ));
+    }
+    vb.get(shape.clone(), n).map_err(|e| {
+        Error::format(
+            src,
+            Some(full),
+            format!("expected shape {shape:?} (config): {e}"),
+        )
+    })
+}
+
+/// A linear layer `[out, in]` with optional bias.
+pub fn linear(vb: &VarBuilder, din: usize, dout: usize, bias: bool, src: &Path) -> Result<Linear> {
+    let w = tensor(vb, (dout, din), "weight", src)?;
+    let b = if bias {
+        Some(tensor(vb, dout, "bias", src)?)
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// A LayerNorm with weight and bias.
+pub fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, src: &Path) -> Result<LayerNorm> {
+    let w = tensor(vb, dim, "weight", src)?;
+    let b = tensor(vb, dim, "bias", src)?;
+    Ok(LayerNorm::new(w, b, eps))
+}

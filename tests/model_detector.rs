@@ -1,0 +1,132 @@
+//! Detector: the cached image prefix gives the same query states and boxes as one uncached pass, for several
+//! prompts on one frame and for views of mixed sizes; the box head has the paper's shape.
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use vlm3d::model::box_head::{decode_box, BOX_OUTPUTS, HIDDEN_LAYERS};
+use vlm3d::model::detector::{Detector, DetectorConfig};
+use vlm3d::model::qwen2vl::Pipeline;
+
+fn detector(threshold: f32) -> Detector {
+    let pipe = Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    Detector::new(
+        pipe,
+        DetectorConfig {
+            score_threshold: threshold,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn cached_prefix_equals_uncached() {
+    let det = detector(0.0);
+    // Six views of one size (one batch) plus a view of another size (its own group).
+    let mut imgs: Vec<_> = (0..6).map(|v| image(&format!("view{v}"))).collect();
+    imgs.push(image("tall"));
+    let (feats, grids) = det.encode_images(&imgs).unwrap();
+    let prefix = det.prefill(&feats, &grids).unwrap();
+    for prompt in [
+        "Find the car parked on the left side of the road.",
+        "Where is the cyclist?",
+    ] {
+        let cached = det.query_states_cached(&prefix, prompt).unwrap();
+        let full = det.query_states(&feats, &grids, prompt, false).unwrap();
+        assert_eq!(cached.dims(), &[7, 16, 64]);
+        let d = max_abs_diff(&cached, &full);
+        println!("{prompt:?}: cached vs uncached max|Δ| = {d:.3e}");
+        assert!(d <= 1e-5, "{d}");
+        let a = det.decode(&det.head_forward(&cached).unwrap()).unwrap();
+        let b = det.decode(&det.head_forward(&full).unwrap()).unwrap();
+        assert_eq!(a.len(), 7);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.boxes.len(), y.boxes.len());
+            for (p, q) in x.boxes.iter().zip(&y.boxes) {
+                for k in 0..7 {
+                    assert!((p.bbox[k] - q.bbox[k]).abs() < 1e-4);
+                }
+            }
+        }
+    }
+    // Different prompts give different states (the prefix is not all that matters).
+    let s1 = det.query_states_cached(&prefix, "Find the car.").unwrap();
+    let s2 = det
+        .query_states_cached(&prefix, "Where is the cyclist?")
+        .unwrap();
+    assert!(max_abs_diff(&s1, &s2) > 1e-3);
+}
+
+#[test]
+fn batched_views_equal_single_views() {
+    let det = detector(0.0);
+    let imgs: Vec<_> = (0..3).map(|v| image(&format!("view{v}"))).collect();
+    let (feats, grids) = det.encode_images(&imgs).unwrap();
+    let all = det
+        .query_states(&feats, &grids, "Find the car.", false)
+        .unwrap();
+    for v in 0..3 {
+        let one = det
+            .query_states(&feats[v..v + 1], &grids[v..v + 1], "Find the car.", false)
+            .unwrap();
+        let d = max_abs_diff(&all.get(v).unwrap(), &one.get(0).unwrap());
+        assert!(d <= 1e-5, "view {v}: {d}");
+    }
+    // The vision tower keeps attention within each image: encoding a view alone gives the same features.
+    let (alone, _) = det.encode_images(&imgs[1..2]).unwrap();
+    assert!(max_abs_diff(&alone[0], &feats[1]) <= 1e-5);
+}
+
+#[test]
+fn head_shapes_and_decoding() {
+    let det = detector(0.0);
+    assert_eq!(HIDDEN_LAYERS, [512, 256, 128]);
+    let x = Tensor::randn(0f32, 1.0, (2, 16, 64), &Device::Cpu).unwrap();
+    let out = det.head_forward(&x).unwrap();
+    assert_eq!(out.embedding.dims(), &[2, 16, 128]);
+    assert_eq!(out.boxes.dims(), &[2, 16, BOX_OUTPUTS - 1]);
+    assert_eq!(out.logits.dims(), &[2, 16]);
+    let b = decode_box(
+        &[1.0, 2.0, 3.0, 0.0, (2f32).ln(), (3f32).ln(), 1.0, 0.0],
+        0.0,
+    );
+    assert_eq!(&b.bbox[..3], &[1.0, 2.0, 3.0]);
+    assert!(
+        (b.bbox[3] - 1.0).abs() < 1e-6
+            && (b.bbox[4] - 2.0).abs() < 1e-5
+            && (b.bbox[5] - 3.0).abs() < 1e-5
+    );
+    assert!((b.bbox[6] - std::f32::consts::FRAC_PI_2).abs() < 1e-6);
+    assert!((b.score - 0.5).abs() < 1e-6);
+    let all = det.detect(&[image("wide")], "Find the car.").unwrap();
+    assert_eq!(all[0].boxes.len(), 16, "threshold 0 keeps every query");
+    let strict = detector(1.1)
+        .detect(&[image("wide")], "Find the car.")
+        .unwrap();
+    assert!(strict[0].boxes.is_empty());
+}
+
+#[test]
+fn head_round_trips_through_safetensors() {
+    let det = detector(0.0);
+    let dir = scratch("head");
+    det.head.save(&dir.join("head.safetensors")).unwrap();
+    let mut other = detector(0.0);
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 64), &Device::Cpu).unwrap();
+    assert!(
+        max_abs_diff(
+            &other.head_forward(&x).unwrap().boxes,
+            &det.head_forward(&x).unwrap().boxes
+        ) > 0.0
+    );
+    other.head.load(&dir.join("head.safetensors")).unwrap();
+    assert_eq!(max_abs_diff(&other.head.queries, &det.head.queries), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &other.head_forward(&x).unwrap().boxes,
+            &det.head_forward(&x).unwrap().boxes
+        ),
+        0.0
+    );
+}
