@@ -220,10 +220,9 @@ fn devkit_reads_synth_and_agrees_on_boxes() {
         if entry["modality"] == "camera" {
             let cam = n.camera(sd).unwrap();
             let k = entry["intrinsic"].as_array().unwrap();
-            for r in 0..3 {
-                let row = f64s(&k[r]);
-                for c in 0..3 {
-                    assert_eq!(row[c], cam.k()[(r, c)], "{channel}: intrinsic ({r}, {c})");
+            for (r, row) in k.iter().enumerate() {
+                for (c, v) in f64s(row).into_iter().enumerate() {
+                    assert_eq!(v, cam.k()[(r, c)], "{channel}: intrinsic ({r}, {c})");
                 }
             }
             for (level, rule) in [
