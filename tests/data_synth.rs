@@ -69,10 +69,10 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     generate(&b, &config(5)).unwrap();
     generate(&c, &config(6)).unwrap();
     let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
-    // 13 tables + 6 images and one point cloud per sample.
+    // 13 tables, 4 map masks, 6 images and one point cloud per sample.
     assert_eq!(
         ta.len(),
-        13 + sa.samples * 7,
+        13 + 4 + sa.samples * 7,
         "{:?}",
         ta.keys().collect::<Vec<_>>()
     );

@@ -925,7 +925,13 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         let mut png = Vec::new();
         image::GrayImage::from_pixel(256, 256, image::Luma([255u8]))
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| Error::format(out.join(&filename), None, format!("PNG encoding failed: {e}")))?;
+            .map_err(|e| {
+                Error::format(
+                    out.join(&filename),
+                    None,
+                    format!("PNG encoding failed: {e}"),
+                )
+            })?;
         write_file(&out.join(&filename), &png)?;
         t.map.push(Map {
             token: tokens.next(),
