@@ -16,8 +16,48 @@ pub struct Solid {
     pub bbox: OrientedBox3D,
     /// Base colour.
     pub color: [f64; 3],
+    /// Surface pattern drawn on the box's faces.
+    pub style: Style,
     /// LiDAR reflectivity (written as the point's intensity, 0..255).
     pub reflectivity: f32,
+}
+
+/// Surface patterns that make the categories look different beyond their colour and proportions. Patterns
+/// depend on the position on the box in its own normalized axes (x along the length, z up, each in −½..½).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Style {
+    /// The base colour everywhere.
+    #[default]
+    Plain,
+    /// Dark wheel band at the bottom, windows in the upper part of the sides.
+    Vehicle,
+    /// Dark frame and wheels in the lower half, the rider above.
+    Cycle,
+    /// Legs, torso in the base colour, head.
+    Pedestrian,
+    /// Traffic cone: dark foot, a white reflective band.
+    Cone,
+    /// Red and white stripes across the barrier's long side.
+    Barrier,
+}
+
+impl Style {
+    /// The surface colour at normalized box coordinates `l` on the face with outward normal `n` (box axes).
+    fn color(self, base: [f64; 3], l: [f64; 3], n: [f64; 3]) -> [f64; 3] {
+        let top = n[2] > 0.5;
+        match self {
+            Style::Plain => base,
+            Style::Vehicle if !top && l[2] < -0.22 => [0.08, 0.08, 0.09],
+            Style::Vehicle if !top && l[2] > 0.12 && l[2] < 0.42 => [0.16, 0.21, 0.28],
+            Style::Cycle if l[2] < 0.0 => [0.10, 0.10, 0.11],
+            Style::Pedestrian if l[2] < -0.05 => [0.15, 0.17, 0.35],
+            Style::Pedestrian if l[2] > 0.36 => [0.86, 0.68, 0.55],
+            Style::Cone if l[2] < -0.44 => [0.10, 0.10, 0.10],
+            Style::Cone if !top && (l[2] - 0.05).abs() < 0.1 => [0.95, 0.95, 0.95],
+            Style::Barrier if ((l[1] + 0.5) * 6.0).floor() as i64 % 2 == 1 => [0.80, 0.10, 0.08],
+            _ => base,
+        }
+    }
 }
 
 /// Per-solid pixel counts of one rendered image.
@@ -80,19 +120,19 @@ fn to_u8(c: [f64; 3]) -> [u8; 3] {
     c.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
 }
 
-/// Clips a convex polygon (camera frame) to z ≥ NEAR.
-fn clip_near(poly: &[Point3<f64>]) -> Vec<Point3<f64>> {
+/// Clips a convex polygon (camera-frame points, each with box coordinates) to z ≥ NEAR.
+fn clip_near(poly: &[(Point3<f64>, Vector3<f64>)]) -> Vec<(Point3<f64>, Vector3<f64>)> {
     let mut out = Vec::with_capacity(poly.len() + 2);
     for i in 0..poly.len() {
         let a = poly[i];
         let b = poly[(i + 1) % poly.len()];
-        let (ina, inb) = (a.z >= NEAR, b.z >= NEAR);
+        let (ina, inb) = (a.0.z >= NEAR, b.0.z >= NEAR);
         if ina {
             out.push(a);
         }
         if ina != inb {
-            let t = (NEAR - a.z) / (b.z - a.z);
-            out.push(a + (b - a) * t);
+            let t = (NEAR - a.0.z) / (b.0.z - a.0.z);
+            out.push((a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t));
         }
     }
     out
@@ -136,7 +176,19 @@ pub fn render_camera(
     let light = sun();
 
     for (id, s) in solids.iter().enumerate() {
-        let corners = s.bbox.corners().map(|c| global_to_cam * c);
+        let corners_global = s.bbox.corners();
+        let inv = s.bbox.rotation.inverse();
+        let local = corners_global.map(|c| {
+            let v = inv * (c - s.bbox.center);
+            Vector3::from_fn(|i, _| {
+                if s.bbox.size[i] > 0.0 {
+                    v[i] / s.bbox.size[i]
+                } else {
+                    0.0
+                }
+            })
+        });
+        let corners = corners_global.map(|c| global_to_cam * c);
         for (idx, n_box) in FACES {
             let n_global = s.bbox.rotation * Vector3::from(n_box);
             let n_cam = global_to_cam.rotation * n_global;
@@ -149,29 +201,35 @@ pub fn render_camera(
             }
             let shade = 0.35 + 0.65 * n_global.dot(&light).max(0.0);
             let dist = centre.norm();
-            let color = to_u8(fog(s.color.map(|c| c * shade), dist));
-            let poly = clip_near(&idx.map(|i| corners[i]));
+            let poly = clip_near(&idx.map(|i| (corners[i], local[i])));
             if poly.len() < 3 {
                 continue;
             }
             let proj: Vec<(f64, f64, f64)> = poly
                 .iter()
-                .map(|p| {
+                .map(|(p, _)| {
                     let q = k * p.coords;
                     (q.x / q.z, q.y / q.z, 1.0 / p.z)
                 })
                 .collect();
             for t in 1..proj.len() - 1 {
-                raster_triangle([proj[0], proj[t], proj[t + 1]], w, h, |pix, inv_z| {
+                let tri = [0, t, t + 1];
+                raster_triangle(tri.map(|i| proj[i]), w, h, |pix, bary| {
                     if stamp[pix] != id as u32 {
                         stamp[pix] = id as u32;
                         coverage[id].covered += 1;
                     }
+                    let inv_z: f64 = (0..3).map(|j| bary[j] * proj[tri[j]].2).sum();
                     let z = 1.0 / inv_z;
                     if z < depth[pix] {
                         depth[pix] = z;
                         owner[pix] = id as u32;
-                        rgb[pix] = color;
+                        // Perspective-correct box coordinates of the pixel.
+                        let l = (0..3).fold(Vector3::zeros(), |acc, j| {
+                            acc + poly[tri[j]].1 * (bary[j] * proj[tri[j]].2)
+                        }) * z;
+                        let base = s.style.color(s.color, [l.x, l.y, l.z], n_box);
+                        rgb[pix] = to_u8(fog(base.map(|c| c * shade), dist));
                     }
                 });
             }
@@ -189,21 +247,23 @@ pub fn render_camera(
     (img, coverage)
 }
 
-/// Scan-converts one screen-space triangle (u, v, 1/z), calling `plot(pixel index, 1/z)` for each pixel
-/// whose centre lies inside (top-left fill rule, so triangles sharing an edge never both claim a pixel).
+/// Scan-converts one screen-space triangle (u, v, 1/z), calling `plot(pixel index, barycentric weights of the
+/// three vertices in the order given)` for each pixel whose centre lies inside (top-left fill rule, so
+/// triangles sharing an edge never both claim a pixel).
 fn raster_triangle(
     tri: [(f64, f64, f64); 3],
     w: usize,
     h: usize,
-    mut plot: impl FnMut(usize, f64),
+    mut plot: impl FnMut(usize, [f64; 3]),
 ) {
     let [a, b, c] = tri;
     let area = (b.0 - a.0) * (c.1 - a.1) - (b.1 - a.1) * (c.0 - a.0);
     if !area.is_finite() || area.abs() < 1e-12 {
         return;
     }
-    // Orient counter-clockwise in (u, v) so edge functions are non-negative inside.
-    let (a, b, c, area) = if area < 0.0 {
+    // Orient one way so edge functions are non-negative inside; remember the swap to report weights in order.
+    let flipped = area < 0.0;
+    let (a, b, c, area) = if flipped {
         (a, c, b, -area)
     } else {
         (a, b, c, area)
@@ -234,8 +294,8 @@ fn raster_triangle(
             let wc = edge(a, b, px, py);
             let inside = |wv: f64, own: bool| wv > 0.0 || (wv == 0.0 && own);
             if inside(wa, own_a) && inside(wb, own_b) && inside(wc, own_c) {
-                let inv_z = (wa * a.2 + wb * b.2 + wc * c.2) / area;
-                plot(y * w + x, inv_z);
+                let (wa, wb, wc) = (wa / area, wb / area, wc / area);
+                plot(y * w + x, if flipped { [wa, wc, wb] } else { [wa, wb, wc] });
             }
         }
     }
@@ -438,6 +498,7 @@ mod tests {
             )
             .unwrap(),
             color: [1.0, 0.0, 0.0],
+            style: Style::Plain,
             reflectivity: 50.0,
         }
     }
@@ -479,6 +540,38 @@ mod tests {
         let (_, cov) = render_camera(&cam, &pose, &[cube(11.0, 0.0, 2.0)]);
         // Front face exactly 400 px; the top face is seen from 0.5 m above (a thin sliver).
         assert!(cov[0].covered >= 400 && cov[0].covered < 440, "{cov:?}");
+    }
+
+    #[test]
+    fn styles_paint_category_patterns() {
+        let base = [1.0, 0.0, 0.0];
+        let side = [0.0, 1.0, 0.0];
+        let top = [0.0, 0.0, 1.0];
+        assert_eq!(Style::Plain.color(base, [0.0, 0.0, -0.4], side), base);
+        // Vehicles: dark wheel band below, windows above, body colour between and on the roof.
+        assert!(Style::Vehicle.color(base, [0.0, 0.5, -0.4], side)[0] < 0.2);
+        assert!(
+            Style::Vehicle.color(base, [0.0, 0.5, 0.3], side)[2]
+                > Style::Vehicle.color(base, [0.0, 0.5, 0.3], side)[0]
+        );
+        assert_eq!(Style::Vehicle.color(base, [0.0, 0.5, 0.0], side), base);
+        assert_eq!(Style::Vehicle.color(base, [0.0, 0.0, 0.5], top), base);
+        // Pedestrians: legs, torso, head.
+        let (legs, torso, head) = (
+            Style::Pedestrian.color(base, [0.0, 0.0, -0.3], side),
+            Style::Pedestrian.color(base, [0.0, 0.0, 0.2], side),
+            Style::Pedestrian.color(base, [0.0, 0.0, 0.45], side),
+        );
+        assert!(legs != torso && torso == base && head != torso);
+        // Cones: white band; barriers: alternating stripes across their width.
+        assert_eq!(
+            Style::Cone.color(base, [0.0, 0.0, 0.05], side),
+            [0.95, 0.95, 0.95]
+        );
+        let stripes: Vec<_> = (0..6)
+            .map(|i| Style::Barrier.color(base, [0.0, -0.5 + (i as f64 + 0.5) / 6.0, 0.0], side))
+            .collect();
+        assert!(stripes.windows(2).all(|w| w[0] != w[1]));
     }
 
     #[test]

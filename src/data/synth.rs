@@ -16,7 +16,7 @@ use super::nuscenes::{
     Attribute, CalibratedSensor, Category, EgoPose, Instance, Log, Map, Sample, SampleAnnotation,
     SampleData, Scene, Sensor, Tables, Visibility,
 };
-use super::render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid};
+use super::render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid, Style};
 use crate::geometry::{OrientedBox3D, PinholeCamera};
 use crate::{Error, Result};
 
@@ -202,6 +202,18 @@ const KINDS: [Kind; 12] = [
         attrs: ("", ""),
     },
 ];
+
+/// The surface pattern of a category.
+fn style_of(category: &str) -> Style {
+    match category {
+        "vehicle.motorcycle" | "vehicle.bicycle" => Style::Cycle,
+        c if c.starts_with("vehicle.") => Style::Vehicle,
+        c if c.starts_with("human.") => Style::Pedestrian,
+        "movable_object.trafficcone" => Style::Cone,
+        "movable_object.barrier" => Style::Barrier,
+        _ => Style::Plain,
+    }
+}
 
 /// nuScenes' 23 annotation categories with short descriptions (our wording).
 const CATEGORIES: [(&str, &str); 23] = [
@@ -767,6 +779,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
                 .map(|(o, b)| Solid {
                     bbox: *b,
                     color: o.kind.color,
+                    style: style_of(o.kind.name),
                     reflectivity: o.kind.reflectivity,
                 })
                 .collect();
