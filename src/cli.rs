@@ -107,6 +107,9 @@ pub struct SynthArgs {
     /// Table folder name.
     #[arg(long, default_value = "v1.0-mini")]
     pub version: String,
+    /// Also write non-key frames (sweeps): cameras at 12 Hz, LIDAR_TOP at 20 Hz.
+    #[arg(long)]
+    pub sweeps: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -194,6 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 samples_per_scene: a.samples_per_scene,
                 objects_per_scene: a.objects,
                 version: a.version,
+                sweeps: a.sweeps,
                 progress: !a.quiet,
                 ..Default::default()
             };

@@ -467,3 +467,53 @@ fn bad_input_names_file_and_record() {
     .unwrap_err();
     assert!(e.to_string().contains("scene"), "{e}");
 }
+
+#[test]
+fn sweeps_are_non_key_frames_chained_in_time() {
+    let dir = scratch("sweeps");
+    let cfg = SynthConfig {
+        scenes: 1,
+        samples_per_scene: 2,
+        width: 64,
+        height: 36,
+        objects_per_scene: 4,
+        sweeps: true,
+        lidar: vlm3d::data::render::LidarSpec {
+            azimuth_steps: 120,
+            ..Default::default()
+        },
+        ..config(3)
+    };
+    let summary = generate(&dir, &cfg).unwrap();
+    let n = NuScenes::load(&dir, VERSION).unwrap();
+    let t = n.tables();
+    // Key frames: 7 per sample; between the two samples, 5 sweeps per camera and 9 LiDAR sweeps.
+    assert_eq!(t.sample_data.len(), 2 * 7 + 5 * 6 + 9);
+    assert_eq!(summary.images, 2 * 6 + 5 * 6);
+    let samples = n.scene_samples(&n.scenes()[0]).unwrap();
+    for sd in t.sample_data.iter().filter(|sd| !sd.is_key_frame) {
+        assert!(sd.filename.starts_with("sweeps/"), "{}", sd.filename);
+        assert!(n.file_path(sd).is_file());
+        // A sweep belongs to the next key frame, and lies between the two.
+        assert_eq!(sd.sample_token, samples[1].token);
+        assert!(sd.timestamp > samples[0].timestamp && sd.timestamp < samples[1].timestamp);
+    }
+    assert_eq!(n.key_frames(samples[0]).len(), 7);
+    // Each sensor's chain runs key frame → sweeps → key frame, in time order.
+    for ch in CAMERA_CHANNELS.iter().chain([&LIDAR_CHANNEL]) {
+        let mut sd = n.key_frame(samples[0], ch).unwrap().unwrap();
+        let mut hops = 0;
+        while !sd.next.is_empty() {
+            let next = n.sample_data(&sd.next).unwrap();
+            assert!(next.timestamp > sd.timestamp && next.prev == sd.token);
+            sd = next;
+            hops += 1;
+        }
+        assert!(sd.is_key_frame && sd.sample_token == samples[1].token);
+        assert_eq!(hops, if ch.starts_with("CAM") { 6 } else { 10 }, "{ch}");
+    }
+    let all = n.scene_sample_data(&n.scenes()[0]).unwrap();
+    assert_eq!(all.len(), t.sample_data.len());
+    assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+    std::fs::remove_dir_all(dir).ok();
+}
