@@ -152,17 +152,28 @@ pub fn render_camera(
     let origin = cam_to_global.translation.vector;
     let mut rgb = vec![[0u8; 3]; w * h];
 
-    // Background: per-pixel ray against the ground plane z = 0.
+    // Background: per-pixel ray against the ground plane z = 0. The global ray direction of pixel (u, v) is
+    // M·(u, v, 1) with M = R·K⁻¹, unrolled into plain arithmetic (this loop is the renderer's hot spot).
+    let m = rot.to_rotation_matrix().into_inner() * k_inv;
+    let col = |j: usize| [m[(0, j)], m[(1, j)], m[(2, j)]];
+    let (mu, mv, m1) = (col(0), col(1), col(2));
     for v in 0..h {
+        let fv = v as f64 + 0.5;
+        let row = [0, 1, 2].map(|i| mv[i] * fv + m1[i]);
         for u in 0..w {
-            let d_cam = k_inv * Vector3::new(u as f64 + 0.5, v as f64 + 0.5, 1.0);
-            let d = rot * d_cam;
-            let c = if d.z < -1e-9 && origin.z > 0.0 {
-                let t = -origin.z / d.z;
-                let p = origin + d * t;
-                fog(ground_color(p.x, p.y), (d * t).norm())
+            let fu = u as f64 + 0.5;
+            let d = [
+                row[0] + mu[0] * fu,
+                row[1] + mu[1] * fu,
+                row[2] + mu[2] * fu,
+            ];
+            let c = if d[2] < -1e-9 && origin.z > 0.0 {
+                let t = -origin.z / d[2];
+                let (x, y) = (origin.x + d[0] * t, origin.y + d[1] * t);
+                let dist = t * (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+                fog(ground_color(x, y), dist)
             } else {
-                sky_color(&d)
+                sky_color(&Vector3::new(d[0], d[1], d[2]))
             };
             rgb[v * w + u] = to_u8(c);
         }
@@ -378,6 +389,18 @@ pub fn cast_lidar(
             )
         })
         .collect();
+    let r = lidar_to_global.rotation.to_rotation_matrix().into_inner();
+    let (o, oz) = ([origin.x, origin.y, origin.z], origin.z);
+    let spheres: Vec<([f64; 3], f64, f64)> = spheres
+        .iter()
+        .map(|(c, r2)| {
+            let v = [c.x - o[0], c.y - o[1], c.z - o[2]];
+            (v, v[0] * v[0] + v[1] * v[1] + v[2] * v[2], *r2)
+        })
+        .collect();
+    let azimuths: Vec<(f64, f64)> = (0..spec.azimuth_steps)
+        .map(|step| (step as f64 / spec.azimuth_steps as f64 * std::f64::consts::TAU).sin_cos())
+        .collect();
     for ring in 0..spec.rings {
         let f = if spec.rings > 1 {
             ring as f64 / (spec.rings - 1) as f64
@@ -386,15 +409,15 @@ pub fn cast_lidar(
         };
         let el = (spec.min_elevation_deg + f * (spec.max_elevation_deg - spec.min_elevation_deg))
             .to_radians();
-        for step in 0..spec.azimuth_steps {
-            let az = step as f64 / spec.azimuth_steps as f64 * std::f64::consts::TAU;
-            let d_l = Vector3::new(el.cos() * az.cos(), el.cos() * az.sin(), el.sin());
-            let d = lidar_to_global.rotation * d_l;
+        let (se, ce) = el.sin_cos();
+        for &(sa, ca) in &azimuths {
+            let dl = [ce * ca, ce * sa, se];
+            let d = [0, 1, 2].map(|i| r[(i, 0)] * dl[0] + r[(i, 1)] * dl[1] + r[(i, 2)] * dl[2]);
             let mut best = spec.max_range;
             let mut what: Option<usize> = None;
             let mut ground = false;
-            if d.z < -1e-9 {
-                let t = -origin.z / d.z;
+            if d[2] < -1e-9 {
+                let t = -oz / d[2];
                 if t > 0.0 && t < best {
                     best = t;
                     ground = true;
@@ -402,16 +425,13 @@ pub fn cast_lidar(
             }
             for (i, s) in solids.iter().enumerate() {
                 // Bounding-sphere rejection first: most beams miss most boxes.
-                let (c, r2) = spheres[i];
-                let v = c - origin;
-                let tca = v.dot(&d);
-                if tca + r2.sqrt() < 0.0
-                    || v.norm_squared() - tca * tca > r2
-                    || tca - r2.sqrt() > best
-                {
+                let (v, v2, r2) = spheres[i];
+                let tca = v[0] * d[0] + v[1] * d[1] + v[2] * d[2];
+                let rad = r2.sqrt();
+                if tca + rad < 0.0 || v2 - tca * tca > r2 || tca - rad > best {
                     continue;
                 }
-                if let Some((t0, _)) = ray_box(&origin, &d, &s.bbox) {
+                if let Some((t0, _)) = ray_box(&origin, &Vector3::from(d), &s.bbox) {
                     if t0 > 0.0 && t0 < best {
                         best = t0;
                         what = Some(i);
@@ -425,8 +445,7 @@ pub fn cast_lidar(
                     solids[i].reflectivity
                 }
                 None if ground => {
-                    let p = origin + d * best;
-                    if on_marking(p.x, p.y) {
+                    if on_marking(o[0] + d[0] * best, o[1] + d[1] * best) {
                         90.0
                     } else {
                         8.0
@@ -434,8 +453,8 @@ pub fn cast_lidar(
                 }
                 None => continue,
             };
-            let p = d_l * best;
-            points.push([p.x as f32, p.y as f32, p.z as f32, intensity, ring as f32]);
+            let p = dl.map(|c| (c * best) as f32);
+            points.push([p[0], p[1], p[2], intensity, ring as f32]);
         }
     }
     (points, hits)
