@@ -517,3 +517,32 @@ fn sweeps_are_non_key_frames_chained_in_time() {
     assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn interrupted_run_never_reads_as_a_dataset() {
+    let dir = scratch("interrupted");
+    let cfg = SynthConfig {
+        scenes: 1,
+        samples_per_scene: 1,
+        width: 32,
+        height: 18,
+        objects_per_scene: 2,
+        lidar: vlm3d::data::render::LidarSpec {
+            azimuth_steps: 36,
+            ..Default::default()
+        },
+        ..config(9)
+    };
+    generate(&dir, &cfg).unwrap();
+    assert!(NuScenes::load(&dir, VERSION).is_ok());
+    // A second run into the same folder fails half-way (a file where the LiDAR folder must go).
+    std::fs::remove_dir_all(dir.join("samples/LIDAR_TOP")).unwrap();
+    std::fs::write(dir.join("samples/LIDAR_TOP"), b"in the way").unwrap();
+    let e = generate(&dir, &SynthConfig { seed: 10, ..cfg })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LIDAR_TOP"), "{e}");
+    let e = NuScenes::load(&dir, VERSION).unwrap_err().to_string();
+    assert!(e.contains("scene.json") && e.contains("missing"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

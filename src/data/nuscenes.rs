@@ -343,9 +343,13 @@ impl Tables {
     }
 
     /// Writes every table as `<table_dir>/<table>.json` (pretty-printed JSON arrays), creating the folder.
+    /// `scene.json` is written last, so an interrupted write leaves no scene table and never reads as whole.
     pub fn write(&self, table_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(table_dir).map_err(|e| Error::io(table_dir, e))?;
-        write_table(table_dir, &self.scene)?;
+        let scene = table_path::<Scene>(table_dir);
+        if scene.exists() {
+            std::fs::remove_file(&scene).map_err(|e| Error::io(&scene, e))?;
+        }
         write_table(table_dir, &self.sample)?;
         write_table(table_dir, &self.sample_data)?;
         write_table(table_dir, &self.ego_pose)?;
@@ -358,6 +362,7 @@ impl Tables {
         write_table(table_dir, &self.visibility)?;
         write_table(table_dir, &self.log)?;
         write_table(table_dir, &self.map)?;
+        write_table(table_dir, &self.scene)?;
         Ok(())
     }
 }

@@ -4,7 +4,8 @@
 //! `<out>/samples/LIDAR_TOP/*.pcd.bin`) that the devkit and [`super::nuscenes::NuScenes`] read.
 //!
 //! Everything is drawn from one seeded ChaCha RNG, so a seed gives identical bytes on every run and machine.
-//! The tables are written last: an interrupted run leaves no `scene.json`, which the reader rejects.
+//! The tables are written last (`scene.json` the very last, and an old one is removed first): an interrupted
+//! run leaves no `scene.json`, which the reader rejects.
 use std::f64::consts::{FRAC_PI_2, PI};
 use std::path::Path;
 
@@ -647,6 +648,11 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             "jpeg quality",
             format!("{} is not in 1..=100", cfg.jpeg_quality),
         ));
+    }
+    // A dataset already at `out` stops being one until this run completes (scene.json is written last).
+    let old_scene = out.join(&cfg.version).join("scene.json");
+    if old_scene.exists() {
+        std::fs::remove_file(&old_scene).map_err(|e| Error::io(&old_scene, e))?;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut tokens = Tokens(ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15));
