@@ -546,3 +546,57 @@ fn interrupted_run_never_reads_as_a_dataset() {
     assert!(e.contains("scene.json") && e.contains("missing"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn cli_synth_writes_a_dataset_and_rejects_bad_arguments() {
+    let dir = scratch("cli");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+        .args([
+            "synth",
+            "--quiet",
+            "--scenes",
+            "1",
+            "--samples-per-scene",
+            "2",
+            "--width",
+            "48",
+        ])
+        .args([
+            "--height",
+            "27",
+            "--objects",
+            "3",
+            "--seed",
+            "12",
+            "--sweeps",
+            "--version",
+            "v1.0-test-synth",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 scenes, 2 samples, 6 annotations, 42 images"),
+        "{stdout}"
+    );
+    let n = NuScenes::load(&dir, "v1.0-test-synth").unwrap();
+    assert_eq!(n.tables().sample.len(), 2);
+    assert!(n.tables().sample_data.iter().any(|sd| !sd.is_key_frame));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+        .args(["synth", "--quiet", "--scenes", "0", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scene"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
+}

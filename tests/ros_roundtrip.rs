@@ -71,7 +71,9 @@ where
 {
     let topic = topic(name);
     let mut node = node(&format!("vlm3d_test_send_{name}"));
-    let publisher = node.create_publisher::<T>(&topic, QosProfile::default()).unwrap();
+    let publisher = node
+        .create_publisher::<T>(&topic, QosProfile::default())
+        .unwrap();
     let mut listener = peer(&["listen", ros_type, &topic]);
     wait_for_subscribers(&mut node, &publisher, 1, TIMEOUT).expect("rclpy listener matched");
     // Keep publishing until the listener exits: matching on our side does not mean it matched us yet.
@@ -82,10 +84,19 @@ where
         if let Some(status) = listener.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "rclpy listener did not report a message on {topic}");
+        assert!(
+            Instant::now() < deadline,
+            "rclpy listener did not report a message on {topic}"
+        );
     };
     let mut out = String::new();
-    listener.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    listener
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.success(), "rclpy listener failed ({status}): {out}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("listener output {out:?}: {e}"))
 }
@@ -110,7 +121,10 @@ where
         if let Some(status) = talker.0.try_wait().unwrap() {
             panic!("rclpy talker exited early ({status})");
         }
-        assert!(Instant::now() < deadline, "nothing received from rclpy on {topic}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing received from rclpy on {topic}"
+        );
     }
 }
 
@@ -188,7 +202,9 @@ fn bounding_box_array_rclpy_to_r2r() {
 #[test]
 fn image_rclpy_to_r2r() {
     let (height, width) = (3u32, 4u32);
-    let mut data: Vec<u8> = (0..height * width * 3).map(|i| (i * 37 % 256) as u8).collect();
+    let mut data: Vec<u8> = (0..height * width * 3)
+        .map(|i| (i * 37 % 256) as u8)
+        .collect();
     data[1] = 255;
     let sent = Image {
         header: header("cam_front"),
@@ -212,12 +228,20 @@ fn image_rclpy_to_r2r() {
 fn detection3d_array_r2r_to_rclpy() {
     let mut sent = to_detection3d_array(&boxes());
     // A covariance with distinct entries, to see that none is lost or reordered.
-    for (i, c) in sent.detections[0].results[0].pose.covariance.iter_mut().enumerate() {
+    for (i, c) in sent.detections[0].results[0]
+        .pose
+        .covariance
+        .iter_mut()
+        .enumerate()
+    {
         *c = i as f64 * 0.5;
     }
     let got = send_to_rclpy("vision_msgs/msg/Detection3DArray", "detections", &sent);
     assert_eq!(got, serde_json::to_value(&sent).unwrap());
-    assert_eq!(got["detections"][1]["results"][0]["hypothesis"]["class_id"], "pedestrian");
+    assert_eq!(
+        got["detections"][1]["results"][0]["hypothesis"]["class_id"],
+        "pedestrian"
+    );
 }
 
 #[test]
