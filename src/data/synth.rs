@@ -516,10 +516,9 @@ fn place_objects(rng: &mut ChaCha8Rng, ego: &Track, times: &[f64], n: usize) -> 
             turn_rate,
         };
         let (dx, dy, _) = probe.at(mid);
-        let (h0, _) = (heading, ());
         let track = Track {
             start: [start[0] - dx, start[1] - dy],
-            heading: h0,
+            heading,
             speed,
             turn_rate,
         };
@@ -887,7 +886,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             summary.samples += 1;
             bar.inc(1);
         }
-        link_sample_data(&mut t.sample_data[sd_first..], &t.calibrated_sensor);
+        link_sample_data(&mut t.sample_data[sd_first..]);
         for (i, o) in objects.iter().enumerate() {
             t.instance.push(Instance {
                 token: instance_tokens[i].clone(),
@@ -1089,7 +1088,7 @@ fn push_sample_data(
 }
 
 /// Fills prev/next of one scene's sample_data: a chain per calibrated sensor in time order.
-fn link_sample_data(sds: &mut [SampleData], _calibs: &[CalibratedSensor]) {
+fn link_sample_data(sds: &mut [SampleData]) {
     let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for i in 0..sds.len() {
         if let Some(&j) = last.get(&sds[i].calibrated_sensor_token) {

@@ -6,7 +6,8 @@ use r2r::builtin_interfaces::msg::Time;
 use r2r::geometry_msgs::msg::{Point, Pose, PoseWithCovariance, Quaternion, Vector3};
 use r2r::std_msgs::msg::Header;
 use r2r::vision_msgs::msg::{
-    BoundingBox3D as VisionBox, Detection3D, Detection3DArray, ObjectHypothesis, ObjectHypothesisWithPose,
+    BoundingBox3D as VisionBox, Detection3D, Detection3DArray, ObjectHypothesis,
+    ObjectHypothesisWithPose,
 };
 use r2r::vlm3d::msg::{BoundingBox3D, BoundingBox3DArray};
 
@@ -113,14 +114,26 @@ impl TryFrom<&BoundingBox3D> for DetectedBox {
         let center = [p.x, p.y, p.z];
         let size = [m.size.x, m.size.y, m.size.z];
         let quat = [q.x, q.y, q.z, q.w];
-        if center.iter().chain(&size).chain(&quat).any(|v| !v.is_finite()) || !m.score.is_finite() {
+        if center
+            .iter()
+            .chain(&size)
+            .chain(&quat)
+            .any(|v| !v.is_finite())
+            || !m.score.is_finite()
+        {
             return Err(Error::invalid("BoundingBox3D", "non-finite value"));
         }
         if size.iter().any(|&s| s < 0.0) {
-            return Err(Error::invalid("BoundingBox3D", format!("negative size {size:?}")));
+            return Err(Error::invalid(
+                "BoundingBox3D",
+                format!("negative size {size:?}"),
+            ));
         }
         if quat.iter().all(|&v| v == 0.0) {
-            return Err(Error::invalid("BoundingBox3D", "zero orientation quaternion"));
+            return Err(Error::invalid(
+                "BoundingBox3D",
+                "zero orientation quaternion",
+            ));
         }
         Ok(DetectedBox {
             center,
@@ -155,7 +168,11 @@ impl TryFrom<&BoundingBox3DArray> for Detections {
             stamp_ns: nanos_from_time(&m.header.stamp),
             frame_id: m.header.frame_id.clone(),
             prompt: m.prompt.clone(),
-            boxes: m.boxes.iter().map(DetectedBox::try_from).collect::<Result<_>>()?,
+            boxes: m
+                .boxes
+                .iter()
+                .map(DetectedBox::try_from)
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -216,7 +233,10 @@ mod tests {
     fn yaw_round_trips_through_the_quaternion() {
         for i in -31..=31 {
             let yaw = f64::from(i) * 0.1;
-            assert!((quaternion_to_yaw(&yaw_to_quaternion(yaw)) - yaw).abs() < 1e-12, "{yaw}");
+            assert!(
+                (quaternion_to_yaw(&yaw_to_quaternion(yaw)) - yaw).abs() < 1e-12,
+                "{yaw}"
+            );
         }
     }
 

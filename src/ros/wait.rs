@@ -34,7 +34,12 @@ pub fn wait_for_subscribers<T: WrappedTypesupport>(
 
 /// Spins `node` until `topic` has at least `min` publishers (this process's included), or fails after
 /// `timeout`. Returns the number of publishers seen.
-pub fn wait_for_publishers(node: &mut Node, topic: &str, min: usize, timeout: Duration) -> Result<usize> {
+pub fn wait_for_publishers(
+    node: &mut Node,
+    topic: &str,
+    min: usize,
+    timeout: Duration,
+) -> Result<usize> {
     let deadline = Instant::now() + timeout;
     loop {
         let n = node.get_publishers_info_by_topic(topic, false)?.len();
