@@ -27,6 +27,8 @@ pub enum Command {
     Detect(DetectArgs),
     /// Time one forward pass (prefill + box head) with random weights at tiny and Qwen2-VL-2B sizes.
     Bench(BenchArgs),
+    /// Generate a synthetic dataset in the nuScenes v1.0 layout (tables, camera JPEGs, LiDAR .pcd.bin).
+    Synth(SynthArgs),
 }
 
 /// Arguments shared by `generate` and `detect`.
@@ -153,6 +155,41 @@ pub struct BenchConvertArgs {
     pub script: std::path::PathBuf,
 }
 
+/// Arguments of `vlm3d synth`.
+#[derive(Debug, clap::Args)]
+pub struct SynthArgs {
+    /// Output dataroot (created; tables go to `<out>/<version>/`, files to `<out>/samples/`).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Number of scenes.
+    #[arg(long, default_value_t = 2)]
+    pub scenes: usize,
+    /// RNG seed; the same seed writes the same bytes.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image width in pixels.
+    #[arg(long, default_value_t = 1600)]
+    pub width: u32,
+    /// Image height in pixels.
+    #[arg(long, default_value_t = 900)]
+    pub height: u32,
+    /// Key frames (samples, 2 Hz) per scene.
+    #[arg(long, default_value_t = 10)]
+    pub samples_per_scene: usize,
+    /// Objects placed per scene.
+    #[arg(long, default_value_t = 16)]
+    pub objects: usize,
+    /// Table folder name.
+    #[arg(long, default_value = "v1.0-mini")]
+    pub version: String,
+    /// Also write non-key frames (sweeps): cameras at 12 Hz, LIDAR_TOP at 20 Hz.
+    #[arg(long)]
+    pub sweeps: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// Sets up `tracing` logging to stderr with `RUST_LOG` taking precedence over `default_filter`.
 pub fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -228,6 +265,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ConvertNuscenes(args) => run_convert(args),
         Command::BenchConvert(args) => Ok(crate::data::bench::run(&args)?),
+        Command::Synth(a) => {
+            let cfg = crate::data::synth::SynthConfig {
+                scenes: a.scenes,
+                seed: a.seed,
+                width: a.width,
+                height: a.height,
+                samples_per_scene: a.samples_per_scene,
+                objects_per_scene: a.objects,
+                version: a.version,
+                sweeps: a.sweeps,
+                progress: !a.quiet,
+                ..Default::default()
+            };
+            let start = std::time::Instant::now();
+            let s =
+                anyhow::Context::with_context(crate::data::synth::generate(&a.out, &cfg), || {
+                    format!("vlm3d synth into {}", a.out.display())
+                })?;
+            println!(
+                "wrote {} scenes, {} samples, {} annotations, {} images, {} LiDAR points to {} in {:.1} s",
+                s.scenes,
+                s.samples,
+                s.annotations,
+                s.images,
+                s.lidar_points,
+                a.out.display(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -6,5 +6,7 @@ pub mod convert;
 pub mod dataset;
 pub mod msgs;
 pub mod nuscenes;
+pub mod render;
 pub mod rosbag;
+pub mod synth;
 pub mod typehash;

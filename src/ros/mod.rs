@@ -1,1 +1,19 @@
-//! r2r glue: the only module that imports r2r.
+//! ROS 2 glue (r2r): the only module that imports r2r, compiled with the `ros` feature.
+//!
+//! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from plain Rust values,
+//!   and to the ecosystem's `vision_msgs/Detection3DArray`.
+//! * [`wait`]: start-up helpers that wait for discovery to match publishers and subscribers, so that a
+//!   burst of messages right after start is not lost.
+//!
+//! The message types are r2r's generated ones, e.g. [`r2r::vlm3d::msg::BoundingBox3DArray`]; they exist
+//! when the crate is built with `env.sh` sourced (see `scripts/setup.sh`).
+pub mod convert;
+pub mod wait;
+
+pub use convert::{DetectedBox, Detections};
+
+impl From<r2r::Error> for crate::Error {
+    fn from(e: r2r::Error) -> Self {
+        crate::Error::Ros(e.to_string())
+    }
+}

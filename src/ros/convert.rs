@@ -1,0 +1,284 @@
+//! Conversions between the package's messages and plain Rust values.
+//!
+//! Boxes are carried as [x, y, z, l, w, h, yaw] in plain fields here; the geometry module's `Box3D` will
+//! convert to and from [`DetectedBox`] once it exists.
+use r2r::builtin_interfaces::msg::Time;
+use r2r::geometry_msgs::msg::{Point, Pose, PoseWithCovariance, Quaternion, Vector3};
+use r2r::std_msgs::msg::Header;
+use r2r::vision_msgs::msg::{
+    BoundingBox3D as VisionBox, Detection3D, Detection3DArray, ObjectHypothesis,
+    ObjectHypothesisWithPose,
+};
+use r2r::vlm3d::msg::{BoundingBox3D, BoundingBox3DArray};
+
+use crate::{Error, Result};
+
+/// One detected object: an oriented box with its label, confidence and the camera that saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectedBox {
+    /// Box center (x, y, z) in metres, in the frame of the enclosing [`Detections`].
+    pub center: [f64; 3],
+    /// Length (along the heading), width and height in metres.
+    pub size: [f64; 3],
+    /// Heading: rotation about +z in radians.
+    pub yaw: f64,
+    /// Open-vocabulary class name.
+    pub label: String,
+    /// Confidence in [0, 1].
+    pub score: f32,
+    /// Frame id of the camera that produced the box (empty when unknown).
+    pub camera: String,
+    /// Identifier across messages (empty when not tracked).
+    pub instance_id: String,
+}
+
+/// The boxes one prompt produced for one set of images: what a `BoundingBox3DArray` carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detections {
+    /// Stamp of the source images, nanoseconds since the epoch.
+    pub stamp_ns: i64,
+    /// Frame of every box (the LiDAR frame for the perception node).
+    pub frame_id: String,
+    /// The prompt the boxes answer.
+    pub prompt: String,
+    /// The boxes.
+    pub boxes: Vec<DetectedBox>,
+}
+
+/// The quaternion of a rotation by `yaw` radians about +z.
+pub fn yaw_to_quaternion(yaw: f64) -> Quaternion {
+    let half = 0.5 * yaw;
+    Quaternion {
+        x: 0.0,
+        y: 0.0,
+        z: half.sin(),
+        w: half.cos(),
+    }
+}
+
+/// The heading (rotation about +z, in (-π, π]) of a quaternion; roll and pitch are ignored.
+/// The quaternion need not be normalized.
+pub fn quaternion_to_yaw(q: &Quaternion) -> f64 {
+    let siny = 2.0 * (q.w * q.z + q.x * q.y);
+    let cosy = q.w * q.w + q.x * q.x - q.y * q.y - q.z * q.z;
+    siny.atan2(cosy)
+}
+
+/// A ROS time from nanoseconds since the epoch (negative values are clamped to 0, the latest
+/// representable time saturates).
+pub fn time_from_nanos(ns: i64) -> Time {
+    let ns = ns.max(0);
+    let sec = (ns / 1_000_000_000).min(i64::from(i32::MAX)) as i32;
+    Time {
+        sec,
+        nanosec: (ns % 1_000_000_000) as u32,
+    }
+}
+
+/// Nanoseconds since the epoch of a ROS time.
+pub fn nanos_from_time(t: &Time) -> i64 {
+    i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
+}
+
+impl From<&DetectedBox> for BoundingBox3D {
+    fn from(b: &DetectedBox) -> Self {
+        BoundingBox3D {
+            center: Pose {
+                position: Point {
+                    x: b.center[0],
+                    y: b.center[1],
+                    z: b.center[2],
+                },
+                orientation: yaw_to_quaternion(b.yaw),
+            },
+            size: Vector3 {
+                x: b.size[0],
+                y: b.size[1],
+                z: b.size[2],
+            },
+            label: b.label.clone(),
+            score: b.score,
+            camera: b.camera.clone(),
+            instance_id: b.instance_id.clone(),
+        }
+    }
+}
+
+impl TryFrom<&BoundingBox3D> for DetectedBox {
+    type Error = Error;
+
+    /// Rejects non-finite values, negative sizes and an all-zero orientation quaternion.
+    fn try_from(m: &BoundingBox3D) -> Result<Self> {
+        let p = &m.center.position;
+        let q = &m.center.orientation;
+        let center = [p.x, p.y, p.z];
+        let size = [m.size.x, m.size.y, m.size.z];
+        let quat = [q.x, q.y, q.z, q.w];
+        if center
+            .iter()
+            .chain(&size)
+            .chain(&quat)
+            .any(|v| !v.is_finite())
+            || !m.score.is_finite()
+        {
+            return Err(Error::invalid("BoundingBox3D", "non-finite value"));
+        }
+        if size.iter().any(|&s| s < 0.0) {
+            return Err(Error::invalid(
+                "BoundingBox3D",
+                format!("negative size {size:?}"),
+            ));
+        }
+        if quat.iter().all(|&v| v == 0.0) {
+            return Err(Error::invalid(
+                "BoundingBox3D",
+                "zero orientation quaternion",
+            ));
+        }
+        Ok(DetectedBox {
+            center,
+            size,
+            yaw: quaternion_to_yaw(q),
+            label: m.label.clone(),
+            score: m.score,
+            camera: m.camera.clone(),
+            instance_id: m.instance_id.clone(),
+        })
+    }
+}
+
+impl From<&Detections> for BoundingBox3DArray {
+    fn from(d: &Detections) -> Self {
+        BoundingBox3DArray {
+            header: Header {
+                stamp: time_from_nanos(d.stamp_ns),
+                frame_id: d.frame_id.clone(),
+            },
+            prompt: d.prompt.clone(),
+            boxes: d.boxes.iter().map(BoundingBox3D::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<&BoundingBox3DArray> for Detections {
+    type Error = Error;
+
+    fn try_from(m: &BoundingBox3DArray) -> Result<Self> {
+        Ok(Detections {
+            stamp_ns: nanos_from_time(&m.header.stamp),
+            frame_id: m.header.frame_id.clone(),
+            prompt: m.prompt.clone(),
+            boxes: m
+                .boxes
+                .iter()
+                .map(DetectedBox::try_from)
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// The same boxes as the ecosystem's `vision_msgs/Detection3DArray`: one detection per box with a
+/// single hypothesis (class_id = label, score), the box pose as the hypothesis pose (zero covariance:
+/// unknown), and the instance id as the detection id. The prompt has no place there and is dropped.
+pub fn to_detection3d_array(m: &BoundingBox3DArray) -> Detection3DArray {
+    Detection3DArray {
+        header: m.header.clone(),
+        detections: m
+            .boxes
+            .iter()
+            .map(|b| Detection3D {
+                header: m.header.clone(),
+                results: vec![ObjectHypothesisWithPose {
+                    hypothesis: ObjectHypothesis {
+                        class_id: b.label.clone(),
+                        score: f64::from(b.score),
+                    },
+                    pose: PoseWithCovariance {
+                        pose: b.center.clone(),
+                        covariance: vec![0.0; 36],
+                    },
+                }],
+                bbox: VisionBox {
+                    center: b.center.clone(),
+                    size: b.size.clone(),
+                },
+                id: b.instance_id.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Detections {
+        Detections {
+            stamp_ns: 1_532_402_927_612_460_000,
+            frame_id: "lidar_top".into(),
+            prompt: "find every car".into(),
+            boxes: vec![DetectedBox {
+                center: [10.5, -3.25, 0.75],
+                size: [4.5, 1.9, 1.6],
+                yaw: 0.7,
+                label: "car".into(),
+                score: 0.875,
+                camera: "cam_front".into(),
+                instance_id: "7".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn yaw_round_trips_through_the_quaternion() {
+        for i in -31..=31 {
+            let yaw = f64::from(i) * 0.1;
+            assert!(
+                (quaternion_to_yaw(&yaw_to_quaternion(yaw)) - yaw).abs() < 1e-12,
+                "{yaw}"
+            );
+        }
+    }
+
+    #[test]
+    fn time_round_trips() {
+        for ns in [0, 1, 999_999_999, 1_000_000_000, 1_532_402_927_612_460_000] {
+            assert_eq!(nanos_from_time(&time_from_nanos(ns)), ns);
+        }
+        assert_eq!(nanos_from_time(&time_from_nanos(-5)), 0);
+    }
+
+    #[test]
+    fn detections_round_trip_through_the_message() {
+        let d = sample();
+        let m = BoundingBox3DArray::from(&d);
+        let back = Detections::try_from(&m).unwrap();
+        assert_eq!(back.prompt, d.prompt);
+        assert_eq!(back.stamp_ns, d.stamp_ns);
+        assert!((back.boxes[0].yaw - 0.7).abs() < 1e-12);
+        assert_eq!(back.boxes[0].center, d.boxes[0].center);
+    }
+
+    #[test]
+    fn malformed_boxes_are_rejected() {
+        let mut m = BoundingBox3DArray::from(&sample());
+        m.boxes[0].size.y = -1.0;
+        assert!(Detections::try_from(&m).is_err());
+        let mut m = BoundingBox3DArray::from(&sample());
+        m.boxes[0].center.position.x = f64::NAN;
+        assert!(Detections::try_from(&m).is_err());
+    }
+
+    #[test]
+    fn vision_msgs_view_keeps_every_box() {
+        let m = BoundingBox3DArray::from(&sample());
+        let v = to_detection3d_array(&m);
+        assert_eq!(v.detections.len(), 1);
+        let d = &v.detections[0];
+        assert_eq!(d.results[0].hypothesis.class_id, "car");
+        assert_eq!(d.results[0].hypothesis.score, 0.875);
+        assert_eq!(d.bbox.size, m.boxes[0].size);
+        assert_eq!(d.id, "7");
+        assert_eq!(v.header, m.header);
+    }
+}
