@@ -29,6 +29,9 @@ use super::nuscenes::{NuScenes, SampleData};
 use super::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
 use crate::{Error, Result};
 
+/// Source files read ahead of the writer.
+const PREFETCH: usize = 16;
+
 /// Options of [`convert_nuscenes`].
 #[derive(Debug, Clone)]
 pub struct ConvertOptions {
@@ -319,79 +322,104 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
         events.push((t0, 0, 0, Event::TfStatic));
         events.sort_by_key(|e| (e.0, e.1, e.2));
 
-        for (t, _, _, ev) in &events {
-            match ev {
-                Event::TfStatic => {
-                    let msg = TFMessage {
-                        transforms: statics
-                            .iter()
-                            .map(|(frame, iso)| TransformStamped {
-                                header: Header::new(*t, layout.base_frame.clone()),
-                                child_frame_id: frame.clone(),
-                                transform: transform(iso),
-                            })
-                            .collect(),
-                    };
-                    writer.write(topics.tf_static, *t, &msg, &mut scratch)?;
-                }
-                Event::Index(si) => {
-                    let idx = indices[*si]
-                        .as_ref()
-                        .expect("index events only for indexed samples");
-                    let data = serde_json::to_string(idx)
-                        .map_err(|e| Error::invalid("sample index", e.to_string()))?;
-                    writer.write(topics.sample, *t, &StringMsg { data }, &mut scratch)?;
-                }
-                Event::Data(sd) => {
-                    write_sample_data(
-                        nusc,
-                        sd,
-                        *t,
-                        opts,
-                        &topics,
-                        &mut writer,
-                        &mut scratch,
-                        &mut report,
-                    )?;
-                }
-                Event::Annotations(si) => {
-                    let sd =
-                        lidar_sd[*si].expect("annotation events only for samples with a LiDAR");
-                    let frame = indices[*si].as_ref().expect("indexed").lidar.frame.clone();
-                    let boxes = nusc.boxes_in_sensor(sd)?;
-                    let msg = BoundingBox3DArrayMsg {
-                        header: Header::new(*t, frame),
-                        prompt: String::new(),
-                        boxes: boxes
-                            .iter()
-                            .map(|b| BoundingBox3DMsg {
-                                center: Pose {
-                                    position: Point {
-                                        x: b.bbox.center.x,
-                                        y: b.bbox.center.y,
-                                        z: b.bbox.center.z,
-                                    },
-                                    orientation: quat(&b.bbox.rotation),
-                                },
-                                size: Vector3 {
-                                    x: b.bbox.size[0],
-                                    y: b.bbox.size[1],
-                                    z: b.bbox.size[2],
-                                },
-                                label: b.category.to_string(),
-                                score: 1.0,
-                                camera: String::new(),
-                                instance_id: b.annotation.instance_token.clone(),
-                            })
-                            .collect(),
-                    };
-                    report.annotations += msg.boxes.len() as u64;
-                    writer.write(topics.annotations, *t, &msg, &mut scratch)?;
-                    report.samples += 1;
-                    bar.inc(1);
-                }
+        // Source files are read ahead, in event order, by a second thread (at most PREFETCH files in
+        // flight), so that reading overlaps serializing and writing.
+        let mut reads: Vec<Option<PathBuf>> = Vec::new();
+        for (_, _, _, ev) in &events {
+            if let Event::Data(sd) = ev {
+                let skip = nusc.sensor_of(sd)?.modality != "camera" && !opts.lidar;
+                reads.push((!skip).then(|| nusc.file_path(sd)));
             }
         }
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Option<std::io::Result<Vec<u8>>>>(PREFETCH);
+            scope.spawn(move || {
+                for p in reads {
+                    if tx.send(p.map(std::fs::read)).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (t, _, _, ev) in &events {
+                match ev {
+                    Event::TfStatic => {
+                        let msg = TFMessage {
+                            transforms: statics
+                                .iter()
+                                .map(|(frame, iso)| TransformStamped {
+                                    header: Header::new(*t, layout.base_frame.clone()),
+                                    child_frame_id: frame.clone(),
+                                    transform: transform(iso),
+                                })
+                                .collect(),
+                        };
+                        writer.write(topics.tf_static, *t, &msg, &mut scratch)?;
+                    }
+                    Event::Index(si) => {
+                        let idx = indices[*si]
+                            .as_ref()
+                            .expect("index events only for indexed samples");
+                        let data = serde_json::to_string(idx)
+                            .map_err(|e| Error::invalid("sample index", e.to_string()))?;
+                        writer.write(topics.sample, *t, &StringMsg { data }, &mut scratch)?;
+                    }
+                    Event::Data(sd) => {
+                        let payload = rx
+                            .recv()
+                            .expect("the reader thread sends one result per file");
+                        write_sample_data(
+                            nusc,
+                            sd,
+                            payload,
+                            *t,
+                            opts,
+                            &topics,
+                            &mut writer,
+                            &mut scratch,
+                            &mut report,
+                        )?;
+                    }
+                    Event::Annotations(si) => {
+                        let sd =
+                            lidar_sd[*si].expect("annotation events only for samples with a LiDAR");
+                        let frame = indices[*si].as_ref().expect("indexed").lidar.frame.clone();
+                        let boxes = nusc.boxes_in_sensor(sd)?;
+                        let msg = BoundingBox3DArrayMsg {
+                            header: Header::new(*t, frame),
+                            prompt: String::new(),
+                            boxes: boxes
+                                .iter()
+                                .map(|b| BoundingBox3DMsg {
+                                    center: Pose {
+                                        position: Point {
+                                            x: b.bbox.center.x,
+                                            y: b.bbox.center.y,
+                                            z: b.bbox.center.z,
+                                        },
+                                        orientation: quat(&b.bbox.rotation),
+                                    },
+                                    size: Vector3 {
+                                        x: b.bbox.size[0],
+                                        y: b.bbox.size[1],
+                                        z: b.bbox.size[2],
+                                    },
+                                    label: b.category.to_string(),
+                                    score: 1.0,
+                                    camera: String::new(),
+                                    instance_id: b.annotation.instance_token.clone(),
+                                })
+                                .collect(),
+                        };
+                        report.annotations += msg.boxes.len() as u64;
+                        writer.write(topics.annotations, *t, &msg, &mut scratch)?;
+                        report.samples += 1;
+                        bar.inc(1);
+                    }
+                }
+            }
+            Ok(())
+        })?;
         report.scenes += 1;
     }
     bar.finish_and_clear();
@@ -412,6 +440,7 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
 fn write_sample_data(
     nusc: &NuScenes,
     sd: &SampleData,
+    read: Option<std::io::Result<Vec<u8>>>,
     t: u64,
     opts: &ConvertOptions,
     topics: &Topics,
@@ -424,15 +453,15 @@ fn write_sample_data(
     let record = || format!("sample_data {}", sd.token);
     let is_camera = sensor.modality == "camera";
     let path = nusc.file_path(sd);
+    let Some(read) = read else {
+        return Ok(()); // LiDAR not converted
+    };
     let payload = if is_camera {
-        std::fs::read(&path).map_err(|e| {
+        read.map_err(|e| {
             Error::format(&path, Some(record()), format!("cannot read the image: {e}"))
         })?
     } else {
-        if !opts.lidar {
-            return Ok(());
-        }
-        match std::fs::read(&path) {
+        match read {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if report.missing_lidar == 0 {

@@ -76,6 +76,8 @@ pub struct DatasetConfig {
     pub split: Split,
     /// Topic of the converter's per-sample index.
     pub sample_topic: String,
+    /// Topic of the sensor extrinsics (static transforms).
+    pub tf_static_topic: String,
     /// Yield examples of cameras that see no box (they then carry only negative prompts).
     pub keep_empty: bool,
 }
@@ -92,6 +94,7 @@ impl Default for DatasetConfig {
             val_fraction: 0.2,
             split: Split::All,
             sample_topic: super::bagschema::BagLayout::default().sample(),
+            tf_static_topic: super::bagschema::BagLayout::default().tf_static_topic,
             keep_empty: true,
         }
     }
@@ -370,11 +373,7 @@ impl Dataset {
         match &*m.type_name {
             "tf2_msgs/msg/TFMessage" => {
                 let tf: TFMessage = m.decode()?;
-                let is_static = self
-                    .pending
-                    .front()
-                    .map(|p| *m.topic == *p.index.tf_static_topic)
-                    .unwrap_or(m.topic.ends_with("tf_static"));
+                let is_static = *m.topic == *self.config.tf_static_topic;
                 if is_static {
                     // New extrinsics (a new scene): samples still assembling belong to the previous one.
                     while let Some(p) = self.pending.pop_front() {
