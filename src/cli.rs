@@ -17,6 +17,10 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and the compiled-in features.
     Info,
+    /// Convert a nuScenes version (tables + samples/) to a rosbag2 folder (MCAP, CDR).
+    ConvertNuscenes(ConvertArgs),
+    /// Benchmark the converter against the `rosbags` Python library on synthetic sets.
+    BenchConvert(BenchConvertArgs),
     /// Greedy text answer of a Qwen2-VL checkpoint to a prompt about images (checks a checkpoint).
     Generate(ModelArgs),
     /// Detect 3D boxes: images + prompt → JSON boxes per view.
@@ -80,6 +84,77 @@ pub struct BenchArgs {
     pub prompt_tokens: usize,
 }
 
+/// Arguments of `vlm3d convert-nuscenes`.
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// nuScenes root (holds `<version>/*.json` and `samples/`).
+    #[arg(long)]
+    pub dataroot: std::path::PathBuf,
+    /// Table version folder, e.g. v1.0-mini or v1.0-trainval.
+    #[arg(long, default_value = "v1.0-mini")]
+    pub version: String,
+    /// Output bag folder (written as `<out>.partial/` and renamed when complete).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Do not convert LiDAR point clouds.
+    #[arg(long)]
+    pub no_lidar: bool,
+    /// Replace an existing bag.
+    #[arg(long)]
+    pub force: bool,
+    /// YAML file with topic names and frames (keys of `vlm3d::data::bagschema::BagLayout`).
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Prefix for every topic except /tf and /tf_static (overrides the config file).
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+    /// Annotations topic (overrides the config file).
+    #[arg(long)]
+    pub annotations_topic: Option<String>,
+    /// Convert only the first N scenes.
+    #[arg(long)]
+    pub max_scenes: Option<usize>,
+    /// MCAP chunk size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub chunk_size: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Also write the conversion report (with this process's peak memory) as JSON here.
+    #[arg(long)]
+    pub report_json: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `vlm3d bench-convert`.
+#[derive(Debug, clap::Args)]
+pub struct BenchConvertArgs {
+    /// Sample counts to benchmark (comma separated); each gets its own synthetic set.
+    #[arg(long, value_delimiter = ',', default_value = "200,400")]
+    pub samples: Vec<usize>,
+    /// Working folder for the synthetic sets (and the bags, unless --bag-dir).
+    #[arg(long, default_value = "target/bench-convert")]
+    pub work: std::path::PathBuf,
+    /// Where the bags are written (e.g. a tmpfs such as /dev/shm, to time the converters rather than the
+    /// disk's writeback); default: --work.
+    #[arg(long)]
+    pub bag_dir: Option<std::path::PathBuf>,
+    /// Runs per converter and size; the fastest is reported (peak memory: the largest).
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
+    /// Image width of the synthetic sets.
+    #[arg(long, default_value_t = 1600)]
+    pub width: u32,
+    /// Image height of the synthetic sets.
+    #[arg(long, default_value_t = 900)]
+    pub height: u32,
+    /// Python with `rosbags` installed, for the side-by-side run (skipped when absent).
+    #[arg(long, default_value = "target/peer-venv-rosbags/bin/python")]
+    pub python: std::path::PathBuf,
+    /// The rosbags writer script.
+    #[arg(long, default_value = "scripts/bench_rosbags_write.py")]
+    pub script: std::path::PathBuf,
+}
+
 /// Arguments of `vlm3d synth`.
 #[derive(Debug, clap::Args)]
 pub struct SynthArgs {
@@ -107,6 +182,9 @@ pub struct SynthArgs {
     /// Table folder name.
     #[arg(long, default_value = "v1.0-mini")]
     pub version: String,
+    /// Also write non-key frames (sweeps): cameras at 12 Hz, LIDAR_TOP at 20 Hz.
+    #[arg(long)]
+    pub sweeps: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -185,6 +263,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", table(&rows));
             Ok(())
         }
+        Command::ConvertNuscenes(args) => run_convert(args),
+        Command::BenchConvert(args) => Ok(crate::data::bench::run(&args)?),
         Command::Synth(a) => {
             let cfg = crate::data::synth::SynthConfig {
                 scenes: a.scenes,
@@ -194,6 +274,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 samples_per_scene: a.samples_per_scene,
                 objects_per_scene: a.objects,
                 version: a.version,
+                sweeps: a.sweeps,
                 progress: !a.quiet,
                 ..Default::default()
             };
@@ -238,4 +319,88 @@ fn read_images(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<image::RgbIma
             Ok(img.to_rgb8())
         })
         .collect()
+}
+
+/// Peak resident memory of this process (VmHWM), kB; 0 where /proc is unavailable.
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process so far, seconds, from /proc/self/stat (100 ticks/s); 0 where
+/// /proc is unavailable.
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
+    use crate::data::bagschema::BagLayout;
+    use anyhow::Context;
+    let mut layout = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_yaml::from_str::<BagLayout>(&text)
+                .with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => BagLayout::default(),
+    };
+    if let Some(p) = args.topic_prefix {
+        layout.topic_prefix = p;
+    }
+    if let Some(t) = args.annotations_topic {
+        layout.annotations_topic = t;
+    }
+    let mut opts = crate::data::convert::ConvertOptions::new(&args.out);
+    opts.lidar = !args.no_lidar;
+    opts.force = args.force;
+    opts.layout = layout;
+    opts.chunk_size = args.chunk_size;
+    opts.progress = !args.no_progress;
+    opts.max_scenes = args.max_scenes;
+    let started = std::time::Instant::now();
+    let mut r = crate::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
+    // Include loading the tables, as the rosbags baseline does.
+    r.seconds = started.elapsed().as_secs_f64();
+    let peak = peak_rss_kb();
+    eprintln!(
+        "wrote {}: {} scenes, {} samples, {} messages, {} annotations, {:.1} MB in {:.2} s ({:.1} samples/s, {:.1} MB/s), peak RSS {} MB",
+        args.out.display(),
+        r.scenes,
+        r.samples,
+        r.messages,
+        r.annotations,
+        r.bag_bytes as f64 / 1e6,
+        r.seconds,
+        r.samples as f64 / r.seconds.max(1e-9),
+        r.bag_bytes as f64 / 1e6 / r.seconds.max(1e-9),
+        peak / 1024
+    );
+    for (topic, ty, n) in &r.topics {
+        eprintln!("  {topic:<40} {ty:<36} {n}");
+    }
+    if let Some(p) = args.report_json {
+        let j = serde_json::json!({
+            "scenes": r.scenes, "samples": r.samples, "messages": r.messages,
+            "annotations": r.annotations, "bag_bytes": r.bag_bytes, "source_bytes": r.source_bytes,
+            "seconds": r.seconds, "cpu_seconds": cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
+        });
+        std::fs::write(&p, j.to_string()).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }

@@ -137,15 +137,14 @@ fn compare(what: &str, devkit: &Value, ours: &[vlm3d::data::nuscenes::AnnotatedB
             angle < 1e-6,
             "{what} {tok}: orientation {q:?} vs {oq:?} ({angle} rad apart)"
         );
-        // Corners too (nuScenes' corner order), which also pins down the (w, l, h) ↔ (l, w, h) mapping.
-        let r = nalgebra::UnitQuaternion::from_quaternion(nalgebra::Quaternion::new(
-            q[0], q[1], q[2], q[3],
-        ));
-        let centre = nalgebra::Point3::new(c[0], c[1], c[2]);
-        let dk_box =
-            vlm3d::geometry::OrientedBox3D::new(centre, [wlh[1], wlh[0], wlh[2]], r).unwrap();
-        for (a, b) in dk_box.corners().iter().zip(o.bbox.corners()) {
-            assert!((a - b).norm() < 1e-6, "{what} {tok}: corner {a:?} vs {b:?}");
+        // The devkit's own corners (its corner order), which also pins down the (w, l, h) ↔ (l, w, h) mapping.
+        let rows: Vec<Vec<f64>> = d["corners"].as_array().unwrap().iter().map(f64s).collect();
+        for (k, ours) in o.bbox.corners().iter().enumerate() {
+            let theirs = nalgebra::Point3::new(rows[0][k], rows[1][k], rows[2][k]);
+            assert!(
+                (theirs - ours).norm() < 1e-6,
+                "{what} {tok}: corner {k}: devkit {theirs:?} vs ours {ours:?}"
+            );
         }
     }
     dk.len()
@@ -220,10 +219,9 @@ fn devkit_reads_synth_and_agrees_on_boxes() {
         if entry["modality"] == "camera" {
             let cam = n.camera(sd).unwrap();
             let k = entry["intrinsic"].as_array().unwrap();
-            for r in 0..3 {
-                let row = f64s(&k[r]);
-                for c in 0..3 {
-                    assert_eq!(row[c], cam.k()[(r, c)], "{channel}: intrinsic ({r}, {c})");
+            for (r, row) in k.iter().enumerate() {
+                for (c, v) in f64s(row).into_iter().enumerate() {
+                    assert_eq!(v, cam.k()[(r, c)], "{channel}: intrinsic ({r}, {c})");
                 }
             }
             for (level, rule) in [

@@ -69,10 +69,10 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     generate(&b, &config(5)).unwrap();
     generate(&c, &config(6)).unwrap();
     let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
-    // 13 tables + 6 images and one point cloud per sample.
+    // 13 tables, 4 map masks, 6 images and one point cloud per sample.
     assert_eq!(
         ta.len(),
-        13 + sa.samples * 7,
+        13 + 4 + sa.samples * 7,
         "{:?}",
         ta.keys().collect::<Vec<_>>()
     );
@@ -466,4 +466,137 @@ fn bad_input_names_file_and_record() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("scene"), "{e}");
+}
+
+#[test]
+fn sweeps_are_non_key_frames_chained_in_time() {
+    let dir = scratch("sweeps");
+    let cfg = SynthConfig {
+        scenes: 1,
+        samples_per_scene: 2,
+        width: 64,
+        height: 36,
+        objects_per_scene: 4,
+        sweeps: true,
+        lidar: vlm3d::data::render::LidarSpec {
+            azimuth_steps: 120,
+            ..Default::default()
+        },
+        ..config(3)
+    };
+    let summary = generate(&dir, &cfg).unwrap();
+    let n = NuScenes::load(&dir, VERSION).unwrap();
+    let t = n.tables();
+    // Key frames: 7 per sample; between the two samples, 5 sweeps per camera and 9 LiDAR sweeps.
+    assert_eq!(t.sample_data.len(), 2 * 7 + 5 * 6 + 9);
+    assert_eq!(summary.images, 2 * 6 + 5 * 6);
+    let samples = n.scene_samples(&n.scenes()[0]).unwrap();
+    for sd in t.sample_data.iter().filter(|sd| !sd.is_key_frame) {
+        assert!(sd.filename.starts_with("sweeps/"), "{}", sd.filename);
+        assert!(n.file_path(sd).is_file());
+        // A sweep belongs to the next key frame, and lies between the two.
+        assert_eq!(sd.sample_token, samples[1].token);
+        assert!(sd.timestamp > samples[0].timestamp && sd.timestamp < samples[1].timestamp);
+    }
+    assert_eq!(n.key_frames(samples[0]).len(), 7);
+    // Each sensor's chain runs key frame → sweeps → key frame, in time order.
+    for ch in CAMERA_CHANNELS.iter().chain([&LIDAR_CHANNEL]) {
+        let mut sd = n.key_frame(samples[0], ch).unwrap().unwrap();
+        let mut hops = 0;
+        while !sd.next.is_empty() {
+            let next = n.sample_data(&sd.next).unwrap();
+            assert!(next.timestamp > sd.timestamp && next.prev == sd.token);
+            sd = next;
+            hops += 1;
+        }
+        assert!(sd.is_key_frame && sd.sample_token == samples[1].token);
+        assert_eq!(hops, if ch.starts_with("CAM") { 6 } else { 10 }, "{ch}");
+    }
+    let all = n.scene_sample_data(&n.scenes()[0]).unwrap();
+    assert_eq!(all.len(), t.sample_data.len());
+    assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn interrupted_run_never_reads_as_a_dataset() {
+    let dir = scratch("interrupted");
+    let cfg = SynthConfig {
+        scenes: 1,
+        samples_per_scene: 1,
+        width: 32,
+        height: 18,
+        objects_per_scene: 2,
+        lidar: vlm3d::data::render::LidarSpec {
+            azimuth_steps: 36,
+            ..Default::default()
+        },
+        ..config(9)
+    };
+    generate(&dir, &cfg).unwrap();
+    assert!(NuScenes::load(&dir, VERSION).is_ok());
+    // A second run into the same folder fails half-way (a file where the LiDAR folder must go).
+    std::fs::remove_dir_all(dir.join("samples/LIDAR_TOP")).unwrap();
+    std::fs::write(dir.join("samples/LIDAR_TOP"), b"in the way").unwrap();
+    let e = generate(&dir, &SynthConfig { seed: 10, ..cfg })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("LIDAR_TOP"), "{e}");
+    let e = NuScenes::load(&dir, VERSION).unwrap_err().to_string();
+    assert!(e.contains("scene.json") && e.contains("missing"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn cli_synth_writes_a_dataset_and_rejects_bad_arguments() {
+    let dir = scratch("cli");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+        .args([
+            "synth",
+            "--quiet",
+            "--scenes",
+            "1",
+            "--samples-per-scene",
+            "2",
+            "--width",
+            "48",
+        ])
+        .args([
+            "--height",
+            "27",
+            "--objects",
+            "3",
+            "--seed",
+            "12",
+            "--sweeps",
+            "--version",
+            "v1.0-test-synth",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 scenes, 2 samples, 6 annotations, 42 images"),
+        "{stdout}"
+    );
+    let n = NuScenes::load(&dir, "v1.0-test-synth").unwrap();
+    assert_eq!(n.tables().sample.len(), 2);
+    assert!(n.tables().sample_data.iter().any(|sd| !sd.is_key_frame));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+        .args(["synth", "--quiet", "--scenes", "0", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scene"), "{stderr}");
+    std::fs::remove_dir_all(dir).ok();
 }

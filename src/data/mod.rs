@@ -1,4 +1,12 @@
 //! See the house plan (DESIGN.md) for what this module owns.
+pub mod bagschema;
+pub mod bench;
+pub mod cdr;
+pub mod convert;
+pub mod dataset;
+pub mod msgs;
 pub mod nuscenes;
 pub mod render;
+pub mod rosbag;
 pub mod synth;
+pub mod typehash;

@@ -343,9 +343,13 @@ impl Tables {
     }
 
     /// Writes every table as `<table_dir>/<table>.json` (pretty-printed JSON arrays), creating the folder.
+    /// `scene.json` is written last, so an interrupted write leaves no scene table and never reads as whole.
     pub fn write(&self, table_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(table_dir).map_err(|e| Error::io(table_dir, e))?;
-        write_table(table_dir, &self.scene)?;
+        let scene = table_path::<Scene>(table_dir);
+        if scene.exists() {
+            std::fs::remove_file(&scene).map_err(|e| Error::io(&scene, e))?;
+        }
         write_table(table_dir, &self.sample)?;
         write_table(table_dir, &self.sample_data)?;
         write_table(table_dir, &self.ego_pose)?;
@@ -358,6 +362,7 @@ impl Tables {
         write_table(table_dir, &self.visibility)?;
         write_table(table_dir, &self.log)?;
         write_table(table_dir, &self.map)?;
+        write_table(table_dir, &self.scene)?;
         Ok(())
     }
 }
@@ -886,6 +891,42 @@ impl NuScenes {
             .collect()
     }
 
+    /// Every sample_data of a scene (key frames and sweeps, all sensors), ordered by timestamp and then by
+    /// file order: the order in which a recorder would have seen them.
+    pub fn scene_sample_data(&self, scene: &Scene) -> Result<Vec<&SampleData>> {
+        let samples: std::collections::HashSet<&str> = self
+            .scene_samples(scene)?
+            .into_iter()
+            .map(|s| s.token.as_str())
+            .collect();
+        let mut out: Vec<(usize, &SampleData)> = self
+            .tables
+            .sample_data
+            .iter()
+            .enumerate()
+            .filter(|(_, sd)| samples.contains(sd.sample_token.as_str()))
+            .collect();
+        out.sort_by_key(|&(i, sd)| (sd.timestamp, i));
+        Ok(out.into_iter().map(|(_, sd)| sd).collect())
+    }
+
+    /// Reads a sample_data's file; a missing or unreadable file is an error naming the file and the record.
+    pub fn read_file(&self, sd: &SampleData) -> Result<Vec<u8>> {
+        let path = self.file_path(sd);
+        std::fs::read(&path).map_err(|e| {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                "missing file".to_owned()
+            } else {
+                e.to_string()
+            };
+            Error::format(
+                &path,
+                Some(format!("sample_data.json token {}", sd.token)),
+                why,
+            )
+        })
+    }
+
     /// The absolute path of a sample_data's file.
     pub fn file_path(&self, sd: &SampleData) -> PathBuf {
         self.dataroot.join(&sd.filename)
@@ -1092,6 +1133,20 @@ mod tests {
         assert_eq!(cam_model.width(), 1600);
         assert!(n.camera(lidar).is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn scene_sample_data_in_time_order_and_missing_files() {
+        let n = NuScenes::from_tables("/nonexistent-root", "v1.0-mini", tiny()).unwrap();
+        let sds = n.scene_sample_data(&n.scenes()[0]).unwrap();
+        assert_eq!(sds.len(), 4);
+        assert!(sds.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+        assert_eq!(sds[0].token, tok("sd", 0));
+        let e = n.read_file(sds[2]).unwrap_err().to_string();
+        assert!(
+            e.contains("samples/x/1_0") && e.contains(&tok("sd", 2)) && e.contains("missing"),
+            "{e}"
+        );
     }
 
     fn load_err(t: Tables) -> String {

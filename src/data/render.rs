@@ -16,8 +16,48 @@ pub struct Solid {
     pub bbox: OrientedBox3D,
     /// Base colour.
     pub color: [f64; 3],
+    /// Surface pattern drawn on the box's faces.
+    pub style: Style,
     /// LiDAR reflectivity (written as the point's intensity, 0..255).
     pub reflectivity: f32,
+}
+
+/// Surface patterns that make the categories look different beyond their colour and proportions. Patterns
+/// depend on the position on the box in its own normalized axes (x along the length, z up, each in −½..½).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Style {
+    /// The base colour everywhere.
+    #[default]
+    Plain,
+    /// Dark wheel band at the bottom, windows in the upper part of the sides.
+    Vehicle,
+    /// Dark frame and wheels in the lower half, the rider above.
+    Cycle,
+    /// Legs, torso in the base colour, head.
+    Pedestrian,
+    /// Traffic cone: dark foot, a white reflective band.
+    Cone,
+    /// Red and white stripes across the barrier's long side.
+    Barrier,
+}
+
+impl Style {
+    /// The surface colour at normalized box coordinates `l` on the face with outward normal `n` (box axes).
+    fn color(self, base: [f64; 3], l: [f64; 3], n: [f64; 3]) -> [f64; 3] {
+        let top = n[2] > 0.5;
+        match self {
+            Style::Plain => base,
+            Style::Vehicle if !top && l[2] < -0.22 => [0.08, 0.08, 0.09],
+            Style::Vehicle if !top && l[2] > 0.12 && l[2] < 0.42 => [0.16, 0.21, 0.28],
+            Style::Cycle if l[2] < 0.0 => [0.10, 0.10, 0.11],
+            Style::Pedestrian if l[2] < -0.05 => [0.15, 0.17, 0.35],
+            Style::Pedestrian if l[2] > 0.36 => [0.86, 0.68, 0.55],
+            Style::Cone if l[2] < -0.44 => [0.10, 0.10, 0.10],
+            Style::Cone if !top && (l[2] - 0.05).abs() < 0.1 => [0.95, 0.95, 0.95],
+            Style::Barrier if ((l[1] + 0.5) * 6.0).floor() as i64 % 2 == 1 => [0.80, 0.10, 0.08],
+            _ => base,
+        }
+    }
 }
 
 /// Per-solid pixel counts of one rendered image.
@@ -80,19 +120,19 @@ fn to_u8(c: [f64; 3]) -> [u8; 3] {
     c.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
 }
 
-/// Clips a convex polygon (camera frame) to z ≥ NEAR.
-fn clip_near(poly: &[Point3<f64>]) -> Vec<Point3<f64>> {
+/// Clips a convex polygon (camera-frame points, each with box coordinates) to z ≥ NEAR.
+fn clip_near(poly: &[(Point3<f64>, Vector3<f64>)]) -> Vec<(Point3<f64>, Vector3<f64>)> {
     let mut out = Vec::with_capacity(poly.len() + 2);
     for i in 0..poly.len() {
         let a = poly[i];
         let b = poly[(i + 1) % poly.len()];
-        let (ina, inb) = (a.z >= NEAR, b.z >= NEAR);
+        let (ina, inb) = (a.0.z >= NEAR, b.0.z >= NEAR);
         if ina {
             out.push(a);
         }
         if ina != inb {
-            let t = (NEAR - a.z) / (b.z - a.z);
-            out.push(a + (b - a) * t);
+            let t = (NEAR - a.0.z) / (b.0.z - a.0.z);
+            out.push((a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t));
         }
     }
     out
@@ -112,17 +152,28 @@ pub fn render_camera(
     let origin = cam_to_global.translation.vector;
     let mut rgb = vec![[0u8; 3]; w * h];
 
-    // Background: per-pixel ray against the ground plane z = 0.
+    // Background: per-pixel ray against the ground plane z = 0. The global ray direction of pixel (u, v) is
+    // M·(u, v, 1) with M = R·K⁻¹, unrolled into plain arithmetic (this loop is the renderer's hot spot).
+    let m = rot.to_rotation_matrix().into_inner() * k_inv;
+    let col = |j: usize| [m[(0, j)], m[(1, j)], m[(2, j)]];
+    let (mu, mv, m1) = (col(0), col(1), col(2));
     for v in 0..h {
+        let fv = v as f64 + 0.5;
+        let row = [0, 1, 2].map(|i| mv[i] * fv + m1[i]);
         for u in 0..w {
-            let d_cam = k_inv * Vector3::new(u as f64 + 0.5, v as f64 + 0.5, 1.0);
-            let d = rot * d_cam;
-            let c = if d.z < -1e-9 && origin.z > 0.0 {
-                let t = -origin.z / d.z;
-                let p = origin + d * t;
-                fog(ground_color(p.x, p.y), (d * t).norm())
+            let fu = u as f64 + 0.5;
+            let d = [
+                row[0] + mu[0] * fu,
+                row[1] + mu[1] * fu,
+                row[2] + mu[2] * fu,
+            ];
+            let c = if d[2] < -1e-9 && origin.z > 0.0 {
+                let t = -origin.z / d[2];
+                let (x, y) = (origin.x + d[0] * t, origin.y + d[1] * t);
+                let dist = t * (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+                fog(ground_color(x, y), dist)
             } else {
-                sky_color(&d)
+                sky_color(&Vector3::new(d[0], d[1], d[2]))
             };
             rgb[v * w + u] = to_u8(c);
         }
@@ -136,7 +187,19 @@ pub fn render_camera(
     let light = sun();
 
     for (id, s) in solids.iter().enumerate() {
-        let corners = s.bbox.corners().map(|c| global_to_cam * c);
+        let corners_global = s.bbox.corners();
+        let inv = s.bbox.rotation.inverse();
+        let local = corners_global.map(|c| {
+            let v = inv * (c - s.bbox.center);
+            Vector3::from_fn(|i, _| {
+                if s.bbox.size[i] > 0.0 {
+                    v[i] / s.bbox.size[i]
+                } else {
+                    0.0
+                }
+            })
+        });
+        let corners = corners_global.map(|c| global_to_cam * c);
         for (idx, n_box) in FACES {
             let n_global = s.bbox.rotation * Vector3::from(n_box);
             let n_cam = global_to_cam.rotation * n_global;
@@ -149,29 +212,35 @@ pub fn render_camera(
             }
             let shade = 0.35 + 0.65 * n_global.dot(&light).max(0.0);
             let dist = centre.norm();
-            let color = to_u8(fog(s.color.map(|c| c * shade), dist));
-            let poly = clip_near(&idx.map(|i| corners[i]));
+            let poly = clip_near(&idx.map(|i| (corners[i], local[i])));
             if poly.len() < 3 {
                 continue;
             }
             let proj: Vec<(f64, f64, f64)> = poly
                 .iter()
-                .map(|p| {
+                .map(|(p, _)| {
                     let q = k * p.coords;
                     (q.x / q.z, q.y / q.z, 1.0 / p.z)
                 })
                 .collect();
             for t in 1..proj.len() - 1 {
-                raster_triangle([proj[0], proj[t], proj[t + 1]], w, h, |pix, inv_z| {
+                let tri = [0, t, t + 1];
+                raster_triangle(tri.map(|i| proj[i]), w, h, |pix, bary| {
                     if stamp[pix] != id as u32 {
                         stamp[pix] = id as u32;
                         coverage[id].covered += 1;
                     }
+                    let inv_z: f64 = (0..3).map(|j| bary[j] * proj[tri[j]].2).sum();
                     let z = 1.0 / inv_z;
                     if z < depth[pix] {
                         depth[pix] = z;
                         owner[pix] = id as u32;
-                        rgb[pix] = color;
+                        // Perspective-correct box coordinates of the pixel.
+                        let l = (0..3).fold(Vector3::zeros(), |acc, j| {
+                            acc + poly[tri[j]].1 * (bary[j] * proj[tri[j]].2)
+                        }) * z;
+                        let base = s.style.color(s.color, [l.x, l.y, l.z], n_box);
+                        rgb[pix] = to_u8(fog(base.map(|c| c * shade), dist));
                     }
                 });
             }
@@ -189,21 +258,23 @@ pub fn render_camera(
     (img, coverage)
 }
 
-/// Scan-converts one screen-space triangle (u, v, 1/z), calling `plot(pixel index, 1/z)` for each pixel
-/// whose centre lies inside (top-left fill rule, so triangles sharing an edge never both claim a pixel).
+/// Scan-converts one screen-space triangle (u, v, 1/z), calling `plot(pixel index, barycentric weights of the
+/// three vertices in the order given)` for each pixel whose centre lies inside (top-left fill rule, so
+/// triangles sharing an edge never both claim a pixel).
 fn raster_triangle(
     tri: [(f64, f64, f64); 3],
     w: usize,
     h: usize,
-    mut plot: impl FnMut(usize, f64),
+    mut plot: impl FnMut(usize, [f64; 3]),
 ) {
     let [a, b, c] = tri;
     let area = (b.0 - a.0) * (c.1 - a.1) - (b.1 - a.1) * (c.0 - a.0);
     if !area.is_finite() || area.abs() < 1e-12 {
         return;
     }
-    // Orient counter-clockwise in (u, v) so edge functions are non-negative inside.
-    let (a, b, c, area) = if area < 0.0 {
+    // Orient one way so edge functions are non-negative inside; remember the swap to report weights in order.
+    let flipped = area < 0.0;
+    let (a, b, c, area) = if flipped {
         (a, c, b, -area)
     } else {
         (a, b, c, area)
@@ -234,8 +305,8 @@ fn raster_triangle(
             let wc = edge(a, b, px, py);
             let inside = |wv: f64, own: bool| wv > 0.0 || (wv == 0.0 && own);
             if inside(wa, own_a) && inside(wb, own_b) && inside(wc, own_c) {
-                let inv_z = (wa * a.2 + wb * b.2 + wc * c.2) / area;
-                plot(y * w + x, inv_z);
+                let (wa, wb, wc) = (wa / area, wb / area, wc / area);
+                plot(y * w + x, if flipped { [wa, wc, wb] } else { [wa, wb, wc] });
             }
         }
     }
@@ -318,6 +389,18 @@ pub fn cast_lidar(
             )
         })
         .collect();
+    let r = lidar_to_global.rotation.to_rotation_matrix().into_inner();
+    let (o, oz) = ([origin.x, origin.y, origin.z], origin.z);
+    let spheres: Vec<([f64; 3], f64, f64)> = spheres
+        .iter()
+        .map(|(c, r2)| {
+            let v = [c.x - o[0], c.y - o[1], c.z - o[2]];
+            (v, v[0] * v[0] + v[1] * v[1] + v[2] * v[2], *r2)
+        })
+        .collect();
+    let azimuths: Vec<(f64, f64)> = (0..spec.azimuth_steps)
+        .map(|step| (step as f64 / spec.azimuth_steps as f64 * std::f64::consts::TAU).sin_cos())
+        .collect();
     for ring in 0..spec.rings {
         let f = if spec.rings > 1 {
             ring as f64 / (spec.rings - 1) as f64
@@ -326,15 +409,15 @@ pub fn cast_lidar(
         };
         let el = (spec.min_elevation_deg + f * (spec.max_elevation_deg - spec.min_elevation_deg))
             .to_radians();
-        for step in 0..spec.azimuth_steps {
-            let az = step as f64 / spec.azimuth_steps as f64 * std::f64::consts::TAU;
-            let d_l = Vector3::new(el.cos() * az.cos(), el.cos() * az.sin(), el.sin());
-            let d = lidar_to_global.rotation * d_l;
+        let (se, ce) = el.sin_cos();
+        for &(sa, ca) in &azimuths {
+            let dl = [ce * ca, ce * sa, se];
+            let d = [0, 1, 2].map(|i| r[(i, 0)] * dl[0] + r[(i, 1)] * dl[1] + r[(i, 2)] * dl[2]);
             let mut best = spec.max_range;
             let mut what: Option<usize> = None;
             let mut ground = false;
-            if d.z < -1e-9 {
-                let t = -origin.z / d.z;
+            if d[2] < -1e-9 {
+                let t = -oz / d[2];
                 if t > 0.0 && t < best {
                     best = t;
                     ground = true;
@@ -342,16 +425,13 @@ pub fn cast_lidar(
             }
             for (i, s) in solids.iter().enumerate() {
                 // Bounding-sphere rejection first: most beams miss most boxes.
-                let (c, r2) = spheres[i];
-                let v = c - origin;
-                let tca = v.dot(&d);
-                if tca + r2.sqrt() < 0.0
-                    || v.norm_squared() - tca * tca > r2
-                    || tca - r2.sqrt() > best
-                {
+                let (v, v2, r2) = spheres[i];
+                let tca = v[0] * d[0] + v[1] * d[1] + v[2] * d[2];
+                let rad = r2.sqrt();
+                if tca + rad < 0.0 || v2 - tca * tca > r2 || tca - rad > best {
                     continue;
                 }
-                if let Some((t0, _)) = ray_box(&origin, &d, &s.bbox) {
+                if let Some((t0, _)) = ray_box(&origin, &Vector3::from(d), &s.bbox) {
                     if t0 > 0.0 && t0 < best {
                         best = t0;
                         what = Some(i);
@@ -365,8 +445,7 @@ pub fn cast_lidar(
                     solids[i].reflectivity
                 }
                 None if ground => {
-                    let p = origin + d * best;
-                    if on_marking(p.x, p.y) {
+                    if on_marking(o[0] + d[0] * best, o[1] + d[1] * best) {
                         90.0
                     } else {
                         8.0
@@ -374,8 +453,8 @@ pub fn cast_lidar(
                 }
                 None => continue,
             };
-            let p = d_l * best;
-            points.push([p.x as f32, p.y as f32, p.z as f32, intensity, ring as f32]);
+            let p = dl.map(|c| (c * best) as f32);
+            points.push([p[0], p[1], p[2], intensity, ring as f32]);
         }
     }
     (points, hits)
@@ -394,7 +473,7 @@ pub fn pcd_bin(points: &[LidarPoint]) -> Vec<u8> {
 
 /// Parses a `.pcd.bin` (5 little-endian float32 per point); `None` when the length is not a multiple of 20.
 pub fn parse_pcd_bin(bytes: &[u8]) -> Option<Vec<LidarPoint>> {
-    if bytes.len() % 20 != 0 {
+    if !bytes.len().is_multiple_of(20) {
         return None;
     }
     Some(
@@ -438,6 +517,7 @@ mod tests {
             )
             .unwrap(),
             color: [1.0, 0.0, 0.0],
+            style: Style::Plain,
             reflectivity: 50.0,
         }
     }
@@ -479,6 +559,38 @@ mod tests {
         let (_, cov) = render_camera(&cam, &pose, &[cube(11.0, 0.0, 2.0)]);
         // Front face exactly 400 px; the top face is seen from 0.5 m above (a thin sliver).
         assert!(cov[0].covered >= 400 && cov[0].covered < 440, "{cov:?}");
+    }
+
+    #[test]
+    fn styles_paint_category_patterns() {
+        let base = [1.0, 0.0, 0.0];
+        let side = [0.0, 1.0, 0.0];
+        let top = [0.0, 0.0, 1.0];
+        assert_eq!(Style::Plain.color(base, [0.0, 0.0, -0.4], side), base);
+        // Vehicles: dark wheel band below, windows above, body colour between and on the roof.
+        assert!(Style::Vehicle.color(base, [0.0, 0.5, -0.4], side)[0] < 0.2);
+        assert!(
+            Style::Vehicle.color(base, [0.0, 0.5, 0.3], side)[2]
+                > Style::Vehicle.color(base, [0.0, 0.5, 0.3], side)[0]
+        );
+        assert_eq!(Style::Vehicle.color(base, [0.0, 0.5, 0.0], side), base);
+        assert_eq!(Style::Vehicle.color(base, [0.0, 0.0, 0.5], top), base);
+        // Pedestrians: legs, torso, head.
+        let (legs, torso, head) = (
+            Style::Pedestrian.color(base, [0.0, 0.0, -0.3], side),
+            Style::Pedestrian.color(base, [0.0, 0.0, 0.2], side),
+            Style::Pedestrian.color(base, [0.0, 0.0, 0.45], side),
+        );
+        assert!(legs != torso && torso == base && head != torso);
+        // Cones: white band; barriers: alternating stripes across their width.
+        assert_eq!(
+            Style::Cone.color(base, [0.0, 0.0, 0.05], side),
+            [0.95, 0.95, 0.95]
+        );
+        let stripes: Vec<_> = (0..6)
+            .map(|i| Style::Barrier.color(base, [0.0, -0.5 + (i as f64 + 0.5) / 6.0, 0.0], side))
+            .collect();
+        assert!(stripes.windows(2).all(|w| w[0] != w[1]));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `<out>/samples/LIDAR_TOP/*.pcd.bin`) that the devkit and [`super::nuscenes::NuScenes`] read.
 //!
 //! Everything is drawn from one seeded ChaCha RNG, so a seed gives identical bytes on every run and machine.
-//! The tables are written last: an interrupted run leaves no `scene.json`, which the reader rejects.
+//! The tables are written last (`scene.json` the very last, and an old one is removed first): an interrupted
+//! run leaves no `scene.json`, which the reader rejects.
 use std::f64::consts::{FRAC_PI_2, PI};
 use std::path::Path;
 
@@ -16,7 +17,7 @@ use super::nuscenes::{
     Attribute, CalibratedSensor, Category, EgoPose, Instance, Log, Map, Sample, SampleAnnotation,
     SampleData, Scene, Sensor, Tables, Visibility,
 };
-use super::render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid};
+use super::render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid, Style};
 use crate::geometry::{OrientedBox3D, PinholeCamera};
 use crate::{Error, Result};
 
@@ -41,6 +42,8 @@ pub struct SynthConfig {
     pub lidar: LidarSpec,
     /// JPEG quality, 1..=100.
     pub jpeg_quality: u8,
+    /// Also write non-key frames (`sweeps/`): cameras at 12 Hz, the LiDAR at 20 Hz between key frames.
+    pub sweeps: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -57,6 +60,7 @@ impl Default for SynthConfig {
             version: "v1.0-mini".into(),
             lidar: LidarSpec::default(),
             jpeg_quality: 90,
+            sweeps: false,
             progress: false,
         }
     }
@@ -202,6 +206,18 @@ const KINDS: [Kind; 12] = [
         attrs: ("", ""),
     },
 ];
+
+/// The surface pattern of a category.
+fn style_of(category: &str) -> Style {
+    match category {
+        "vehicle.motorcycle" | "vehicle.bicycle" => Style::Cycle,
+        c if c.starts_with("vehicle.") => Style::Vehicle,
+        c if c.starts_with("human.") => Style::Pedestrian,
+        "movable_object.trafficcone" => Style::Cone,
+        "movable_object.barrier" => Style::Barrier,
+        _ => Style::Plain,
+    }
+}
 
 /// nuScenes' 23 annotation categories with short descriptions (our wording).
 const CATEGORIES: [(&str, &str); 23] = [
@@ -500,10 +516,9 @@ fn place_objects(rng: &mut ChaCha8Rng, ego: &Track, times: &[f64], n: usize) -> 
             turn_rate,
         };
         let (dx, dy, _) = probe.at(mid);
-        let (h0, _) = (heading, ());
         let track = Track {
             start: [start[0] - dx, start[1] - dy],
-            heading: h0,
+            heading,
             speed,
             turn_rate,
         };
@@ -633,6 +648,11 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             format!("{} is not in 1..=100", cfg.jpeg_quality),
         ));
     }
+    // A dataset already at `out` stops being one until this run completes (scene.json is written last).
+    let old_scene = out.join(&cfg.version).join("scene.json");
+    if old_scene.exists() {
+        std::fs::remove_file(&old_scene).map_err(|e| Error::io(&old_scene, e))?;
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut tokens = Tokens(ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15));
     let mut t = Tables::default();
@@ -755,97 +775,72 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
 
         for (k, &time) in times.iter().enumerate() {
             let timestamp = scene_start + k as i64 * SAMPLE_PERIOD_US;
-            let (ex, ey, eh) = ego.at(time);
-            let ego_to_global = Isometry3::from_parts(
-                Translation3::new(ex, ey, 0.0),
-                UnitQuaternion::from_axis_angle(&Vector3::z_axis(), eh),
-            );
+            let all: Vec<&Calib> = calibs.iter().collect();
+            let cap = capture(
+                out,
+                cfg,
+                &log.logfile,
+                "samples",
+                &all,
+                &objects,
+                &ego,
+                time,
+                timestamp,
+            )?;
             let boxes: Vec<OrientedBox3D> = objects.iter().map(|o| o.bbox(time)).collect();
-            let solids: Vec<Solid> = objects
-                .iter()
-                .zip(&boxes)
-                .map(|(o, b)| Solid {
-                    bbox: *b,
-                    color: o.kind.color,
-                    reflectivity: o.kind.reflectivity,
-                })
-                .collect();
-
-            // Cameras in parallel (each thread renders and encodes one image), the LiDAR on this thread.
-            let cams: Vec<(&Calib, Isometry3<f64>)> = calibs
-                .iter()
-                .filter(|c| c.camera.is_some())
-                .map(|c| (c, ego_to_global * c.to_ego))
-                .collect();
-            let lidar = calibs.iter().find(|c| c.camera.is_none());
-            let (rendered, lidar_out) = std::thread::scope(|sc| {
-                let handles: Vec<_> = cams
-                    .iter()
-                    .map(|(c, pose)| {
-                        let solids = &solids;
-                        sc.spawn(move || {
-                            let cam = c.camera.as_ref().expect("filtered to cameras");
-                            let (img, cov) = render_camera(cam, pose, solids);
-                            (img, cov)
-                        })
-                    })
-                    .collect();
-                let lidar_out =
-                    lidar.map(|c| cast_lidar(&(ego_to_global * c.to_ego), &solids, &cfg.lidar));
-                let rendered: Vec<_> = handles
-                    .into_iter()
-                    .map(|h| h.join().expect("render thread panicked"))
-                    .collect();
-                (rendered, lidar_out)
-            });
-
-            let mut coverage = vec![Vec::new(); objects.len()];
-            for ((c, _), (img, cov)) in cams.iter().zip(rendered) {
-                let channel = RIG[c.sensor].channel;
-                let filename = format!(
-                    "samples/{channel}/{}__{channel}__{timestamp}.jpg",
-                    log.logfile
-                );
-                let path = out.join(&filename);
-                let bytes = encode_jpeg(&img, cfg.jpeg_quality, &path)?;
-                write_file(&path, &bytes)?;
-                summary.images += 1;
-                for (i, cv) in cov.into_iter().enumerate() {
-                    coverage[i].push(cv);
-                }
+            summary.images += cap.images;
+            summary.lidar_points += cap.points;
+            for (c, filename) in &cap.files {
                 push_sample_data(
                     &mut t,
                     &mut tokens,
                     c,
                     &sample_tokens[k],
                     timestamp,
-                    &ego_to_global,
+                    &cap.ego_to_global,
                     filename,
-                    "jpg",
-                    (cfg.width, cfg.height),
+                    true,
+                    cfg,
                 );
             }
-            let mut lidar_hits = vec![0u32; objects.len()];
-            if let (Some(c), Some((points, hits))) = (lidar, lidar_out) {
-                let channel = RIG[c.sensor].channel;
-                let filename = format!(
-                    "samples/{channel}/{}__{channel}__{timestamp}.pcd.bin",
-                    log.logfile
-                );
-                write_file(&out.join(&filename), &pcd_bin(&points))?;
-                summary.lidar_points += points.len();
-                lidar_hits = hits;
-                push_sample_data(
-                    &mut t,
-                    &mut tokens,
-                    c,
-                    &sample_tokens[k],
-                    timestamp,
-                    &ego_to_global,
-                    filename,
-                    "pcd",
-                    (0, 0),
-                );
+            let coverage = cap.coverage;
+            let lidar_hits = cap.lidar_hits.unwrap_or_else(|| vec![0; objects.len()]);
+            // Sweeps (non-key frames) up to the next key frame, which they belong to as in nuScenes.
+            if cfg.sweeps && k + 1 < times.len() {
+                for (offset_us, cameras) in sweep_schedule() {
+                    let sensors: Vec<&Calib> = calibs
+                        .iter()
+                        .filter(|c| c.camera.is_some() == cameras)
+                        .collect();
+                    let ts = timestamp + offset_us;
+                    let tt = time + offset_us as f64 * 1e-6;
+                    let sweep = capture(
+                        out,
+                        cfg,
+                        &log.logfile,
+                        "sweeps",
+                        &sensors,
+                        &objects,
+                        &ego,
+                        tt,
+                        ts,
+                    )?;
+                    summary.images += sweep.images;
+                    summary.lidar_points += sweep.points;
+                    for (c, filename) in &sweep.files {
+                        push_sample_data(
+                            &mut t,
+                            &mut tokens,
+                            c,
+                            &sample_tokens[k + 1],
+                            ts,
+                            &sweep.ego_to_global,
+                            filename,
+                            false,
+                            cfg,
+                        );
+                    }
+                }
             }
 
             t.sample.push(Sample {
@@ -891,7 +886,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             summary.samples += 1;
             bar.inc(1);
         }
-        link_sample_data(&mut t.sample_data[sd_first..], &t.calibrated_sensor);
+        link_sample_data(&mut t.sample_data[sd_first..]);
         for (i, o) in objects.iter().enumerate() {
             t.instance.push(Instance {
                 token: instance_tokens[i].clone(),
@@ -925,7 +920,13 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         let mut png = Vec::new();
         image::GrayImage::from_pixel(256, 256, image::Luma([255u8]))
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| Error::format(out.join(&filename), None, format!("PNG encoding failed: {e}")))?;
+            .map_err(|e| {
+                Error::format(
+                    out.join(&filename),
+                    None,
+                    format!("PNG encoding failed: {e}"),
+                )
+            })?;
         write_file(&out.join(&filename), &png)?;
         t.map.push(Map {
             token: tokens.next(),
@@ -944,6 +945,111 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
     Ok(summary)
 }
 
+/// Offsets (µs after a key frame) and sensor kind (cameras or not) of the sweeps before the next key frame:
+/// cameras at 12 Hz and the LiDAR at 20 Hz, like nuScenes.
+fn sweep_schedule() -> Vec<(i64, bool)> {
+    let mut v: Vec<(i64, bool)> = (1..6).map(|j| (j * SAMPLE_PERIOD_US / 6, true)).collect();
+    v.extend((1..10).map(|j| (j * SAMPLE_PERIOD_US / 10, false)));
+    v.sort();
+    v
+}
+
+/// What one capture of some sensors at one instant wrote.
+struct Capture<'a> {
+    ego_to_global: Isometry3<f64>,
+    /// Sensor and the file written for it (relative to the dataroot).
+    files: Vec<(&'a Calib, String)>,
+    /// Per object, its coverage in each camera captured.
+    coverage: Vec<Vec<Coverage>>,
+    /// Per object, LiDAR returns on it (when the LiDAR was captured).
+    lidar_hits: Option<Vec<u32>>,
+    images: usize,
+    points: usize,
+}
+
+/// Renders the cameras (in parallel, one thread each) and casts the LiDAR among `sensors` at time `time` (s),
+/// writing `<dir>/<CHANNEL>/<log>__<CHANNEL>__<timestamp>.{jpg,pcd.bin}`.
+#[allow(clippy::too_many_arguments)]
+fn capture<'a>(
+    out: &Path,
+    cfg: &SynthConfig,
+    logfile: &str,
+    dir: &str,
+    sensors: &[&'a Calib],
+    objects: &[Object],
+    ego: &Track,
+    time: f64,
+    timestamp: i64,
+) -> Result<Capture<'a>> {
+    let (ex, ey, eh) = ego.at(time);
+    let ego_to_global = Isometry3::from_parts(
+        Translation3::new(ex, ey, 0.0),
+        UnitQuaternion::from_axis_angle(&Vector3::z_axis(), eh),
+    );
+    let solids: Vec<Solid> = objects
+        .iter()
+        .map(|o| Solid {
+            bbox: o.bbox(time),
+            color: o.kind.color,
+            style: style_of(o.kind.name),
+            reflectivity: o.kind.reflectivity,
+        })
+        .collect();
+    let cams: Vec<(&Calib, Isometry3<f64>)> = sensors
+        .iter()
+        .filter(|c| c.camera.is_some())
+        .map(|c| (*c, ego_to_global * c.to_ego))
+        .collect();
+    let lidar = sensors.iter().find(|c| c.camera.is_none());
+    let (rendered, lidar_out) = std::thread::scope(|sc| {
+        let handles: Vec<_> = cams
+            .iter()
+            .map(|(c, pose)| {
+                let solids = &solids;
+                sc.spawn(move || {
+                    let cam = c.camera.as_ref().expect("filtered to cameras");
+                    render_camera(cam, pose, solids)
+                })
+            })
+            .collect();
+        let lidar_out = lidar.map(|c| cast_lidar(&(ego_to_global * c.to_ego), &solids, &cfg.lidar));
+        let rendered: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("render thread panicked"))
+            .collect();
+        (rendered, lidar_out)
+    });
+    let mut cap = Capture {
+        ego_to_global,
+        files: Vec::new(),
+        coverage: vec![Vec::new(); objects.len()],
+        lidar_hits: None,
+        images: 0,
+        points: 0,
+    };
+    for ((c, _), (img, cov)) in cams.iter().zip(rendered) {
+        let channel = RIG[c.sensor].channel;
+        let filename = format!("{dir}/{channel}/{logfile}__{channel}__{timestamp}.jpg");
+        let path = out.join(&filename);
+        let bytes = encode_jpeg(&img, cfg.jpeg_quality, &path)?;
+        write_file(&path, &bytes)?;
+        cap.images += 1;
+        for (i, cv) in cov.into_iter().enumerate() {
+            cap.coverage[i].push(cv);
+        }
+        cap.files.push((c, filename));
+    }
+    if let (Some(c), Some((points, hits))) = (lidar, lidar_out) {
+        let channel = RIG[c.sensor].channel;
+        let filename = format!("{dir}/{channel}/{logfile}__{channel}__{timestamp}.pcd.bin");
+        write_file(&out.join(&filename), &pcd_bin(&points))?;
+        cap.points += points.len();
+        cap.lidar_hits = Some(hits);
+        cap.files.push((c, filename));
+    }
+    Ok(cap)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn push_sample_data(
     t: &mut Tables,
@@ -952,9 +1058,9 @@ fn push_sample_data(
     sample_token: &str,
     timestamp: i64,
     ego_to_global: &Isometry3<f64>,
-    filename: String,
-    fileformat: &str,
-    (width, height): (u32, u32),
+    filename: &str,
+    is_key_frame: bool,
+    cfg: &SynthConfig,
 ) {
     // One ego_pose per sample_data, as in nuScenes.
     let pose = EgoPose {
@@ -963,17 +1069,18 @@ fn push_sample_data(
         rotation: wxyz(&ego_to_global.rotation),
         translation: ego_to_global.translation.vector.into(),
     };
+    let camera = c.camera.is_some();
     t.sample_data.push(SampleData {
         token: tokens.next(),
         sample_token: sample_token.into(),
         ego_pose_token: pose.token.clone(),
         calibrated_sensor_token: c.token.clone(),
         timestamp,
-        fileformat: fileformat.into(),
-        is_key_frame: true,
-        height,
-        width,
-        filename,
+        fileformat: if camera { "jpg" } else { "pcd" }.into(),
+        is_key_frame,
+        height: if camera { cfg.height } else { 0 },
+        width: if camera { cfg.width } else { 0 },
+        filename: filename.into(),
         prev: String::new(),
         next: String::new(),
     });
@@ -981,7 +1088,7 @@ fn push_sample_data(
 }
 
 /// Fills prev/next of one scene's sample_data: a chain per calibrated sensor in time order.
-fn link_sample_data(sds: &mut [SampleData], _calibs: &[CalibratedSensor]) {
+fn link_sample_data(sds: &mut [SampleData]) {
     let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for i in 0..sds.len() {
         if let Some(&j) = last.get(&sds[i].calibrated_sensor_token) {

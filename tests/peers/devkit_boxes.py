@@ -5,7 +5,7 @@ Usage: python devkit_boxes.py DATAROOT VERSION
 
 Output: {"samples": N, "scenes": N, "sample_data": {sd_token: {"channel", "modality", "intrinsic",
 "points" (LiDAR only), "boxes": {"all"|"any"|"none": [box…]}}}} where a box is {"token", "name", "center",
-"wlh", "orientation" (w, x, y, z)} in the sensor frame as returned by NuScenes.get_sample_data.
+"wlh", "orientation" (w, x, y, z), "corners" (3 x 8)} in the sensor frame as returned by NuScenes.get_sample_data.
 """
 import json
 import sys
@@ -22,6 +22,8 @@ def box_json(box):
         "center": [float(v) for v in box.center],
         "wlh": [float(v) for v in box.wlh],
         "orientation": [float(v) for v in box.orientation.elements],
+        # 3 x 8, the devkit's corner order.
+        "corners": [[float(v) for v in row] for row in box.corners()],
     }
 
 

@@ -1,0 +1,567 @@
+//! nuScenes → rosbag2 (MCAP, CDR) conversion. Topics, frames and the order of messages are described in
+//! [`crate::data::bagschema`]; the defaults follow nuscenes2mcap's names (`/cam_front/image_rect_compressed`,
+//! `/cam_front/camera_info`, `/lidar_top`, `/tf`, `/tf_static`, frames = lowercased channels).
+//!
+//! What is converted: the key frames of every sample (six cameras, LIDAR_TOP), the ego pose of each, the
+//! sensors' extrinsics per scene, the annotations per sample in the LiDAR frame, and a per-sample index.
+//! Sweeps (non-key frames) and radars are not converted.
+//!
+//! Safety: the bag is written to `<out>.partial/` and renamed to `<out>` once `metadata.yaml` (written
+//! after the MCAP summary) is in place, so an interrupted run never leaves something that looks complete.
+//! An existing complete bag is only replaced with `force`.
+//!
+//! Memory: one scene's list of (time, record) events and one message at a time — independent of the
+//! number of samples.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use nalgebra::Isometry3;
+
+use super::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
+use super::msgs::{
+    BoundingBox3DArrayMsg, BoundingBox3DMsg, CameraInfo, CompressedImage, Header, Point,
+    PointCloud2, PointField, Pose, Quaternion, RosMessage, StringMsg, TFMessage, Transform,
+    TransformStamped, Vector3,
+};
+use super::nuscenes::{NuScenes, SampleData};
+use super::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
+use crate::{Error, Result};
+
+/// Source files read ahead of the writer.
+const PREFETCH: usize = 16;
+
+/// Options of [`convert_nuscenes`].
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Output bag folder.
+    pub out: PathBuf,
+    /// Convert LiDAR point clouds (skipped with a warning when the files are missing).
+    pub lidar: bool,
+    /// Replace an existing bag.
+    pub force: bool,
+    /// Topic names and frames.
+    pub layout: BagLayout,
+    /// MCAP chunk size, bytes.
+    pub chunk_size: u64,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Convert only the first N scenes (all when `None`).
+    pub max_scenes: Option<usize>,
+}
+
+impl ConvertOptions {
+    /// Defaults for output `out`: LiDAR on, no force, default layout, 1 MiB chunks, progress bar.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            lidar: true,
+            force: false,
+            layout: BagLayout::default(),
+            chunk_size: BagWriterOptions::default().chunk_size,
+            progress: true,
+            max_scenes: None,
+        }
+    }
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertReport {
+    /// Scenes converted.
+    pub scenes: usize,
+    /// Samples converted.
+    pub samples: usize,
+    /// Messages written.
+    pub messages: u64,
+    /// Annotations written.
+    pub annotations: u64,
+    /// Bytes of the MCAP file.
+    pub bag_bytes: u64,
+    /// Bytes of source files read (JPEG, .pcd.bin).
+    pub source_bytes: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// LiDAR files that were missing (skipped).
+    pub missing_lidar: u64,
+    /// Samples without a LIDAR_TOP key frame (no annotations or index written).
+    pub samples_without_lidar: u64,
+    /// (topic, type, count).
+    pub topics: Vec<(String, String, u64)>,
+}
+
+/// The path with `suffix` appended to its last component (`out` → `out.partial`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Loads `<dataroot>/<version>` and converts it (see the module docs).
+pub fn convert_nuscenes(
+    dataroot: &Path,
+    version: &str,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport> {
+    let nusc = NuScenes::load(dataroot, version)?;
+    convert_loaded(&nusc, opts)
+}
+
+fn quat(q: &nalgebra::UnitQuaternion<f64>) -> Quaternion {
+    Quaternion {
+        x: q.i,
+        y: q.j,
+        z: q.k,
+        w: q.w,
+    }
+}
+
+fn transform(iso: &Isometry3<f64>) -> Transform {
+    let t = iso.translation.vector;
+    Transform {
+        translation: Vector3 {
+            x: t.x,
+            y: t.y,
+            z: t.z,
+        },
+        rotation: quat(&iso.rotation),
+    }
+}
+
+fn ns(us: i64) -> u64 {
+    (us.max(0) as u64) * 1000
+}
+
+enum Event<'a> {
+    TfStatic,
+    Index(usize),
+    Data(&'a SampleData),
+    Annotations(usize),
+}
+
+struct Topics {
+    tf: TopicId,
+    tf_static: TopicId,
+    annotations: TopicId,
+    sample: TopicId,
+    images: BTreeMap<String, (TopicId, TopicId)>,
+    lidar: BTreeMap<String, TopicId>,
+}
+
+/// Converts an already loaded nuScenes version (see the module docs).
+pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let started = Instant::now();
+    let out = &opts.out;
+    let bag_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            Error::invalid(
+                "output path",
+                format!("{} has no usable folder name", out.display()),
+            )
+        })?
+        .to_string();
+    if out.exists() && !opts.force {
+        let what = if out.join("metadata.yaml").exists() {
+            "a complete bag"
+        } else {
+            "something that is not a finished bag"
+        };
+        return Err(Error::invalid(
+            "output path",
+            format!(
+                "{} exists ({what}); pass --force to replace it",
+                out.display()
+            ),
+        ));
+    }
+    let partial = with_suffix(out, ".partial");
+    if partial.exists() {
+        tracing::warn!(path = %partial.display(), "removing the leftovers of an interrupted conversion");
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
+    let mut writer = BagWriter::create(
+        &partial,
+        &bag_name,
+        BagWriterOptions {
+            chunk_size: opts.chunk_size,
+            ..Default::default()
+        },
+    )?;
+    writer.set_custom_data("nuscenes_version", nusc.version());
+    writer.set_custom_data("converter", &format!("vlm3d {}", env!("CARGO_PKG_VERSION")));
+    let layout = &opts.layout;
+    let mut topics = Topics {
+        tf_static: writer.add_topic::<TFMessage>(&layout.tf_static_topic, Qos::Latched)?,
+        tf: writer.add_topic::<TFMessage>(&layout.tf_topic, Qos::Reliable)?,
+        sample: writer.add_topic::<StringMsg>(&layout.sample(), Qos::Reliable)?,
+        annotations: writer
+            .add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
+        images: BTreeMap::new(),
+        lidar: BTreeMap::new(),
+    };
+
+    let scenes: Vec<_> = nusc
+        .scenes()
+        .iter()
+        .take(opts.max_scenes.unwrap_or(usize::MAX))
+        .collect();
+    let total_samples: u64 = scenes.iter().map(|s| s.nbr_samples as u64).sum();
+    let bar = if opts.progress {
+        let b = ProgressBar::new(total_samples);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let mut report = ConvertReport::default();
+    let mut scratch = Vec::with_capacity(1 << 20);
+    for scene in scenes {
+        bar.set_message(scene.name.clone());
+        let samples = nusc.scene_samples(scene)?;
+        // Events of the scene, in time order.
+        let mut events: Vec<(u64, u8, usize, Event)> = Vec::new();
+        let mut indices: Vec<Option<SampleIndex>> = Vec::with_capacity(samples.len());
+        let mut lidar_sd: Vec<Option<&SampleData>> = Vec::with_capacity(samples.len());
+        let mut statics: BTreeMap<String, Isometry3<f64>> = BTreeMap::new();
+        for (si, sample) in samples.iter().enumerate() {
+            let mut cameras = BTreeMap::new();
+            let mut lidar = None;
+            for sd in nusc.key_frames(sample) {
+                let sensor = nusc.sensor_of(sd)?;
+                let frame = BagLayout::frame(&sensor.channel);
+                let ego_stamp = ns(nusc.ego_pose(&sd.ego_pose_token)?.timestamp);
+                statics
+                    .entry(frame.clone())
+                    .or_insert(nusc.sensor_to_ego(sd)?);
+                match sensor.modality.as_str() {
+                    "camera" => {
+                        if !topics.images.contains_key(&sensor.channel) {
+                            let img = writer.add_topic::<CompressedImage>(
+                                &layout.image_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
+                            let info = writer.add_topic::<CameraInfo>(
+                                &layout.info_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
+                            topics.images.insert(sensor.channel.clone(), (img, info));
+                        }
+                        cameras.insert(
+                            sensor.channel.clone(),
+                            SensorKeyFrame {
+                                frame,
+                                topic: layout.image_topic(&sensor.channel),
+                                stamp_ns: ns(sd.timestamp),
+                                ego_stamp_ns: ego_stamp,
+                            },
+                        );
+                        events.push((ns(sd.timestamp), 2, events.len(), Event::Data(sd)));
+                    }
+                    "lidar" => {
+                        if opts.lidar && !topics.lidar.contains_key(&sensor.channel) {
+                            let id = writer.add_topic::<PointCloud2>(
+                                &layout.lidar_topic(&sensor.channel),
+                                Qos::Reliable,
+                            )?;
+                            topics.lidar.insert(sensor.channel.clone(), id);
+                        }
+                        if sensor.channel == "LIDAR_TOP" {
+                            lidar = Some((
+                                sd,
+                                SensorKeyFrame {
+                                    frame,
+                                    topic: layout.lidar_topic(&sensor.channel),
+                                    stamp_ns: ns(sd.timestamp),
+                                    ego_stamp_ns: ego_stamp,
+                                },
+                            ));
+                        }
+                        events.push((ns(sd.timestamp), 2, events.len(), Event::Data(sd)));
+                    }
+                    _ => {}
+                }
+            }
+            match lidar {
+                Some((sd, kf)) => {
+                    let idx = SampleIndex {
+                        scene_token: scene.token.clone(),
+                        scene_name: scene.name.clone(),
+                        sample_token: sample.token.clone(),
+                        stamp_ns: ns(sample.timestamp),
+                        lidar: kf,
+                        cameras,
+                        annotations_topic: layout.annotations(),
+                        tf_topic: layout.tf_topic.clone(),
+                        tf_static_topic: layout.tf_static_topic.clone(),
+                    };
+                    events.push((idx.first_stamp(), 1, events.len(), Event::Index(si)));
+                    events.push((ns(sd.timestamp), 3, events.len(), Event::Annotations(si)));
+                    indices.push(Some(idx));
+                    lidar_sd.push(Some(sd));
+                }
+                None => {
+                    tracing::warn!(sample = %sample.token, "sample has no LIDAR_TOP key frame: no annotations written for it");
+                    report.samples_without_lidar += 1;
+                    indices.push(None);
+                    lidar_sd.push(None);
+                }
+            }
+        }
+        let t0 = events.iter().map(|e| e.0).min().unwrap_or(0);
+        events.push((t0, 0, 0, Event::TfStatic));
+        events.sort_by_key(|e| (e.0, e.1, e.2));
+
+        // Source files are read ahead, in event order, by a second thread (at most PREFETCH files in
+        // flight), so that reading overlaps serializing and writing.
+        let mut reads: Vec<Option<PathBuf>> = Vec::new();
+        for (_, _, _, ev) in &events {
+            if let Event::Data(sd) = ev {
+                let skip = nusc.sensor_of(sd)?.modality != "camera" && !opts.lidar;
+                reads.push((!skip).then(|| nusc.file_path(sd)));
+            }
+        }
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Option<std::io::Result<Vec<u8>>>>(PREFETCH);
+            scope.spawn(move || {
+                for p in reads {
+                    if tx.send(p.map(std::fs::read)).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (t, _, _, ev) in &events {
+                match ev {
+                    Event::TfStatic => {
+                        let msg = TFMessage {
+                            transforms: statics
+                                .iter()
+                                .map(|(frame, iso)| TransformStamped {
+                                    header: Header::new(*t, layout.base_frame.clone()),
+                                    child_frame_id: frame.clone(),
+                                    transform: transform(iso),
+                                })
+                                .collect(),
+                        };
+                        writer.write(topics.tf_static, *t, &msg, &mut scratch)?;
+                    }
+                    Event::Index(si) => {
+                        let idx = indices[*si]
+                            .as_ref()
+                            .expect("index events only for indexed samples");
+                        let data = serde_json::to_string(idx)
+                            .map_err(|e| Error::invalid("sample index", e.to_string()))?;
+                        writer.write(topics.sample, *t, &StringMsg { data }, &mut scratch)?;
+                    }
+                    Event::Data(sd) => {
+                        let payload = rx
+                            .recv()
+                            .expect("the reader thread sends one result per file");
+                        write_sample_data(
+                            nusc,
+                            sd,
+                            payload,
+                            *t,
+                            opts,
+                            &topics,
+                            &mut writer,
+                            &mut scratch,
+                            &mut report,
+                        )?;
+                    }
+                    Event::Annotations(si) => {
+                        let sd =
+                            lidar_sd[*si].expect("annotation events only for samples with a LiDAR");
+                        let frame = indices[*si].as_ref().expect("indexed").lidar.frame.clone();
+                        let boxes = nusc.boxes_in_sensor(sd)?;
+                        let msg = BoundingBox3DArrayMsg {
+                            header: Header::new(*t, frame),
+                            prompt: String::new(),
+                            boxes: boxes
+                                .iter()
+                                .map(|b| BoundingBox3DMsg {
+                                    center: Pose {
+                                        position: Point {
+                                            x: b.bbox.center.x,
+                                            y: b.bbox.center.y,
+                                            z: b.bbox.center.z,
+                                        },
+                                        orientation: quat(&b.bbox.rotation),
+                                    },
+                                    size: Vector3 {
+                                        x: b.bbox.size[0],
+                                        y: b.bbox.size[1],
+                                        z: b.bbox.size[2],
+                                    },
+                                    label: b.category.to_string(),
+                                    score: 1.0,
+                                    camera: String::new(),
+                                    instance_id: b.annotation.instance_token.clone(),
+                                })
+                                .collect(),
+                        };
+                        report.annotations += msg.boxes.len() as u64;
+                        writer.write(topics.annotations, *t, &msg, &mut scratch)?;
+                        report.samples += 1;
+                        bar.inc(1);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        report.scenes += 1;
+    }
+    bar.finish_and_clear();
+    let summary = writer.finish()?;
+    if out.exists() {
+        // Only reached with `force` (checked above).
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&partial, out).map_err(|e| Error::io(&partial, e))?;
+    report.messages = summary.message_count;
+    report.bag_bytes = summary.file_bytes;
+    report.topics = summary.topics;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_sample_data(
+    nusc: &NuScenes,
+    sd: &SampleData,
+    read: Option<std::io::Result<Vec<u8>>>,
+    t: u64,
+    opts: &ConvertOptions,
+    topics: &Topics,
+    writer: &mut BagWriter,
+    scratch: &mut Vec<u8>,
+    report: &mut ConvertReport,
+) -> Result<()> {
+    let sensor = nusc.sensor_of(sd)?;
+    let frame = BagLayout::frame(&sensor.channel);
+    let record = || format!("sample_data {}", sd.token);
+    let is_camera = sensor.modality == "camera";
+    let path = nusc.file_path(sd);
+    let Some(read) = read else {
+        return Ok(()); // LiDAR not converted
+    };
+    let payload = if is_camera {
+        read.map_err(|e| {
+            Error::format(&path, Some(record()), format!("cannot read the image: {e}"))
+        })?
+    } else {
+        match read {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if report.missing_lidar == 0 {
+                    tracing::warn!(path = %path.display(), "LiDAR file missing: point clouds that are missing are skipped");
+                }
+                report.missing_lidar += 1;
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(Error::format(
+                    &path,
+                    Some(record()),
+                    format!("cannot read the point cloud: {e}"),
+                ))
+            }
+        }
+    };
+    report.source_bytes += payload.len() as u64;
+
+    // The ego pose at this sample_data.
+    let ego = nusc.ego_pose(&sd.ego_pose_token)?;
+    let tf = TFMessage {
+        transforms: vec![TransformStamped {
+            header: Header::new(ns(ego.timestamp), opts.layout.map_frame.clone()),
+            child_frame_id: opts.layout.base_frame.clone(),
+            transform: transform(&nusc.ego_to_global(sd)?),
+        }],
+    };
+    writer.write(topics.tf, t, &tf, scratch)?;
+
+    let header = Header::new(t, frame);
+    if is_camera {
+        let (img_topic, info_topic) = topics.images[&sensor.channel];
+        let cam = nusc.camera(sd)?;
+        let k = cam.k();
+        let rows = [
+            [k[(0, 0)], k[(0, 1)], k[(0, 2)]],
+            [k[(1, 0)], k[(1, 1)], k[(1, 2)]],
+            [k[(2, 0)], k[(2, 1)], k[(2, 2)]],
+        ];
+        if !payload.starts_with(&[0xff, 0xd8]) {
+            return Err(Error::format(
+                &path,
+                Some(record()),
+                "not a JPEG file (no SOI marker)",
+            ));
+        }
+        CompressedImage::cdr_from_parts(&header, "jpeg", &payload, scratch);
+        writer.write_raw(img_topic, t, scratch)?;
+        let info = CameraInfo::pinhole(header, cam.width(), cam.height(), rows);
+        writer.write(info_topic, t, &info, scratch)?;
+    } else {
+        const STEP: usize = 20;
+        if !payload.len().is_multiple_of(STEP) {
+            return Err(Error::format(
+                &path,
+                Some(record()),
+                format!(
+                    "{} bytes is not a whole number of 5-float points",
+                    payload.len()
+                ),
+            ));
+        }
+        let topic = topics.lidar[&sensor.channel];
+        let n = (payload.len() / STEP) as u32;
+        let cloud = PointCloud2 {
+            header,
+            height: 1,
+            width: n,
+            fields: ["x", "y", "z", "intensity", "ring"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| PointField::f32(name, 4 * i as u32))
+                .collect(),
+            is_bigendian: false,
+            point_step: STEP as u32,
+            row_step: STEP as u32 * n,
+            data: Vec::new(),
+            is_dense: true,
+        };
+        point_cloud_cdr(&cloud, &payload, scratch);
+        writer.write_raw(topic, t, scratch)?;
+    }
+    Ok(())
+}
+
+/// Serializes `cloud` with `data` in place of `cloud.data` (avoids copying the points into the struct).
+fn point_cloud_cdr(cloud: &PointCloud2, data: &[u8], buf: &mut Vec<u8>) {
+    let mut w = super::cdr::CdrWriter::reuse(std::mem::take(buf));
+    cloud.header.write(&mut w);
+    w.u32(cloud.height);
+    w.u32(cloud.width);
+    w.seq_len(cloud.fields.len());
+    for f in &cloud.fields {
+        f.write(&mut w);
+    }
+    w.bool(cloud.is_bigendian);
+    w.u32(cloud.point_step);
+    w.u32(cloud.row_step);
+    w.bytes(data);
+    w.bool(cloud.is_dense);
+    *buf = w.into_bytes();
+}

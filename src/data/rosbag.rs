@@ -1,0 +1,801 @@
+//! rosbag2 folders with MCAP storage: a streaming writer that produces what `ros2 bag record` of ROS 2
+//! Jazzy produces (CDR messages, `ros2msg` schemas with the full message definitions, `metadata.yaml`
+//! version 9), and a streaming reader.
+//!
+//! Layout of a bag folder `NAME/`: `NAME/NAME_0.mcap` and `NAME/metadata.yaml`. The MCAP file uses the
+//! `ros2` profile; each channel carries `offered_qos_profiles` (YAML) and `topic_type_hash` metadata; chunks
+//! are uncompressed by default (JPEG and LiDAR floats barely compress) and indexed, so random-access readers
+//! (rosbags, `ros2 bag info`) find the summary.
+//!
+//! The reader pulls bytes incrementally ([`mcap::io::MessageReader`]): memory is bounded by the largest
+//! chunk, not the file. On a damaged file it yields every message before the damage, then one error naming
+//! the file, the byte offset reached and the number of messages read.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::msgs::RosMessage;
+use crate::{Error, Result};
+
+/// Quality of service a topic is offered with, as rosbag2 records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    /// Reliable, volatile, keep last 10: ordinary sensor and detection topics.
+    Reliable,
+    /// Reliable, transient local, keep last 1: latched topics such as `/tf_static`.
+    Latched,
+}
+
+impl Qos {
+    /// The `offered_qos_profiles` entry as rosbag2 Jazzy writes it (a one-element YAML list).
+    fn yaml(&self) -> String {
+        let (depth, durability) = match self {
+            Qos::Reliable => (10, "volatile"),
+            Qos::Latched => (1, "transient_local"),
+        };
+        let inf = "\n    sec: 9223372036\n    nsec: 854775807";
+        format!(
+            "- history: keep_last\n  depth: {depth}\n  reliability: reliable\n  durability: {durability}\n  \
+             deadline:{inf}\n  lifespan:{inf}\n  liveliness: automatic\n  liveliness_lease_duration:{inf}\n  \
+             avoid_ros_namespace_conventions: false"
+        )
+    }
+}
+
+/// Options of [`BagWriter`].
+#[derive(Debug, Clone)]
+pub struct BagWriterOptions {
+    /// Target size of MCAP chunks in bytes (uncompressed). Smaller chunks lose less to damage, larger ones
+    /// index less.
+    pub chunk_size: u64,
+    /// `ros_distro` written to `metadata.yaml`.
+    pub ros_distro: String,
+    /// fsync the MCAP file before writing `metadata.yaml` (durability across power loss; like rosbag2 and
+    /// rosbags, off by default — interruption safety does not need it).
+    pub fsync: bool,
+}
+
+impl Default for BagWriterOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 1 << 20,
+            ros_distro: "jazzy".into(),
+            fsync: false,
+        }
+    }
+}
+
+/// A topic added to a [`BagWriter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TopicId(usize);
+
+#[derive(Debug)]
+struct TopicState {
+    name: String,
+    type_name: String,
+    type_hash: String,
+    qos: Qos,
+    channel: u16,
+    count: u64,
+    sequence: u32,
+}
+
+/// What a finished bag holds.
+#[derive(Debug, Clone, Default)]
+pub struct BagSummary {
+    /// Messages written.
+    pub message_count: u64,
+    /// Serialized message bytes written (CDR payloads).
+    pub payload_bytes: u64,
+    /// Size of the MCAP file.
+    pub file_bytes: u64,
+    /// Earliest log time, ns.
+    pub start_ns: u64,
+    /// Latest log time, ns.
+    pub end_ns: u64,
+    /// (topic, type, count) per topic, in the order they were added.
+    pub topics: Vec<(String, String, u64)>,
+}
+
+/// Writes a rosbag2 folder (one MCAP file + `metadata.yaml`) message by message.
+pub struct BagWriter {
+    dir: PathBuf,
+    file_name: String,
+    mcap: mcap::Writer<BufWriter<File>>,
+    topics: Vec<TopicState>,
+    by_name: HashMap<String, usize>,
+    schemas: HashMap<String, u16>,
+    summary: BagSummary,
+    options: BagWriterOptions,
+    custom_data: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for BagWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BagWriter")
+            .field("dir", &self.dir)
+            .field("file_name", &self.file_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mcap_err(path: &Path, record: Option<String>, e: mcap::McapError) -> Error {
+    Error::format(path, record, e.to_string())
+}
+
+impl BagWriter {
+    /// Creates folder `dir` (which must not exist or be empty) and the MCAP file `<bag_name>_0.mcap` in it.
+    /// `bag_name` is the name the finished bag folder will have (it may differ from `dir`'s while writing to
+    /// a temporary folder).
+    pub fn create(dir: &Path, bag_name: &str, options: BagWriterOptions) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let file_name = format!("{bag_name}_0.mcap");
+        let path = dir.join(&file_name);
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut mcap = mcap::WriteOptions::new()
+            .profile("ros2")
+            .library(format!("vlm3d {}", env!("CARGO_PKG_VERSION")))
+            .compression(None)
+            .chunk_size(Some(options.chunk_size))
+            .create(BufWriter::with_capacity(1 << 20, file))
+            .map_err(|e| mcap_err(&path, None, e))?;
+        let mut meta = BTreeMap::new();
+        meta.insert("ROS_DISTRO".to_string(), options.ros_distro.clone());
+        mcap.write_metadata(&mcap::records::Metadata {
+            name: "rosbag2".into(),
+            metadata: meta,
+        })
+        .map_err(|e| mcap_err(&path, None, e))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file_name,
+            mcap,
+            topics: Vec::new(),
+            by_name: HashMap::new(),
+            schemas: HashMap::new(),
+            summary: BagSummary {
+                start_ns: u64::MAX,
+                ..Default::default()
+            },
+            options,
+            custom_data: BTreeMap::new(),
+        })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(&self.file_name)
+    }
+
+    /// Adds (or returns the already added) topic `name` carrying messages of type `T`.
+    pub fn add_topic<T: RosMessage>(&mut self, name: &str, qos: Qos) -> Result<TopicId> {
+        self.add_topic_raw(
+            name,
+            T::TYPE,
+            &T::definition(),
+            &super::msgs::type_hash(T::TYPE),
+            qos,
+        )
+    }
+
+    /// Adds a topic given its type name, full `ros2msg` definition text and RIHS01 hash (may be empty).
+    pub fn add_topic_raw(
+        &mut self,
+        name: &str,
+        type_name: &str,
+        definition: &str,
+        type_hash: &str,
+        qos: Qos,
+    ) -> Result<TopicId> {
+        if let Some(&i) = self.by_name.get(name) {
+            if self.topics[i].type_name != type_name {
+                return Err(Error::invalid(
+                    format!("topic {name}"),
+                    format!(
+                        "already added with type {}, not {type_name}",
+                        self.topics[i].type_name
+                    ),
+                ));
+            }
+            return Ok(TopicId(i));
+        }
+        let path = self.path();
+        let schema = match self.schemas.get(type_name) {
+            Some(&s) => s,
+            None => {
+                let s = self
+                    .mcap
+                    .add_schema(type_name, "ros2msg", definition.as_bytes())
+                    .map_err(|e| mcap_err(&path, Some(format!("schema {type_name}")), e))?;
+                self.schemas.insert(type_name.to_string(), s);
+                s
+            }
+        };
+        let mut meta = BTreeMap::new();
+        meta.insert("offered_qos_profiles".to_string(), qos.yaml());
+        meta.insert("topic_type_hash".to_string(), type_hash.to_string());
+        let channel = self
+            .mcap
+            .add_channel(schema, name, "cdr", &meta)
+            .map_err(|e| mcap_err(&path, Some(format!("channel {name}")), e))?;
+        self.topics.push(TopicState {
+            name: name.to_string(),
+            type_name: type_name.to_string(),
+            type_hash: type_hash.to_string(),
+            qos,
+            channel,
+            count: 0,
+            sequence: 0,
+        });
+        self.by_name.insert(name.to_string(), self.topics.len() - 1);
+        Ok(TopicId(self.topics.len() - 1))
+    }
+
+    /// Writes one message; `time_ns` is both its log and publish time.
+    pub fn write<T: RosMessage>(
+        &mut self,
+        topic: TopicId,
+        time_ns: u64,
+        msg: &T,
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        msg.to_cdr_into(scratch);
+        self.write_raw(topic, time_ns, scratch)
+    }
+
+    /// Writes one already serialized CDR message.
+    pub fn write_raw(&mut self, topic: TopicId, time_ns: u64, cdr: &[u8]) -> Result<()> {
+        let t = &mut self.topics[topic.0];
+        let header = mcap::records::MessageHeader {
+            channel_id: t.channel,
+            sequence: t.sequence,
+            log_time: time_ns,
+            publish_time: time_ns,
+        };
+        t.sequence = t.sequence.wrapping_add(1);
+        t.count += 1;
+        let record = format!("message {} of {}", t.count, t.name);
+        let path = self.dir.join(&self.file_name);
+        self.mcap
+            .write_to_known_channel(&header, cdr)
+            .map_err(|e| mcap_err(&path, Some(record), e))?;
+        self.summary.message_count += 1;
+        self.summary.payload_bytes += cdr.len() as u64;
+        self.summary.start_ns = self.summary.start_ns.min(time_ns);
+        self.summary.end_ns = self.summary.end_ns.max(time_ns);
+        Ok(())
+    }
+
+    /// Sets a `custom_data` entry of `metadata.yaml`.
+    pub fn set_custom_data(&mut self, key: &str, value: &str) {
+        self.custom_data.insert(key.to_string(), value.to_string());
+    }
+
+    /// Messages written so far.
+    pub fn message_count(&self) -> u64 {
+        self.summary.message_count
+    }
+
+    /// Finishes the MCAP file (summary, footer) and then writes `metadata.yaml`, in that order, so that a
+    /// folder with `metadata.yaml` always holds a complete MCAP file.
+    pub fn finish(mut self) -> Result<BagSummary> {
+        let path = self.path();
+        self.mcap
+            .finish()
+            .map_err(|e| mcap_err(&path, Some("summary".into()), e))?;
+        let mut summary = std::mem::take(&mut self.summary);
+        if summary.message_count == 0 {
+            summary.start_ns = 0;
+        }
+        summary.topics = self
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.type_name.clone(), t.count))
+            .collect();
+        let meta = self.metadata(&summary);
+        let dir = self.dir.clone();
+        let file = self
+            .mcap
+            .into_inner()
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        if self.options.fsync {
+            file.sync_all().map_err(|e| Error::io(&path, e))?;
+        }
+        summary.file_bytes = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        let yaml = serde_yaml::to_string(&meta)
+            .map_err(|e| Error::format(dir.join("metadata.yaml"), None, e.to_string()))?;
+        let meta_path = dir.join("metadata.yaml");
+        std::fs::write(&meta_path, yaml).map_err(|e| Error::io(&meta_path, e))?;
+        Ok(summary)
+    }
+
+    fn metadata(&self, s: &BagSummary) -> MetadataFile {
+        let duration = s.end_ns.saturating_sub(s.start_ns);
+        MetadataFile {
+            rosbag2_bagfile_information: BagInfo {
+                version: 9,
+                storage_identifier: "mcap".into(),
+                duration: Nanos {
+                    nanoseconds: duration,
+                },
+                starting_time: Stamp {
+                    nanoseconds_since_epoch: s.start_ns,
+                },
+                message_count: s.message_count,
+                topics_with_message_count: self
+                    .topics
+                    .iter()
+                    .map(|t| TopicWithCount {
+                        topic_metadata: TopicMetadata {
+                            name: t.name.clone(),
+                            type_name: t.type_name.clone(),
+                            serialization_format: "cdr".into(),
+                            offered_qos_profiles: serde_yaml::from_str(&t.qos.yaml())
+                                .unwrap_or_default(),
+                            type_description_hash: t.type_hash.clone(),
+                        },
+                        message_count: t.count,
+                    })
+                    .collect(),
+                compression_format: String::new(),
+                compression_mode: String::new(),
+                relative_file_paths: vec![self.file_name.clone()],
+                files: vec![FileInfo {
+                    path: self.file_name.clone(),
+                    starting_time: Stamp {
+                        nanoseconds_since_epoch: s.start_ns,
+                    },
+                    duration: Nanos {
+                        nanoseconds: duration,
+                    },
+                    message_count: s.message_count,
+                }],
+                custom_data: (!self.custom_data.is_empty()).then(|| self.custom_data.clone()),
+                ros_distro: self.options.ros_distro.clone(),
+            },
+        }
+    }
+}
+
+/// `metadata.yaml` of a rosbag2 folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadataFile {
+    /// The one top-level key.
+    pub rosbag2_bagfile_information: BagInfo,
+}
+
+/// The `rosbag2_bagfile_information` mapping (version 9, as ROS 2 Jazzy writes it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BagInfo {
+    /// Format version (9).
+    pub version: u32,
+    /// Storage plugin (`mcap`).
+    pub storage_identifier: String,
+    /// Last minus first message time.
+    pub duration: Nanos,
+    /// First message time.
+    pub starting_time: Stamp,
+    /// Messages in the bag.
+    pub message_count: u64,
+    /// Topics with their message counts.
+    pub topics_with_message_count: Vec<TopicWithCount>,
+    /// Bag compression format (empty: none).
+    #[serde(default)]
+    pub compression_format: String,
+    /// Bag compression mode (empty: none).
+    #[serde(default)]
+    pub compression_mode: String,
+    /// Storage files, relative to the folder.
+    pub relative_file_paths: Vec<String>,
+    /// Per-file information.
+    #[serde(default)]
+    pub files: Vec<FileInfo>,
+    /// Free key/value pairs (`~` when none).
+    #[serde(default)]
+    pub custom_data: Option<BTreeMap<String, String>>,
+    /// ROS distribution that wrote the bag.
+    #[serde(default)]
+    pub ros_distro: String,
+}
+
+/// A duration in nanoseconds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Nanos {
+    /// Nanoseconds.
+    pub nanoseconds: u64,
+}
+
+/// A time in nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Nanoseconds since the epoch.
+    pub nanoseconds_since_epoch: u64,
+}
+
+/// One entry of `topics_with_message_count`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicWithCount {
+    /// The topic.
+    pub topic_metadata: TopicMetadata,
+    /// Its message count.
+    pub message_count: u64,
+}
+
+/// A topic's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TopicMetadata {
+    /// Topic name.
+    pub name: String,
+    /// Message type, e.g. `sensor_msgs/msg/CompressedImage`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// `cdr`.
+    pub serialization_format: String,
+    /// QoS profiles (a YAML list in version 9, a YAML string before).
+    #[serde(default)]
+    pub offered_qos_profiles: serde_yaml::Value,
+    /// RIHS01 type hash (empty when not computed).
+    #[serde(default)]
+    pub type_description_hash: String,
+}
+
+/// One entry of `files`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// File name relative to the bag folder.
+    pub path: String,
+    /// First message time.
+    pub starting_time: Stamp,
+    /// Last minus first message time.
+    pub duration: Nanos,
+    /// Messages in the file.
+    pub message_count: u64,
+}
+
+/// A message read from a bag, still serialized.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Message type (the MCAP schema name), e.g. `sensor_msgs/msg/CameraInfo`.
+    pub type_name: Arc<str>,
+    /// Log time, ns.
+    pub log_time: u64,
+    /// The CDR bytes (header included).
+    pub data: Vec<u8>,
+    /// The MCAP file it came from.
+    pub file: Arc<Path>,
+    /// Its position in the file (0-based, all topics).
+    pub index: u64,
+}
+
+impl RawMessage {
+    /// Decodes the message as `T`, checking the type name; errors name the file, topic and message index.
+    pub fn decode<T: RosMessage>(&self) -> Result<T> {
+        let record = || {
+            format!(
+                "message #{} on {} at {} ns",
+                self.index, self.topic, self.log_time
+            )
+        };
+        if &*self.type_name != T::TYPE {
+            return Err(Error::format(
+                &*self.file,
+                Some(record()),
+                format!("type is {}, expected {}", self.type_name, T::TYPE),
+            ));
+        }
+        T::from_cdr(&self.data)
+            .map_err(|e| Error::format(&*self.file, Some(record()), e.to_string()))
+    }
+}
+
+/// An opened rosbag2 folder (or a single MCAP file) to read.
+#[derive(Debug, Clone)]
+pub struct BagReader {
+    files: Vec<PathBuf>,
+    metadata: Option<BagInfo>,
+}
+
+impl BagReader {
+    /// Opens a bag folder with `metadata.yaml` (its files in order), or a lone `.mcap` file.
+    ///
+    /// A folder without `metadata.yaml` is refused: it is an unfinished bag (the writer writes the
+    /// metadata last).
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            return Ok(Self {
+                files: vec![path.to_path_buf()],
+                metadata: None,
+            });
+        }
+        let meta_path = path.join("metadata.yaml");
+        let text = std::fs::read_to_string(&meta_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::format(
+                    &meta_path,
+                    None,
+                    "missing: not a rosbag2 folder, or an unfinished one (metadata.yaml is written last)",
+                )
+            } else {
+                Error::io(&meta_path, e)
+            }
+        })?;
+        let meta: MetadataFile = serde_yaml::from_str(&text)
+            .map_err(|e| Error::format(&meta_path, None, e.to_string()))?;
+        let info = meta.rosbag2_bagfile_information;
+        if info.storage_identifier != "mcap" {
+            return Err(Error::format(
+                &meta_path,
+                Some("storage_identifier".into()),
+                format!(
+                    "storage {:?} is not supported (only mcap)",
+                    info.storage_identifier
+                ),
+            ));
+        }
+        if !info.compression_mode.is_empty() && !info.compression_mode.eq_ignore_ascii_case("none")
+        {
+            return Err(Error::format(
+                &meta_path,
+                Some("compression_mode".into()),
+                format!(
+                    "bag compression {:?} is not supported",
+                    info.compression_mode
+                ),
+            ));
+        }
+        let files = info
+            .relative_file_paths
+            .iter()
+            .map(|f| path.join(Path::new(f).file_name().unwrap_or(f.as_ref())))
+            .collect();
+        Ok(Self {
+            files,
+            metadata: Some(info),
+        })
+    }
+
+    /// The storage files, in order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// `metadata.yaml`'s content, when opened from a folder.
+    pub fn metadata(&self) -> Option<&BagInfo> {
+        self.metadata.as_ref()
+    }
+
+    /// Streams the messages of one topic decoded as `T` (log time, message); other topics are skipped.
+    pub fn typed<T: RosMessage>(&self, topic: &str) -> impl Iterator<Item = Result<(u64, T)>> + '_ {
+        let topic = topic.to_string();
+        self.messages().filter_map(move |m| match m {
+            Err(e) => Some(Err(e)),
+            Ok(m) if *m.topic == *topic => Some(m.decode::<T>().map(|v| (m.log_time, v))),
+            Ok(_) => None,
+        })
+    }
+
+    /// Streams every message of every file in file order.
+    pub fn messages(&self) -> Messages {
+        Messages {
+            files: self.files.clone().into(),
+            next_file: 0,
+            current: None,
+            failed: false,
+        }
+    }
+}
+
+/// Counts the bytes pulled from the source, to report where damage was found.
+struct Counting<R> {
+    inner: R,
+    pos: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+struct OpenFile {
+    path: Arc<Path>,
+    reader: mcap::io::MessageReader<Counting<BufReader<File>>>,
+    pos: Arc<std::sync::atomic::AtomicU64>,
+    index: u64,
+    types: HashMap<u16, (Arc<str>, Arc<str>)>,
+}
+
+/// Iterator over a bag's messages (see [`BagReader::messages`]); after an error it yields nothing.
+pub struct Messages {
+    files: Arc<[PathBuf]>,
+    next_file: usize,
+    current: Option<OpenFile>,
+    failed: bool,
+}
+
+impl Iterator for Messages {
+    type Item = Result<RawMessage>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if self.current.is_none() {
+                let path = self.files.get(self.next_file)?.clone();
+                self.next_file += 1;
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(Error::io(path, e)));
+                    }
+                };
+                let pos = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let src = Counting {
+                    inner: BufReader::with_capacity(1 << 20, file),
+                    pos: pos.clone(),
+                };
+                self.current = Some(OpenFile {
+                    path: path.into(),
+                    reader: mcap::io::MessageReader::new(src),
+                    pos,
+                    index: 0,
+                    types: HashMap::new(),
+                });
+            }
+            let cur = self.current.as_mut().expect("opened above");
+            match cur.reader.next() {
+                None => {
+                    self.current = None;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.failed = true;
+                    let at = cur.pos.load(std::sync::atomic::Ordering::Relaxed);
+                    return Some(Err(Error::format(
+                        &*cur.path,
+                        Some(format!(
+                            "after {} complete messages, reading near byte offset {at}",
+                            cur.index
+                        )),
+                        format!("damaged or truncated MCAP: {e}"),
+                    )));
+                }
+                Some(Ok(m)) => {
+                    let (topic, type_name) = cur
+                        .types
+                        .entry(m.channel.id)
+                        .or_insert_with(|| {
+                            let ty = m
+                                .channel
+                                .schema
+                                .as_ref()
+                                .map(|s| s.name.as_str())
+                                .unwrap_or("");
+                            (Arc::from(m.channel.topic.as_str()), Arc::from(ty))
+                        })
+                        .clone();
+                    let msg = RawMessage {
+                        topic,
+                        type_name,
+                        log_time: m.log_time,
+                        data: m.data.into_owned(),
+                        file: cur.path.clone(),
+                        index: cur.index,
+                    };
+                    cur.index += 1;
+                    return Some(Ok(msg));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::msgs::{Header, StringMsg, TFMessage};
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vlm3d-rosbag-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn write_bag(dir: &Path, n: usize, chunk: u64) -> BagSummary {
+        let mut w = BagWriter::create(
+            dir,
+            "bag",
+            BagWriterOptions {
+                chunk_size: chunk,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let s = w.add_topic::<StringMsg>("/s", Qos::Reliable).unwrap();
+        let t = w
+            .add_topic::<TFMessage>("/tf_static", Qos::Latched)
+            .unwrap();
+        let mut scratch = Vec::new();
+        w.write(t, 5, &TFMessage::default(), &mut scratch).unwrap();
+        for i in 0..n {
+            let m = StringMsg {
+                data: format!("{i:0100}"),
+            };
+            w.write(s, 10 + i as u64, &m, &mut scratch).unwrap();
+        }
+        let _ = Header::default();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn written_bag_reads_back_with_metadata() {
+        let d = tmp("rt");
+        let s = write_bag(&d, 50, 1 << 20);
+        assert_eq!(s.message_count, 51);
+        let r = BagReader::open(&d).unwrap();
+        let meta = r.metadata().unwrap();
+        assert_eq!(meta.version, 9);
+        assert_eq!(meta.message_count, 51);
+        assert_eq!(meta.duration.nanoseconds, 10 + 49 - 5);
+        assert_eq!(meta.relative_file_paths, vec!["bag_0.mcap".to_string()]);
+        let msgs: Vec<_> = r.messages().collect::<Result<_>>().unwrap();
+        assert_eq!(msgs.len(), 51);
+        assert_eq!(&*msgs[0].type_name, "tf2_msgs/msg/TFMessage");
+        let m: StringMsg = msgs[7].decode().unwrap();
+        assert_eq!(m.data, format!("{:0100}", 6));
+        let typed: Vec<(u64, StringMsg)> = r.typed("/s").collect::<Result<_>>().unwrap();
+        assert_eq!(typed.len(), 50);
+        assert_eq!(typed[3].0, 13);
+        assert!(msgs[7].decode::<TFMessage>().is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn truncated_bag_yields_the_messages_before_the_damage() {
+        let d = tmp("trunc");
+        write_bag(&d, 400, 4096);
+        let f = d.join("bag_0.mcap");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        let mut ok = 0;
+        let mut err = None;
+        for m in BagReader::open(&d).unwrap().messages() {
+            match m {
+                Ok(m) => {
+                    if ok > 0 {
+                        let s: StringMsg = m.decode().unwrap();
+                        assert_eq!(s.data, format!("{:0100}", ok - 1));
+                    }
+                    ok += 1
+                }
+                Err(e) => err = Some(e),
+            }
+        }
+        assert!(ok > 50 && ok < 400, "{ok} messages before the damage");
+        let e = err
+            .expect("an error after the last good message")
+            .to_string();
+        assert!(e.contains("bag_0.mcap") && e.contains("offset"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn unfinished_folder_is_refused() {
+        let d = tmp("unfinished");
+        std::fs::create_dir_all(&d).unwrap();
+        let e = BagReader::open(&d).unwrap_err().to_string();
+        assert!(e.contains("metadata.yaml"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
