@@ -4,6 +4,7 @@
 //! rosbag2 I/O in [`data`], training and metrics in [`train`], and the only r2r-dependent code in `ros`.
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod geometry;
 pub mod model;

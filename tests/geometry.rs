@@ -415,3 +415,27 @@ fn bev_nms_matches_brute_force_greedy() {
     assert!(bev_nms(&[b], &[0.5, 0.1], 0.5).is_err());
     assert!(bev_nms(&[b], &[f64::NAN], 0.5).is_err());
 }
+
+#[test]
+fn camera_frame_parameterization_round_trips_through_a_z_up_frame() {
+    // Camera looking along +x of a z-up frame (nuScenes-like CAM_FRONT): optical z = forward, x = right, y = down.
+    let m = nalgebra::Matrix3::new(0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0);
+    let cam_to_lidar = Isometry3::from_parts(
+        Translation3::new(1.0, 0.0, 1.5),
+        UnitQuaternion::from_rotation_matrix(&nalgebra::Rotation3::from_matrix_unchecked(m)),
+    );
+    let mut rng = StdRng::seed_from_u64(21);
+    for _ in 0..200 {
+        let b = random_box(&mut rng, 20.0);
+        let in_cam = b.transform(&cam_to_lidar.inverse());
+        let p = in_cam.camera_params();
+        let rebuilt = OrientedBox3D::from_camera_params(p).unwrap();
+        for (x, y) in rebuilt.corners().iter().zip(in_cam.corners().iter()) {
+            assert!((x - y).norm() < 1e-9);
+        }
+        let back = rebuilt.transform(&cam_to_lidar).to_box3d().unwrap();
+        let d = (back.yaw() - b.yaw()).rem_euclid(2.0 * PI);
+        assert!(d.min(2.0 * PI - d) < 1e-9);
+        assert!((Point3::from(back.center()) - Point3::from(b.center())).norm() < 1e-9);
+    }
+}

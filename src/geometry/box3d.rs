@@ -213,6 +213,34 @@ impl OrientedBox3D {
         heading.y.atan2(heading.x)
     }
 
+    /// A level box in a camera's optical frame (x right, y down, z forward) from the 7-vector
+    /// [x, y, z, l, w, h, yaw] whose yaw is the heading's angle about the camera's up axis (−y), measured from
+    /// +x towards +z: heading = (cos yaw, 0, sin yaw), box up = −y. This is the camera-frame parameterization
+    /// the dataset and the detector share.
+    pub fn from_camera_params(p: [f64; 7]) -> Result<Self> {
+        check_finite("camera-frame box", &p)?;
+        let (s, c) = p[6].sin_cos();
+        let m = nalgebra::Matrix3::new(c, -s, 0.0, 0.0, 0.0, -1.0, s, c, 0.0);
+        let rotation =
+            UnitQuaternion::from_rotation_matrix(&nalgebra::Rotation3::from_matrix_unchecked(m));
+        Self::new(Point3::new(p[0], p[1], p[2]), [p[3], p[4], p[5]], rotation)
+    }
+
+    /// The camera-frame 7-vector of this box (see [`OrientedBox3D::from_camera_params`]).
+    pub fn camera_params(&self) -> [f64; 7] {
+        let heading = self.rotation * Vector3::x();
+        let [l, w, h] = self.size;
+        [
+            self.center.x,
+            self.center.y,
+            self.center.z,
+            l,
+            w,
+            h,
+            heading.z.atan2(heading.x),
+        ]
+    }
+
     /// The yaw-only box of this one, dropping any roll and pitch (see [`OrientedBox3D::yaw`]).
     pub fn to_box3d(&self) -> Result<Box3D> {
         Box3D::new(self.center.coords.into(), self.size, self.yaw())
