@@ -11,7 +11,11 @@ fn demo_runs_end_to_end_and_writes_its_outputs() {
     opts.width = 320;
     opts.height = 180;
     let report = run_demo(&opts).unwrap();
-    assert!(report.prompt.starts_with("Please detect the "), "{}", report.prompt);
+    assert!(
+        report.prompt.starts_with("Please detect the "),
+        "{}",
+        report.prompt
+    );
     // 16 queries per view, six views, no score threshold: every query yields a box before merging.
     assert_eq!(report.raw_detections, 6 * 16);
     assert!(!report.detections.is_empty() && report.detections.len() <= report.raw_detections);
@@ -23,8 +27,12 @@ fn demo_runs_end_to_end_and_writes_its_outputs() {
         assert!(p.exists(), "{} missing", p.display());
     }
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("detections.json")).unwrap()).unwrap();
-    assert_eq!(json["detections"].as_array().unwrap().len(), report.detections.len());
+        serde_json::from_str(&std::fs::read_to_string(dir.join("detections.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        json["detections"].as_array().unwrap().len(),
+        report.detections.len()
+    );
     let png = image::open(dir.join("bev.png")).unwrap();
     assert_eq!((png.width(), png.height()), (800, 800));
     // A second run reuses the dataset and the bag: the same frame, prompt and ground truth. (The untrained demo
