@@ -74,3 +74,38 @@ fn profile_2b_widths() {
         );
     }
 }
+
+#[test]
+#[ignore]
+fn profile_vision_block_parts() {
+    let dev = Device::Cpu;
+    let n = 576;
+    let x = Tensor::randn(0f32, 1.0, (n, 1280), &dev).unwrap();
+    let w = |o: usize, i: usize| Tensor::randn(0f32, 0.02, (o, i), &dev).unwrap();
+    let (wqkv, wp, w1, w2) = (w(3840, 1280), w(1280, 1280), w(5120, 1280), w(1280, 5120));
+    let lin = |x: &Tensor, w: &Tensor| x.matmul(&w.t().unwrap()).unwrap();
+    let (qkv, t_qkv) = secs(|| lin(&x, &wqkv));
+    let (q, t_perm) = secs(|| {
+        qkv.reshape((n, 3, 16, 80))
+            .unwrap()
+            .permute((1, 2, 0, 3))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    });
+    let qq = q.get(0).unwrap();
+    let kk = q.get(1).unwrap();
+    let (att, t_qk) = secs(|| (qq.matmul(&kk.t().unwrap()).unwrap() * 0.1).unwrap());
+    let (att, t_sm) = secs(|| candle_nn::ops::softmax_last_dim(&att).unwrap());
+    let (o, t_av) = secs(|| att.matmul(&q.get(2).unwrap()).unwrap());
+    let (o, t_tr) = secs(|| o.transpose(0, 1).unwrap().reshape((n, 1280)).unwrap());
+    let (_, t_proj) = secs(|| lin(&o, &wp));
+    let (h, t_fc1) = secs(|| lin(&x, &w1));
+    let (h, t_gelu) =
+        secs(|| (&h * candle_nn::ops::sigmoid(&(&h * 1.702).unwrap()).unwrap()).unwrap());
+    let (_, t_fc2) = secs(|| lin(&h, &w2));
+    println!(
+        "qkv {t_qkv:.3} perm {t_perm:.3} qk {t_qk:.3} softmax {t_sm:.3} av {t_av:.3} transpose {t_tr:.3} proj {t_proj:.3} \
+         fc1 {t_fc1:.3} gelu {t_gelu:.3} fc2 {t_fc2:.3}"
+    );
+}
