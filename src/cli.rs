@@ -51,6 +51,27 @@ pub struct ModelArgs {
     /// Upper bound on pixels per image after resizing (overrides preprocessor_config.json).
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// Weight precision: f32, bf16 or f16 (f32 is the right choice on CPU).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    /// The device (the first CUDA GPU when built with `cuda`, else the CPU) and the requested dtype.
+    pub fn device_dtype(&self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
+        let dtype = match self.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "bf16" => candle_core::DType::BF16,
+            "f16" => candle_core::DType::F16,
+            o => anyhow::bail!("unknown --dtype {o} (f32, bf16, f16)"),
+        };
+        let device = if cfg!(feature = "cuda") {
+            candle_core::Device::cuda_if_available(0)?
+        } else {
+            candle_core::Device::Cpu
+        };
+        Ok((device, dtype))
+    }
 }
 
 /// Arguments of `detect`.

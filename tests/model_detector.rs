@@ -1,9 +1,9 @@
 //! Detector: the cached image prefix gives the same query states and boxes as one uncached pass, for several
 //! prompts on one frame and for views of mixed sizes; the box head has the paper's shape.
-mod common;
+mod model_common;
 
 use candle_core::{DType, Device, Tensor};
-use common::*;
+use model_common::*;
 use vlm3d::model::box_head::{decode_box, BOX_OUTPUTS, HIDDEN_LAYERS};
 use vlm3d::model::detector::{Detector, DetectorConfig};
 use vlm3d::model::qwen2vl::Pipeline;

@@ -1,12 +1,12 @@
 //! Checkpoint layouts (flat 4.x and nested 5.x config, both preprocessor shapes, sharded weights, tied LM head),
 //! the resize path of the image processor, and clear errors on bad input.
-mod common;
+mod model_common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::*;
+use model_common::*;
 use vlm3d::model::qwen2vl::preprocess::smart_resize;
 use vlm3d::model::qwen2vl::{Config, Pipeline, PreprocessorConfig, Qwen2VL};
 use vlm3d::Error;

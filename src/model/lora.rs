@@ -54,6 +54,20 @@ pub struct LoraAdapter {
     pub dropout: f32,
 }
 
+/// Applies a linear layer with all leading dimensions folded into the rows, so a `[batch, seq, in]` input is one
+/// large GEMM instead of `batch` small ones.
+pub fn linear_2d(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.rank() <= 2 {
+        return l.forward(x);
+    }
+    let mut dims = x.dims().to_vec();
+    let din = dims.pop().unwrap_or(0);
+    let rows: usize = dims.iter().product();
+    let y = l.forward(&x.reshape((rows, din))?)?;
+    dims.push(y.dim(1)?);
+    y.reshape(dims)
+}
+
 /// A frozen linear layer with an optional low-rank adapter.
 #[derive(Debug, Clone)]
 pub struct LoraLinear {
@@ -84,7 +98,7 @@ impl LoraLinear {
 
     /// Forward pass; `train` enables adapter dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let y = self.base.forward(x)?;
+        let y = linear_2d(&self.base, x)?;
         match &self.adapter {
             None => Ok(y),
             Some(ad) => {

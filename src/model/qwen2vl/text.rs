@@ -1,13 +1,13 @@
 //! The Qwen2 text decoder with multimodal rotary embeddings (M-RoPE), grouped-query attention, an explicit
 //! KV cache, and LoRA-capable attention projections. Every forward takes a `diff` flag: `false` uses candle's
 //! fused kernels (fast, no gradients), `true` uses gradient-capable ops only (for training).
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::TextConfig;
 use super::vision::rotate_half;
 use super::weights::{linear, tensor};
-use crate::model::lora::LoraLinear;
+use crate::model::lora::{linear_2d, LoraLinear};
 use crate::{Error, Result};
 
 /// Key/value tensors of every layer for the tokens seen so far (`[batch, kv_heads, seq, head_dim]`).
@@ -151,8 +151,8 @@ impl DecoderLayer {
         let h = rms_norm(x, &self.ln1, self.eps, diff)?;
         let x = (x + self.self_attn.forward(&h, cos, sin, mask, cache, diff)?)?;
         let h = rms_norm(&x, &self.ln2, self.eps, diff)?;
-        let h = (self.gate.forward(&h)?.silu()? * self.up.forward(&h)?)?;
-        x + self.down.forward(&h)?
+        let h = (linear_2d(&self.gate, &h)?.silu()? * linear_2d(&self.up, &h)?)?;
+        x + linear_2d(&self.down, &h)?
     }
 }
 

@@ -42,22 +42,17 @@ impl Block {
         let (n, dim) = x.dims2()?;
         let hd = dim / self.num_heads;
         let h = self.norm1.forward(x)?;
-        let qkv = self.qkv.forward(&h)?.reshape((n, 3, self.num_heads, hd))?;
-        let rot = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.broadcast_mul(cos)? + rotate_half(&t)?.broadcast_mul(sin)?
-        };
-        // [n, heads, hd] → [heads, n, hd]
-        let q = rot(qkv.narrow(1, 0, 1)?.squeeze(1)?)?
-            .transpose(0, 1)?
+        // [n, 3 * dim] → [3, heads, n, hd] in one copy; the rotary embedding uses candle's fused (rotate-half)
+        // kernel: the vision tower is frozen, so no gradient is needed here.
+        let qkv = self
+            .qkv
+            .forward(&h)?
+            .reshape((n, 3, self.num_heads, hd))?
+            .permute((1, 2, 0, 3))?
             .contiguous()?;
-        let k = rot(qkv.narrow(1, 1, 1)?.squeeze(1)?)?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let v = qkv
-            .narrow(1, 2, 1)?
-            .squeeze(1)?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&qkv.get(0)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&qkv.get(1)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
+        let v = qkv.get(2)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let mut outs = Vec::with_capacity(cu.len() - 1);
         for w in cu.windows(2) {
@@ -129,7 +124,8 @@ impl VisionModel {
         })
     }
 
-    /// cos/sin tables `[patches, 1, head_dim]` of the 2D rotary embedding, rows in the processor's merge order.
+    /// cos/sin tables `[patches, head_dim / 2]` (height frequencies, then width frequencies) of the 2D rotary
+    /// embedding, rows in the processor's merge order.
     fn rotary(&self, grids: &[GridThw], device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.head_dim();
         let quarter = hd / 4; // frequencies per axis
@@ -140,7 +136,7 @@ impl VisionModel {
         let n: usize = grids.iter().map(GridThw::patches).sum();
         let mut cos = Vec::with_capacity(n * hd);
         let mut sin = Vec::with_capacity(n * hd);
-        let mut ang = vec![0f32; hd];
+        let mut ang = vec![0f32; hd / 2];
         for g in grids {
             for _ in 0..g.t {
                 for bh in 0..g.h / m {
@@ -149,11 +145,9 @@ impl VisionModel {
                             for mw in 0..m {
                                 let (y, x) = ((bh * m + mh) as f32, (bw * m + mw) as f32);
                                 for i in 0..quarter {
-                                    // [h freqs, w freqs] repeated twice over the head dim.
+                                    // [h freqs, w freqs]; rotate-half applies them to both halves.
                                     ang[i] = y * inv[i];
                                     ang[quarter + i] = x * inv[i];
-                                    ang[2 * quarter + i] = y * inv[i];
-                                    ang[3 * quarter + i] = x * inv[i];
                                 }
                                 cos.extend(ang.iter().map(|a| a.cos()));
                                 sin.extend(ang.iter().map(|a| a.sin()));
@@ -163,8 +157,8 @@ impl VisionModel {
                 }
             }
         }
-        let cos = Tensor::from_vec(cos, (n, 1, hd), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (n, 1, hd), device)?.to_dtype(dtype)?;
+        let cos = Tensor::from_vec(cos, (n, hd / 2), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (n, hd / 2), device)?.to_dtype(dtype)?;
         Ok((cos, sin))
     }
 
