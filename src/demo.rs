@@ -219,7 +219,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
 
     let json_path = opts.out.join("detections.json");
     let png_path = opts.out.join("bev.png");
-    let mut report = DemoReport {
+    let report = DemoReport {
         prompt: prompt_text,
         sample_token: views[0].sample_token.clone(),
         ground_truth,
@@ -236,7 +236,6 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
     let json = serde_json::to_string_pretty(&report)
         .map_err(|e| Error::invalid("demo report", e.to_string()))?;
     std::fs::write(&json_path, json).map_err(|e| Error::io(&json_path, e))?;
-    report.outputs = vec![json_path, png_path];
     Ok(report)
 }
 

@@ -2,33 +2,17 @@
 //! (`scripts/make_qwen2vl_fixture.py` made it): pixel values, ids, M-RoPE positions, hidden states, logits and
 //! greedy tokens, for two images of different shapes, six camera views, and a text-only prompt.
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use vlm3d::model::qwen2vl::{mrope_positions, Config, GridThw, Pipeline, ProcessedImages, Qwen2VL};
 
 const TOL: f32 = 1e-4;
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2vl_tiny")
-}
+mod model_common;
+use model_common::{fixture, max_abs_diff};
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn ints(t: &Tensor) -> Vec<i64> {

@@ -207,10 +207,7 @@ impl LabeledBox {
         let [l, w, h] = self.oriented.size;
         let yaw = match frame {
             TargetFrame::Lidar => self.oriented.yaw(),
-            TargetFrame::Camera => {
-                let hd = self.oriented.rotation * nalgebra::Vector3::x();
-                hd.z.atan2(hd.x)
-            }
+            TargetFrame::Camera => self.oriented.camera_params()[6],
         };
         [c.x, c.y, c.z, l, w, h, yaw]
     }
