@@ -10,9 +10,9 @@ SAMPLES="${1:-200,400}"
 WIDTH="${2:-1600}"
 HEIGHT="${3:-900}"
 VENV=target/peer-venv-rosbags
-if ! "$VENV/bin/python" -c 'import rosbags.rosbag2' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import numpy, rosbags.rosbag2' 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check rosbags
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check rosbags numpy
 fi
 if [ "${BUILD:-release}" = fast ]; then
   cargo build --no-default-features --bin vlm3d --config 'profile.dev.package.vlm3d.opt-level=3' \

@@ -345,6 +345,31 @@ fn synth_convert_dataset_match_the_tables() {
     assert!(train.is_disjoint(&val));
     assert_eq!(train.len() + val.len(), 2);
 
+    // The streaming converter (tables split by scene on disk) writes the very same messages, and removes
+    // its scratch folder.
+    let streamed = root.join("bag-streamed");
+    let r2 = convert_nuscenes(&data, VERSION, &opts(&streamed)).unwrap();
+    assert_eq!((r2.scenes, r2.samples), (report.scenes, report.samples));
+    assert!(!root.join("bag-streamed.partial-tables").exists());
+    let all = |b: &Path| -> Vec<(String, u64, Vec<u8>)> {
+        BagReader::open(b)
+            .unwrap()
+            .messages()
+            .map(|m| {
+                let m = m.unwrap();
+                (m.topic.to_string(), m.log_time, m.data)
+            })
+            .collect()
+    };
+    let (a, b) = (all(&bag), all(&streamed));
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "the streamed bag differs from the loaded one");
+    // Only the first scene.
+    let mut o = opts(&root.join("bag-one"));
+    o.max_scenes = Some(1);
+    let r1 = convert_nuscenes(&data, VERSION, &o).unwrap();
+    assert_eq!((r1.scenes, r1.samples), (1, 3));
+
     // No overwrite without force; with force, a fresh bag.
     let e = convert_loaded(&nusc, &opts(&bag)).unwrap_err().to_string();
     assert!(e.contains("--force"), "{e}");
@@ -434,8 +459,30 @@ fn bad_input_names_the_file_and_the_record() {
         "{e}"
     );
 
+    // A sample_data whose sample does not exist: the streaming split names the file and the record.
+    std::fs::write(&table, &text).unwrap();
+    let sd_table = data.join(VERSION).join("sample_data.json");
+    let sd_text = std::fs::read_to_string(&sd_table).unwrap();
+    let mut sds: serde_json::Value = serde_json::from_str(&sd_text).unwrap();
+    let sd_token = sds[3]["token"].as_str().unwrap().to_string();
+    sds[3]["sample_token"] = serde_json::json!("feedfacefeedfacefeedfacefeedface");
+    std::fs::write(&sd_table, sds.to_string()).unwrap();
+    let e = convert_nuscenes(&data, VERSION, &opts(&root.join("bag5")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sample_data.json") && e.contains(&sd_token) && e.contains("feedface"),
+        "{e}"
+    );
+    // A table that is not JSON: the file and the line.
+    std::fs::write(&sd_table, &sd_text[..sd_text.len() / 2]).unwrap();
+    let e = convert_nuscenes(&data, VERSION, &opts(&root.join("bag6")))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sample_data.json") && e.contains("line"), "{e}");
+    std::fs::write(&sd_table, sd_text).unwrap();
+
     // Missing table.
-    std::fs::write(&table, text).unwrap();
     std::fs::remove_file(data.join(VERSION).join("ego_pose.json")).unwrap();
     let e = convert_nuscenes(&data, VERSION, &opts(&root.join("bag4")))
         .unwrap_err()

@@ -18,7 +18,7 @@ use vlm3d::data::synth::{generate, SynthConfig};
 
 fn has_rosbags(python: &Path) -> bool {
     Command::new(python)
-        .args(["-c", "import rosbags.rosbag2, rosbags.typesys"])
+        .args(["-c", "import numpy, rosbags.rosbag2, rosbags.typesys"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
@@ -73,6 +73,8 @@ fn rosbags_python() -> PathBuf {
                 "--quiet",
                 "--disable-pip-version-check",
                 "rosbags",
+                // rosbags' CDR code generator imports numpy; name it so a half-finished install is repaired.
+                "numpy",
             ])
             .status()
             .ok()?

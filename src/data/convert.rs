@@ -10,8 +10,9 @@
 //! after the MCAP summary) is in place, so an interrupted run never leaves something that looks complete.
 //! An existing complete bag is only replaced with `force`.
 //!
-//! Memory: one scene's list of (time, record) events and one message at a time — independent of the
-//! number of samples.
+//! Memory: [`convert_nuscenes`] holds the small tables, one scene's records (see
+//! [`crate::data::scene_split`]), that scene's list of (time, record) events and a few messages at a time —
+//! not the dataset.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,8 +26,9 @@ use super::msgs::{
     PointCloud2, PointField, Pose, Quaternion, RosMessage, StringMsg, TFMessage, Transform,
     TransformStamped, Vector3,
 };
-use super::nuscenes::{NuScenes, SampleData};
+use super::nuscenes::{NuScenes, SampleData, Scene};
 use super::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
+use super::scene_split::SceneSplit;
 use crate::{Error, Result};
 
 /// Source files read ahead of the writer.
@@ -98,14 +100,33 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Loads `<dataroot>/<version>` and converts it (see the module docs).
+/// Converts `<dataroot>/<version>` (see the module docs) scene by scene: the big tables are split by scene
+/// into a scratch folder beside the output (`<out>.partial-tables`, removed afterwards) and one scene at a
+/// time is loaded and validated, so memory does not grow with the size of the dataset.
 pub fn convert_nuscenes(
     dataroot: &Path,
     version: &str,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport> {
-    let nusc = NuScenes::load(dataroot, version)?;
-    convert_loaded(&nusc, opts)
+    let mut session = Session::begin(opts, version)?;
+    let spill = with_suffix(&opts.out, ".partial-tables");
+    if spill.exists() {
+        std::fs::remove_dir_all(&spill).map_err(|e| Error::io(&spill, e))?;
+    }
+    let max = opts.max_scenes.unwrap_or(usize::MAX);
+    let split = SceneSplit::build(dataroot, version, &spill, |i| i < max, opts.progress)?;
+    let n = split.scenes().len().min(max);
+    session.bar.set_length(
+        split.scenes()[..n]
+            .iter()
+            .map(|s| s.nbr_samples as u64)
+            .sum(),
+    );
+    for i in 0..n {
+        let nusc = split.load_scene(i)?;
+        session.convert_scene(&nusc, &split.scenes()[i])?;
+    }
+    session.finish()
 }
 
 fn quat(q: &nalgebra::UnitQuaternion<f64>) -> Quaternion {
@@ -149,84 +170,129 @@ struct Topics {
     lidar: BTreeMap<String, TopicId>,
 }
 
-/// Converts an already loaded nuScenes version (see the module docs).
+/// Converts an already loaded nuScenes version (see the module docs). [`convert_nuscenes`] does the same
+/// without loading the big tables whole.
 pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertReport> {
-    let started = Instant::now();
-    let out = &opts.out;
-    let bag_name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Error::invalid(
-                "output path",
-                format!("{} has no usable folder name", out.display()),
-            )
-        })?
-        .to_string();
-    if out.exists() && !opts.force {
-        let what = if out.join("metadata.yaml").exists() {
-            "a complete bag"
-        } else {
-            "something that is not a finished bag"
-        };
-        return Err(Error::invalid(
-            "output path",
-            format!(
-                "{} exists ({what}); pass --force to replace it",
-                out.display()
-            ),
-        ));
-    }
-    let partial = with_suffix(out, ".partial");
-    if partial.exists() {
-        tracing::warn!(path = %partial.display(), "removing the leftovers of an interrupted conversion");
-        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
-    }
-    let mut writer = BagWriter::create(
-        &partial,
-        &bag_name,
-        BagWriterOptions {
-            chunk_size: opts.chunk_size,
-            ..Default::default()
-        },
-    )?;
-    writer.set_custom_data("nuscenes_version", nusc.version());
-    writer.set_custom_data("converter", &format!("vlm3d {}", env!("CARGO_PKG_VERSION")));
-    let layout = &opts.layout;
-    let mut topics = Topics {
-        tf_static: writer.add_topic::<TFMessage>(&layout.tf_static_topic, Qos::Latched)?,
-        tf: writer.add_topic::<TFMessage>(&layout.tf_topic, Qos::Reliable)?,
-        sample: writer.add_topic::<StringMsg>(&layout.sample(), Qos::Reliable)?,
-        annotations: writer
-            .add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
-        images: BTreeMap::new(),
-        lidar: BTreeMap::new(),
-    };
-
+    let mut session = Session::begin(opts, nusc.version())?;
     let scenes: Vec<_> = nusc
         .scenes()
         .iter()
         .take(opts.max_scenes.unwrap_or(usize::MAX))
         .collect();
-    let total_samples: u64 = scenes.iter().map(|s| s.nbr_samples as u64).sum();
-    let bar = if opts.progress {
-        let b = ProgressBar::new(total_samples);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-
-    let mut report = ConvertReport::default();
-    let mut scratch = Vec::with_capacity(1 << 20);
+    session
+        .bar
+        .set_length(scenes.iter().map(|s| s.nbr_samples as u64).sum());
     for scene in scenes {
+        session.convert_scene(nusc, scene)?;
+    }
+    session.finish()
+}
+
+/// One conversion in progress: the bag being written to `<out>.partial`, its topics and the running report.
+struct Session<'o> {
+    opts: &'o ConvertOptions,
+    started: Instant,
+    partial: PathBuf,
+    writer: BagWriter,
+    topics: Topics,
+    report: ConvertReport,
+    bar: ProgressBar,
+    scratch: Vec<u8>,
+}
+
+impl<'o> Session<'o> {
+    /// Checks the output path and opens the partial bag.
+    fn begin(opts: &'o ConvertOptions, version: &str) -> Result<Self> {
+        let started = Instant::now();
+        let out = &opts.out;
+        let bag_name = out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "output path",
+                    format!("{} has no usable folder name", out.display()),
+                )
+            })?
+            .to_string();
+        if out.exists() && !opts.force {
+            let what = if out.join("metadata.yaml").exists() {
+                "a complete bag"
+            } else {
+                "something that is not a finished bag"
+            };
+            return Err(Error::invalid(
+                "output path",
+                format!(
+                    "{} exists ({what}); pass --force to replace it",
+                    out.display()
+                ),
+            ));
+        }
+        let partial = with_suffix(out, ".partial");
+        if partial.exists() {
+            tracing::warn!(path = %partial.display(), "removing the leftovers of an interrupted conversion");
+            std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+        }
+        let mut writer = BagWriter::create(
+            &partial,
+            &bag_name,
+            BagWriterOptions {
+                chunk_size: opts.chunk_size,
+                ..Default::default()
+            },
+        )?;
+        writer.set_custom_data("nuscenes_version", version);
+        writer.set_custom_data("converter", &format!("vlm3d {}", env!("CARGO_PKG_VERSION")));
+        let layout = &opts.layout;
+        let topics = Topics {
+            tf_static: writer.add_topic::<TFMessage>(&layout.tf_static_topic, Qos::Latched)?,
+            tf: writer.add_topic::<TFMessage>(&layout.tf_topic, Qos::Reliable)?,
+            sample: writer.add_topic::<StringMsg>(&layout.sample(), Qos::Reliable)?,
+            annotations: writer
+                .add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
+            images: BTreeMap::new(),
+            lidar: BTreeMap::new(),
+        };
+        let bar = if opts.progress {
+            let b = ProgressBar::new(0);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(Self {
+            opts,
+            started,
+            partial,
+            writer,
+            topics,
+            report: ConvertReport::default(),
+            bar,
+            scratch: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    /// Writes one scene's messages, in time order.
+    fn convert_scene(&mut self, nusc: &NuScenes, scene: &Scene) -> Result<()> {
+        let opts = self.opts;
+        let layout = &opts.layout;
+        let Self {
+            writer,
+            topics,
+            report,
+            bar,
+            scratch,
+            ..
+        } = self;
+        let scratch = &mut *scratch;
         bar.set_message(scene.name.clone());
         let samples = nusc.scene_samples(scene)?;
         // Events of the scene, in time order.
@@ -354,7 +420,7 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                                 })
                                 .collect(),
                         };
-                        writer.write(topics.tf_static, *t, &msg, &mut scratch)?;
+                        writer.write(topics.tf_static, *t, &msg, scratch)?;
                     }
                     Event::Index(si) => {
                         let idx = indices[*si]
@@ -362,22 +428,14 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                             .expect("index events only for indexed samples");
                         let data = serde_json::to_string(idx)
                             .map_err(|e| Error::invalid("sample index", e.to_string()))?;
-                        writer.write(topics.sample, *t, &StringMsg { data }, &mut scratch)?;
+                        writer.write(topics.sample, *t, &StringMsg { data }, scratch)?;
                     }
                     Event::Data(sd) => {
                         let payload = rx
                             .recv()
                             .expect("the reader thread sends one result per file");
                         write_sample_data(
-                            nusc,
-                            sd,
-                            payload,
-                            *t,
-                            opts,
-                            &topics,
-                            &mut writer,
-                            &mut scratch,
-                            &mut report,
+                            nusc, sd, payload, *t, opts, topics, writer, scratch, report,
                         )?;
                     }
                     Event::Annotations(si) => {
@@ -412,7 +470,7 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
                                 .collect(),
                         };
                         report.annotations += msg.boxes.len() as u64;
-                        writer.write(topics.annotations, *t, &msg, &mut scratch)?;
+                        writer.write(topics.annotations, *t, &msg, scratch)?;
                         report.samples += 1;
                         bar.inc(1);
                     }
@@ -421,19 +479,34 @@ pub fn convert_loaded(nusc: &NuScenes, opts: &ConvertOptions) -> Result<ConvertR
             Ok(())
         })?;
         report.scenes += 1;
+        Ok(())
     }
-    bar.finish_and_clear();
-    let summary = writer.finish()?;
-    if out.exists() {
-        // Only reached with `force` (checked above).
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    /// Finishes the MCAP file and moves the bag to its final name.
+    fn finish(self) -> Result<ConvertReport> {
+        let Self {
+            opts,
+            started,
+            partial,
+            writer,
+            mut report,
+            bar,
+            ..
+        } = self;
+        let out = &opts.out;
+        bar.finish_and_clear();
+        let summary = writer.finish()?;
+        if out.exists() {
+            // Only reached with `force` (checked in `begin`).
+            std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+        }
+        std::fs::rename(&partial, out).map_err(|e| Error::io(&partial, e))?;
+        report.messages = summary.message_count;
+        report.bag_bytes = summary.file_bytes;
+        report.topics = summary.topics;
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
     }
-    std::fs::rename(&partial, out).map_err(|e| Error::io(&partial, e))?;
-    report.messages = summary.message_count;
-    report.bag_bytes = summary.file_bytes;
-    report.topics = summary.topics;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]

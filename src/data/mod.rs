@@ -8,5 +8,6 @@ pub mod msgs;
 pub mod nuscenes;
 pub mod render;
 pub mod rosbag;
+pub mod scene_split;
 pub mod synth;
 pub mod typehash;

@@ -290,7 +290,7 @@ pub struct Tables {
     pub map: Vec<Map>,
 }
 
-fn read_table<T: Record>(dir: &Path, optional: bool) -> Result<Vec<T>> {
+pub(crate) fn read_table<T: Record>(dir: &Path, optional: bool) -> Result<Vec<T>> {
     let path = dir.join(format!("{}.json", T::TABLE));
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -391,7 +391,7 @@ impl Index {
     }
 }
 
-fn table_path<T: Record>(dir: &Path) -> PathBuf {
+pub(crate) fn table_path<T: Record>(dir: &Path) -> PathBuf {
     dir.join(format!("{}.json", T::TABLE))
 }
 
