@@ -27,4 +27,4 @@ BAGS=target/bench-convert
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then BAGS=/dev/shm/vlm3d-bench-convert; fi
 "$BIN" bench-convert --samples "$SAMPLES" --width "$WIDTH" --height "$HEIGHT" \
   --python "$VENV/bin/python" --script scripts/bench_rosbags_write.py --work target/bench-convert \
-  --bag-dir "$BAGS" --repeat 2
+  --bag-dir "$BAGS" --repeat 3

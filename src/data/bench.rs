@@ -129,7 +129,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(&bags).map_err(|e| Error::io(&bags, e))?;
         let bag = bags.join(format!("bag-vlm3d-{n}"));
         let report = args.work.join(format!("vlm3d-{n}.json"));
+        // The previous run's bag is removed before the clock starts, for both writers alike.
         let make = || {
+            let _ = std::fs::remove_dir_all(&bag);
             let mut cmd = Command::new(&exe);
             cmd.arg("convert-nuscenes")
                 .arg("--dataroot")
@@ -138,7 +140,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .arg(version)
                 .arg("--out")
                 .arg(&bag)
-                .arg("--force")
                 .arg("--no-progress")
                 .arg("--report-json")
                 .arg(&report);

@@ -1,4 +1,5 @@
 //! See the house plan (DESIGN.md) for what this module owns.
+mod background_file;
 pub mod bagschema;
 pub mod bench;
 pub mod cdr;

@@ -12,12 +12,13 @@
 //! the file, the byte offset reached and the number of messages read.
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::background_file::BackgroundFile;
 use super::msgs::RosMessage;
 use crate::{Error, Result};
 
@@ -105,7 +106,7 @@ pub struct BagSummary {
 pub struct BagWriter {
     dir: PathBuf,
     file_name: String,
-    mcap: mcap::Writer<BufWriter<File>>,
+    mcap: mcap::Writer<BackgroundFile>,
     topics: Vec<TopicState>,
     by_name: HashMap<String, usize>,
     schemas: HashMap<String, u16>,
@@ -141,7 +142,10 @@ impl BagWriter {
             .library(format!("vlm3d {}", env!("CARGO_PKG_VERSION")))
             .compression(None)
             .chunk_size(Some(options.chunk_size))
-            .create(BufWriter::with_capacity(1 << 20, file))
+            // Each chunk is built in memory and written whole, so the file needs no seeking and its writes
+            // can go to a background thread.
+            .disable_seeking(true)
+            .create(BackgroundFile::new(file, 1 << 20, 4).map_err(|e| Error::io(&path, e))?)
             .map_err(|e| mcap_err(&path, None, e))?;
         let mut meta = BTreeMap::new();
         meta.insert("ROS_DISTRO".to_string(), options.ros_distro.clone());
@@ -300,8 +304,8 @@ impl BagWriter {
         let file = self
             .mcap
             .into_inner()
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
+            .finish()
+            .map_err(|e| Error::io(&path, e))?;
         if self.options.fsync {
             file.sync_all().map_err(|e| Error::io(&path, e))?;
         }

@@ -29,8 +29,10 @@ use super::nuscenes::{
 };
 use crate::{Error, Result};
 
-/// Bytes of spilled records buffered in memory before they are appended to the scene files.
-const SPILL_BUDGET: usize = 8 << 20;
+/// Bytes of one scene's spilled records buffered before they are appended to its file.
+const SCENE_BUFFER: usize = 64 << 10;
+/// Bytes of spilled records buffered over all scenes before every buffer is written out.
+const SPILL_BUDGET: usize = 2 << 20;
 
 /// A token as a routing key: a nuScenes token (32 hex digits) is its value; any other string is hashed to
 /// 128 bits (two SipHash passes), where a collision is as unlikely as a clash of two real tokens.
@@ -101,28 +103,37 @@ impl Spill {
         })?;
         buf.push(b'\n');
         self.buffered += buf.len() - before;
+        if buf.len() >= SCENE_BUFFER {
+            self.flush_scene(scene)?;
+        }
         if self.buffered >= SPILL_BUDGET {
             self.flush()?;
         }
         Ok(())
     }
 
-    /// Appends every buffer to its scene file and frees the buffers.
-    fn flush(&mut self) -> Result<()> {
-        for (scene, buf) in self.buffers.iter_mut().enumerate() {
-            if buf.is_empty() {
-                continue;
-            }
-            let path = Self::path(&self.dir, scene);
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| Error::io(&path, e))?;
-            f.write_all(buf).map_err(|e| Error::io(&path, e))?;
-            *buf = Vec::new();
+    /// Appends one scene's buffer to its file and frees the buffer.
+    fn flush_scene(&mut self, scene: usize) -> Result<()> {
+        let buf = std::mem::take(&mut self.buffers[scene]);
+        if buf.is_empty() {
+            return Ok(());
         }
-        self.buffered = 0;
+        let path = Self::path(&self.dir, scene);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        f.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+        self.buffered -= buf.len();
+        Ok(())
+    }
+
+    /// Appends every buffer to its scene file.
+    fn flush(&mut self) -> Result<()> {
+        for scene in 0..self.buffers.len() {
+            self.flush_scene(scene)?;
+        }
         Ok(())
     }
 }
