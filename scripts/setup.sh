@@ -104,6 +104,11 @@ command -v cmake >/dev/null 2>&1 || APT_NEEDED+=(cmake)
 command -v g++ >/dev/null 2>&1 || APT_NEEDED+=(g++)
 command -v make >/dev/null 2>&1 || APT_NEEDED+=(make)
 command -v pkg-config >/dev/null 2>&1 || APT_NEEDED+=(pkg-config)
+# The default `openblas` feature links the system OpenBLAS (the linear layers' CPU GEMMs).
+if ! compgen -G '/usr/lib/*/libopenblas.so' >/dev/null && ! compgen -G '/usr/lib/libopenblas.so' >/dev/null &&
+    ! compgen -G '/usr/local/lib/libopenblas.so' >/dev/null; then
+    APT_NEEDED+=(libopenblas-dev)
+fi
 # r2r's bindgen loads libclang at build time.
 if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null && ! compgen -G '/usr/lib/*/libclang.so' >/dev/null &&
     [[ -z "${LIBCLANG_PATH:-}" ]]; then

@@ -1,6 +1,6 @@
 //! Low-rank adapters: `y = W x + b + (alpha / r) · B (A dropout(x))`, with `B` zero-initialized so a fresh adapter
 //! leaves the model unchanged, and a merge that folds the update into `W` for inference.
-use candle_core::{Module, Tensor, Var};
+use candle_core::{Tensor, Var};
 use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
 
@@ -55,15 +55,17 @@ pub struct LoraAdapter {
 }
 
 /// Applies a linear layer with all leading dimensions folded into the rows, so a `[batch, seq, in]` input is one
-/// large GEMM instead of `batch` small ones.
+/// large GEMM instead of `batch` small ones. The GEMM goes through [`crate::model::sgemm::linear_xwt`]
+/// (OpenBLAS on f32 CPU tensors when built with the `openblas` feature).
 pub fn linear_2d(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.rank() <= 2 {
-        return l.forward(x);
-    }
     let mut dims = x.dims().to_vec();
     let din = dims.pop().unwrap_or(0);
     let rows: usize = dims.iter().product();
-    let y = l.forward(&x.reshape((rows, din))?)?;
+    let y = crate::model::sgemm::linear_xwt(&x.reshape((rows, din))?, l.weight())?;
+    let y = match l.bias() {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
     dims.push(y.dim(1)?);
     y.reshape(dims)
 }

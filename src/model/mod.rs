@@ -5,3 +5,4 @@ pub mod box_head;
 pub mod detector;
 pub mod lora;
 pub mod qwen2vl;
+pub mod sgemm;

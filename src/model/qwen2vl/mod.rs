@@ -225,7 +225,7 @@ impl Qwen2VL {
 
     /// Logits `[.., vocab]` of hidden states `[.., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.lm_head.forward(hidden)?)
+        Ok(crate::model::lora::linear_2d(&self.lm_head, hidden)?)
     }
 
     /// One uncached forward pass over a single sequence: returns `(final hidden [1, seq, hidden], positions)`.

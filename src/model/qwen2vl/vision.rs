@@ -6,6 +6,8 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
+use crate::model::lora::linear_2d;
+use crate::model::sgemm::linear_xwt;
 use crate::{Error, Result};
 
 /// `x * sigmoid(1.702 x)`.
@@ -44,9 +46,7 @@ impl Block {
         let h = self.norm1.forward(x)?;
         // [n, 3 * dim] → [3, heads, n, hd] in one copy; the rotary embedding uses candle's fused (rotate-half)
         // kernel: the vision tower is frozen, so no gradient is needed here.
-        let qkv = self
-            .qkv
-            .forward(&h)?
+        let qkv = linear_2d(&self.qkv, &h)?
             .reshape((n, 3, self.num_heads, hd))?
             .permute((1, 2, 0, 3))?
             .contiguous()?;
@@ -65,9 +65,9 @@ impl Block {
             outs.push(att.matmul(&vi)?);
         }
         let o = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, dim))?;
-        let x = (x + self.proj.forward(&o)?)?;
+        let x = (x + linear_2d(&self.proj, &o)?)?;
         let h = self.norm2.forward(&x)?;
-        let h = self.fc2.forward(&quick_gelu(&self.fc1.forward(&h)?)?)?;
+        let h = linear_2d(&self.fc2, &quick_gelu(&linear_2d(&self.fc1, &h)?)?)?;
         x + h
     }
 }
@@ -186,7 +186,7 @@ impl VisionModel {
             ));
         }
         let dtype = self.patch_w.dtype();
-        let x = pixel_values.to_dtype(dtype)?.matmul(&self.patch_w.t()?)?;
+        let x = linear_xwt(&pixel_values.to_dtype(dtype)?, &self.patch_w)?;
         let (cos, sin) = self.rotary(grids, x.device(), dtype)?;
         // Attention segments: one per temporal frame of each image.
         let mut cu = vec![0usize];
@@ -203,7 +203,7 @@ impl VisionModel {
             .ln_q
             .forward(&x)?
             .reshape((n / m2, self.cfg.embed_dim * m2))?;
-        let x = self.mlp2.forward(&self.mlp0.forward(&x)?.gelu_erf()?)?;
+        let x = linear_2d(&self.mlp2, &linear_2d(&self.mlp0, &x)?.gelu_erf()?)?;
         Ok(x)
     }
 }
