@@ -83,7 +83,8 @@ fn profile_vision_block_parts() {
     let x = Tensor::randn(0f32, 1.0, (n, 1280), &dev).unwrap();
     let w = |o: usize, i: usize| Tensor::randn(0f32, 0.02, (o, i), &dev).unwrap();
     let (wqkv, wp, w1, w2) = (w(3840, 1280), w(1280, 1280), w(5120, 1280), w(1280, 5120));
-    let lin = |x: &Tensor, w: &Tensor| x.matmul(&w.t().unwrap()).unwrap();
+    // The model's path: OpenBLAS when built with the `openblas` feature.
+    let lin = |x: &Tensor, w: &Tensor| vlm3d::model::sgemm::linear_xwt(x, w).unwrap();
     let (qkv, t_qkv) = secs(|| lin(&x, &wqkv));
     let (q, t_perm) = secs(|| {
         qkv.reshape((n, 3, 16, 80))
@@ -95,9 +96,10 @@ fn profile_vision_block_parts() {
     });
     let qq = q.get(0).unwrap();
     let kk = q.get(1).unwrap();
-    let (att, t_qk) = secs(|| (qq.matmul(&kk.t().unwrap()).unwrap() * 0.1).unwrap());
+    let (att, t_qk) =
+        secs(|| (vlm3d::model::sgemm::batched_matmul_bt(&qq, &kk).unwrap() * 0.1).unwrap());
     let (att, t_sm) = secs(|| candle_nn::ops::softmax_last_dim(&att).unwrap());
-    let (o, t_av) = secs(|| att.matmul(&q.get(2).unwrap()).unwrap());
+    let (o, t_av) = secs(|| vlm3d::model::sgemm::batched_matmul(&att, &q.get(2).unwrap()).unwrap());
     let (o, t_tr) = secs(|| o.transpose(0, 1).unwrap().reshape((n, 1280)).unwrap());
     let (_, t_proj) = secs(|| lin(&o, &wp));
     let (h, t_fc1) = secs(|| lin(&x, &w1));

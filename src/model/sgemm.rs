@@ -51,6 +51,123 @@ pub fn linear_xwt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// `a · bᵀ` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., n, k]` → `[..., m, n]`
+/// (attention scores). OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul otherwise.
+pub fn batched_matmul_bt(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    batched(a, b, true)
+}
+
+/// `a · b` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., k, n]` → `[..., m, n]`
+/// (attention-weighted values). OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul otherwise.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    batched(a, b, false)
+}
+
+fn batched(a: &Tensor, b: &Tensor, trans_b: bool) -> candle_core::Result<Tensor> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let same_batch = ra >= 2 && ra == rb && a.dims()[..ra - 2] == b.dims()[..rb - 2];
+    if !(same_batch && uses_blas(a) && b.dtype() == a.dtype() && b.device().is_cpu()) {
+        return if trans_b {
+            a.matmul(&b.t()?)
+        } else {
+            a.matmul(b)
+        };
+    }
+    let lead = &a.dims()[..ra - 2];
+    let batch: usize = lead.iter().product();
+    let (m, k) = (a.dim(ra - 2)?, a.dim(ra - 1)?);
+    let (b0, b1) = (b.dim(rb - 2)?, b.dim(rb - 1)?);
+    let a3 = a.contiguous()?.reshape((batch, m, k))?;
+    let b3 = b.contiguous()?.reshape((batch, b0, b1))?;
+    let y = a3.apply_op2(&b3, Gemm { trans_b })?;
+    let mut dims = lead.to_vec();
+    dims.extend_from_slice(&[m, y.dim(2)?]);
+    y.reshape(dims)
+}
+
+/// The batched custom op: `a · b` or `a · bᵀ` per batch element of `[batch, rows, cols]` tensors.
+struct Gemm {
+    trans_b: bool,
+}
+
+impl CustomOp2 for Gemm {
+    fn name(&self) -> &'static str {
+        if self.trans_b {
+            "openblas-sgemm-batched-a-bt"
+        } else {
+            "openblas-sgemm-batched-a-b"
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (batch, m, k) = l1.shape().dims3()?;
+        let (batch2, r, c) = l2.shape().dims3()?;
+        let (k2, n) = if self.trans_b { (c, r) } else { (r, c) };
+        if batch != batch2 || k != k2 {
+            candle_core::bail!(
+                "batched gemm: a is {batch}×{m}×{k}, b is {batch2}×{r}×{c} (transposed: {})",
+                self.trans_b
+            );
+        }
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("batched gemm through OpenBLAS takes f32 tensors");
+        };
+        let (Some((ao, ae)), Some((bo, be))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("batched gemm through OpenBLAS takes contiguous tensors");
+        };
+        let (a, b) = (&a[ao..ae], &b[bo..be]);
+        let mut out = vec![0f32; batch * m * n];
+        for i in 0..batch {
+            sgemm(
+                &a[i * m * k..(i + 1) * m * k],
+                &b[i * k * n..(i + 1) * k * n],
+                &mut out[i * m * n..(i + 1) * m * n],
+                (m, n, k),
+                self.trans_b,
+            )?;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, m, n))))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // y = a bᵀ: da = g b, db = gᵀ a.   y = a b: da = g bᵀ, db = aᵀ g.
+        let da = a
+            .track_op()
+            .then(|| {
+                if self.trans_b {
+                    grad.matmul(b)
+                } else {
+                    grad.matmul(&b.t()?)
+                }
+            })
+            .transpose()?;
+        let db = b
+            .track_op()
+            .then(|| {
+                if self.trans_b {
+                    grad.t()?.matmul(a)
+                } else {
+                    a.t()?.matmul(grad)
+                }
+            })
+            .transpose()?;
+        Ok((da, db))
+    }
+}
+
 /// The custom op: `x · wᵀ`.
 struct XwT;
 
@@ -80,7 +197,7 @@ impl CustomOp2 for XwT {
         };
         let (x, w) = (&x[xo..xe], &w[wo..we]);
         let mut out = vec![0f32; m * n];
-        sgemm_xwt(x, w, &mut out, m, n, k)?;
+        sgemm(x, w, &mut out, (m, n, k), true)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 
@@ -98,14 +215,14 @@ impl CustomOp2 for XwT {
     }
 }
 
+/// `out = a · b` (`trans_b`: `a · bᵀ`) for row-major `a: m×k`, `b: k×n` (`n×k` when transposed).
 #[cfg(feature = "openblas")]
-fn sgemm_xwt(
-    x: &[f32],
-    w: &[f32],
+fn sgemm(
+    a: &[f32],
+    b: &[f32],
     out: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
+    trans_b: bool,
 ) -> candle_core::Result<()> {
     use std::os::raw::c_int;
     let dim = |v: usize| {
@@ -116,21 +233,26 @@ fn sgemm_xwt(
         return Ok(());
     }
     let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-    // SAFETY: the slices hold m·k, n·k and m·n contiguous row-major f32 (checked by the caller's layouts and
-    // the allocation above); BLAS reads x and w and writes only `out`.
+    let (tb, ldb) = if trans_b {
+        (ffi::TRANS, ki.max(1))
+    } else {
+        (ffi::NO_TRANS, ni)
+    };
+    // SAFETY: the slices hold m·k, k·n and m·n contiguous row-major f32 (the callers slice them from
+    // layouts checked to be contiguous with these shapes); BLAS reads a and b and writes only `out`.
     unsafe {
         ffi::cblas_sgemm(
             ffi::ROW_MAJOR,
             ffi::NO_TRANS,
-            ffi::TRANS,
+            tb,
             mi,
             ni,
             ki,
             1.0,
-            x.as_ptr(),
+            a.as_ptr(),
             ki.max(1),
-            w.as_ptr(),
-            ki.max(1),
+            b.as_ptr(),
+            ldb,
             0.0,
             out.as_mut_ptr(),
             ni,
@@ -140,13 +262,12 @@ fn sgemm_xwt(
 }
 
 #[cfg(not(feature = "openblas"))]
-fn sgemm_xwt(
-    _x: &[f32],
-    _w: &[f32],
+fn sgemm(
+    _a: &[f32],
+    _b: &[f32],
     _out: &mut [f32],
-    _m: usize,
-    _n: usize,
-    _k: usize,
+    _dims: (usize, usize, usize),
+    _trans_b: bool,
 ) -> candle_core::Result<()> {
     candle_core::bail!("built without the `openblas` feature")
 }
@@ -201,5 +322,34 @@ mod tests {
         let y2 = linear_xwt(&xt, w.as_tensor()).unwrap();
         let d = (y2 - &y).unwrap().abs().unwrap().max_all().unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    /// Batched products against candle's matmul, values and gradients, including a 4-D (batch, heads) case.
+    #[test]
+    fn batched_products_match_candle() {
+        let dev = Device::Cpu;
+        let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 6, 7), &dev).unwrap()).unwrap();
+        let c = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 7, 4), &dev).unwrap()).unwrap();
+        let close = |x: &Tensor, y: &Tensor| {
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() < 1e-4
+        };
+        let (a, b, c) = (a.as_tensor(), b.as_tensor(), c.as_tensor());
+        let y1 = batched_matmul_bt(a, b).unwrap();
+        assert!(close(&y1, &a.matmul(&b.t().unwrap()).unwrap()));
+        let y2 = batched_matmul(a, c).unwrap();
+        assert!(close(&y2, &a.matmul(c).unwrap()));
+        // Gradients of sum(y1²) + sum(y2²) against the same expression in candle's ops.
+        let loss = |y1: &Tensor, y2: &Tensor| {
+            (y1.sqr().unwrap().sum_all().unwrap() + y2.sqr().unwrap().sum_all().unwrap()).unwrap()
+        };
+        let g = loss(&y1, &y2).backward().unwrap();
+        let r1 = a.matmul(&b.t().unwrap()).unwrap();
+        let r2 = a.matmul(c).unwrap();
+        let gr = loss(&r1, &r2).backward().unwrap();
+        for t in [a, b, c] {
+            assert!(close(g.get(t).unwrap(), gr.get(t).unwrap()));
+        }
     }
 }

@@ -8,6 +8,7 @@ use super::config::TextConfig;
 use super::vision::rotate_half;
 use super::weights::{linear, tensor};
 use crate::model::lora::{linear_2d, LoraLinear};
+use crate::model::sgemm::{batched_matmul, batched_matmul_bt};
 use crate::{Error, Result};
 
 /// Key/value tensors of every layer for the tokens seen so far (`[batch, kv_heads, seq, head_dim]`).
@@ -110,7 +111,7 @@ impl Attention {
             (k, v)
         };
         let scale = 1.0 / (self.hd as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = (batched_matmul_bt(&q, &k)? * scale)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,
             None => att,
@@ -120,7 +121,7 @@ impl Attention {
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
         };
-        let o = att.matmul(&v.contiguous()?)?;
+        let o = batched_matmul(&att, &v)?;
         let o = o.transpose(1, 2)?.reshape((b, s, self.n_heads * self.hd))?;
         self.o_proj.forward_t(&o, diff)
     }

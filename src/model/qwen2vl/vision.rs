@@ -7,7 +7,7 @@ use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
 use crate::model::lora::linear_2d;
-use crate::model::sgemm::linear_xwt;
+use crate::model::sgemm::{batched_matmul, batched_matmul_bt, linear_xwt};
 use crate::{Error, Result};
 
 /// `x * sigmoid(1.702 x)`.
@@ -60,9 +60,9 @@ impl Block {
             let qi = q.narrow(1, s, len)?;
             let ki = k.narrow(1, s, len)?;
             let vi = v.narrow(1, s, len)?;
-            let att = (qi.matmul(&ki.t()?)? * scale)?;
+            let att = (batched_matmul_bt(&qi, &ki)? * scale)?;
             let att = candle_nn::ops::softmax_last_dim(&att)?;
-            outs.push(att.matmul(&vi)?);
+            outs.push(batched_matmul(&att, &vi)?);
         }
         let o = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, dim))?;
         let x = (x + linear_2d(&self.proj, &o)?)?;
