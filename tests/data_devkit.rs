@@ -57,7 +57,11 @@ fn devkit_python() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
     let python = dir.join("bin/python");
     let ready = dir.join(".ready");
-    if ready.is_file() && python.is_file() {
+    // The marker alone is not trusted: a venv whose packages went missing is rebuilt.
+    let imports = || {
+        run(Command::new(&python).args(["-c", "from nuscenes.nuscenes import NuScenes"])).is_ok()
+    };
+    if ready.is_file() && python.is_file() && imports() {
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&dir);
