@@ -41,11 +41,20 @@ fn warm(dir: &Path) {
 }
 
 /// Runs `make()` `repeat` times after warming `set`; the fastest run's report, with the largest peak memory.
-fn best_of(repeat: usize, set: &Path, report: &Path, make: &dyn Fn() -> Command) -> Result<Value> {
+/// The bag a run writes (`bag`) is removed before each run starts (outside the timed region, for every writer
+/// alike) and after the last.
+fn best_of(
+    repeat: usize,
+    set: &Path,
+    bag: &Path,
+    report: &Path,
+    make: &dyn Fn() -> Command,
+) -> Result<Value> {
     let mut best: Option<Value> = None;
     let mut peak = 0;
     for _ in 0..repeat.max(1) {
         warm(set);
+        let _ = std::fs::remove_dir_all(bag);
         let v = run_json(make(), report)?;
         peak = peak.max(v["peak_rss_kb"].as_u64().unwrap_or(0));
         let faster = best
@@ -55,6 +64,7 @@ fn best_of(repeat: usize, set: &Path, report: &Path, make: &dyn Fn() -> Command)
             best = Some(v);
         }
     }
+    let _ = std::fs::remove_dir_all(bag);
     let mut v = best.expect("at least one run");
     v["peak_rss_kb"] = peak.into();
     Ok(v)
@@ -129,9 +139,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(&bags).map_err(|e| Error::io(&bags, e))?;
         let bag = bags.join(format!("bag-vlm3d-{n}"));
         let report = args.work.join(format!("vlm3d-{n}.json"));
-        // The previous run's bag is removed before the clock starts, for both writers alike.
         let make = || {
-            let _ = std::fs::remove_dir_all(&bag);
             let mut cmd = Command::new(&exe);
             cmd.arg("convert-nuscenes")
                 .arg("--dataroot")
@@ -145,15 +153,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .arg(&report);
             cmd
         };
-        let v = best_of(args.repeat, &set, &report, &make)?;
-        let _ = std::fs::remove_dir_all(&bag);
+        let v = best_of(args.repeat, &set, &bag, &report, &make)?;
         rows.push(row(samples, "vlm3d (Rust)", &v));
 
         if have_python {
             let bag = bags.join(format!("bag-rosbags-{n}"));
             let report = args.work.join(format!("rosbags-{n}.json"));
             let make = || {
-                let _ = std::fs::remove_dir_all(&bag);
                 let mut cmd = Command::new(&args.python);
                 cmd.arg(&args.script)
                     .arg("--dataroot")
@@ -167,8 +173,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     .stdout(std::process::Stdio::null());
                 cmd
             };
-            let v = best_of(args.repeat, &set, &report, &make)?;
-            let _ = std::fs::remove_dir_all(&bag);
+            let v = best_of(args.repeat, &set, &bag, &report, &make)?;
             rows.push(row(samples, "rosbags (Python)", &v));
         }
     }

@@ -290,24 +290,54 @@ pub struct Tables {
     pub map: Vec<Map>,
 }
 
-pub(crate) fn read_table<T: Record>(dir: &Path, optional: bool) -> Result<Vec<T>> {
-    let path = dir.join(format!("{}.json", T::TABLE));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+/// Opens `<dir>/<table>.json`; `None` for an absent optional table, an error naming the table otherwise.
+pub(crate) fn open_table<T: Record>(
+    dir: &Path,
+    optional: bool,
+) -> Result<Option<(PathBuf, std::fs::File)>> {
+    let path = table_path::<T>(dir);
+    match std::fs::File::open(&path) {
+        Ok(f) => Ok(Some((path, f))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if optional {
-                return Ok(Vec::new());
+                return Ok(None);
             }
-            return Err(Error::format(
+            Err(Error::format(
                 path,
                 None,
                 format!("missing table `{}`", T::TABLE),
-            ));
+            ))
         }
-        Err(e) => return Err(Error::io(path, e)),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+pub(crate) fn read_table<T: Record>(dir: &Path, optional: bool) -> Result<Vec<T>> {
+    use std::io::Read;
+    let Some((path, mut file)) = open_table::<T>(dir, optional)? else {
+        return Ok(Vec::new());
     };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::format(path, None, format!("not a {} table: {e}", T::TABLE)))
+}
+
+/// `<dataroot>/<version>`, or an error when there is no such folder.
+pub(crate) fn version_dir(dataroot: &Path, version: &str) -> Result<PathBuf> {
+    let table_dir = dataroot.join(version);
+    if !table_dir.is_dir() {
+        return Err(Error::format(
+            &table_dir,
+            None,
+            format!(
+                "no table folder for version `{version}` under {}",
+                dataroot.display()
+            ),
+        ));
+    }
+    Ok(table_dir)
 }
 
 fn write_table<T: Record>(dir: &Path, records: &[T]) -> Result<()> {
@@ -436,17 +466,7 @@ impl NuScenes {
     /// a duplicate token or a zero quaternion is an error naming the file and the record).
     pub fn load(dataroot: impl AsRef<Path>, version: &str) -> Result<Self> {
         let dataroot = dataroot.as_ref().to_path_buf();
-        let table_dir = dataroot.join(version);
-        if !table_dir.is_dir() {
-            return Err(Error::format(
-                &table_dir,
-                None,
-                format!(
-                    "no table folder for version `{version}` under {}",
-                    dataroot.display()
-                ),
-            ));
-        }
+        let table_dir = version_dir(&dataroot, version)?;
         let tables = Tables::read(&table_dir)?;
         Self::from_tables(dataroot, version, tables)
     }

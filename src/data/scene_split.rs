@@ -24,8 +24,9 @@ use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserializer as _;
 
 use super::nuscenes::{
-    read_table, table_path, Attribute, CalibratedSensor, Category, EgoPose, Instance, Log, Map,
-    NuScenes, Record, Sample, SampleAnnotation, SampleData, Scene, Sensor, Tables, Visibility,
+    open_table, read_table, table_path, version_dir, Attribute, CalibratedSensor, Category,
+    EgoPose, Instance, Log, Map, NuScenes, Record, Sample, SampleAnnotation, SampleData, Scene,
+    Sensor, Tables, Visibility,
 };
 use crate::{Error, Result};
 
@@ -145,18 +146,9 @@ fn stream_table<T: Record>(
     bar: &ProgressBar,
     mut each: impl FnMut(T) -> Result<()>,
 ) -> Result<()> {
-    let path = table_path::<T>(dir);
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::format(
-                path,
-                None,
-                format!("missing table `{}`", T::TABLE),
-            ))
-        }
-        Err(e) => return Err(Error::io(path, e)),
-    };
+    // Required (`optional = false`): an absent table is already an error naming it.
+    let (path, file) = open_table::<T>(dir, false)?
+        .ok_or_else(|| Error::invalid("table", format!("{} is required", T::TABLE)))?;
     bar.set_message(format!("{}.json", T::TABLE));
     let reader = BufReader::with_capacity(1 << 16, bar.wrap_read(file));
     let mut de = serde_json::Deserializer::from_reader(reader);
@@ -243,17 +235,7 @@ impl SceneSplit {
         progress: bool,
     ) -> Result<Self> {
         let dataroot = dataroot.as_ref().to_path_buf();
-        let table_dir = dataroot.join(version);
-        if !table_dir.is_dir() {
-            return Err(Error::format(
-                &table_dir,
-                None,
-                format!(
-                    "no table folder for version `{version}` under {}",
-                    dataroot.display()
-                ),
-            ));
-        }
+        let table_dir = version_dir(&dataroot, version)?;
         let small = SmallTables {
             scene: read_table(&table_dir, false)?,
             log: read_table(&table_dir, false)?,

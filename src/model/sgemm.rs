@@ -41,14 +41,9 @@ pub fn uses_blas(x: &Tensor) -> bool {
     cfg!(feature = "openblas") && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// `x · wᵀ` for `x: [m, k]`, `w: [n, k]`: OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul
-/// otherwise.
+/// `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (a linear layer): the batch-of-one case of [`batched_matmul_bt`].
 pub fn linear_xwt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    if uses_blas(x) && w.dtype() == x.dtype() && w.device().is_cpu() {
-        x.contiguous()?.apply_op2(&w.contiguous()?, XwT)
-    } else {
-        x.matmul(&w.t()?)
-    }
+    batched(x, w, true)
 }
 
 /// `a · bᵀ` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., n, k]` → `[..., m, n]`
@@ -165,53 +160,6 @@ impl CustomOp2 for Gemm {
             })
             .transpose()?;
         Ok((da, db))
-    }
-}
-
-/// The custom op: `x · wᵀ`.
-struct XwT;
-
-impl CustomOp2 for XwT {
-    fn name(&self) -> &'static str {
-        "openblas-sgemm-x-wt"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("x·wᵀ: x is {m}×{k} but w is {n}×{k2}");
-        }
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("x·wᵀ through OpenBLAS takes f32 tensors");
-        };
-        let (Some((xo, xe)), Some((wo, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("x·wᵀ through OpenBLAS takes contiguous tensors");
-        };
-        let (x, w) = (&x[xo..xe], &w[wo..we]);
-        let mut out = vec![0f32; m * n];
-        sgemm(x, w, &mut out, (m, n, k), true)?;
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // d/dx (x wᵀ) = g w; d/dw = gᵀ x — the latter only when w is trained (frozen base weights are not).
-        let dx = x.track_op().then(|| grad.matmul(w)).transpose()?;
-        let dw = w.track_op().then(|| grad.t()?.matmul(x)).transpose()?;
-        Ok((dx, dw))
     }
 }
 
