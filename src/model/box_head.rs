@@ -155,16 +155,19 @@ impl DetectionHead {
 /// One decoded box: `[x, y, z, l, w, h, yaw]` and a confidence in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct DecodedBox {
+    /// Index of the box query that produced it (stable across score ties, unlike the output order).
+    pub query: usize,
     /// Centre, size and yaw.
     pub bbox: [f32; 7],
     /// Sigmoid of the confidence logit.
     pub score: f32,
 }
 
-/// Decodes the eight box channels and the logit of one query.
-pub fn decode_box(raw: &[f32], logit: f32) -> DecodedBox {
+/// Decodes the eight box channels and the logit of query number `query`.
+pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> DecodedBox {
     let size = |v: f32| v.clamp(-10.0, 10.0).exp();
     DecodedBox {
+        query,
         bbox: [
             raw[0],
             raw[1],

@@ -311,7 +311,8 @@ impl Detector {
                 let mut found: Vec<DecodedBox> = b
                     .iter()
                     .zip(l)
-                    .map(|(raw, &lg)| decode_box(raw, lg))
+                    .enumerate()
+                    .map(|(q, (raw, &lg))| decode_box(q, raw, lg))
                     .filter(|d| d.score >= self.config.score_threshold)
                     .collect();
                 found.sort_by(|a, b| b.score.total_cmp(&a.score));

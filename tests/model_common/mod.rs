@@ -30,6 +30,18 @@ pub fn copy_checkpoint(dst: &Path) {
 }
 
 /// max |a - b| over all elements.
+/// Largest absolute value of a tensor.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     (a - b)
