@@ -55,17 +55,13 @@ pub struct LoraAdapter {
 }
 
 /// Applies a linear layer with all leading dimensions folded into the rows, so a `[batch, seq, in]` input is one
-/// large GEMM instead of `batch` small ones. The GEMM goes through [`crate::model::sgemm::linear_xwt`]
+/// large GEMM instead of `batch` small ones. The GEMM goes through [`crate::model::sgemm::linear_xwt_bias`]
 /// (OpenBLAS on f32 CPU tensors when built with the `openblas` feature).
 pub fn linear_2d(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let din = dims.pop().unwrap_or(0);
     let rows: usize = dims.iter().product();
-    let y = crate::model::sgemm::linear_xwt(&x.reshape((rows, din))?, l.weight())?;
-    let y = match l.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
+    let y = crate::model::sgemm::linear_xwt_bias(&x.reshape((rows, din))?, l.weight(), l.bias())?;
     dims.push(y.dim(1)?);
     y.reshape(dims)
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod box_head;
 pub mod detector;
+pub mod fused;
 pub mod lora;
 pub mod qwen2vl;
 pub mod sgemm;

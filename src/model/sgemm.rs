@@ -3,8 +3,11 @@
 //! candle's own CPU GEMM (the `gemm` crate) reaches ≈ 80 GFLOP/s on this project's 2-core machines for
 //! Qwen2-VL's shapes, OpenBLAS ≈ 190 (measured in `tests/model_profile.rs`); the linear layers are ≈ 90 % of
 //! a forward pass's FLOPs. Everything else (attention, norms, other devices and dtypes) stays with candle.
-//! The op has a backward pass, so the training path's gradients flow through it unchanged.
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+//! A linear layer's bias and the attention's `1/√d` scale are folded into the GEMM (`beta = 1` over an output
+//! pre-filled with the bias, `alpha = scale`), which saves a full pass over the output each. The ops have
+//! backward passes, so the training path's gradients flow through them unchanged.
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 #[cfg(feature = "openblas")]
 mod ffi {
@@ -41,31 +44,67 @@ pub fn uses_blas(x: &Tensor) -> bool {
     cfg!(feature = "openblas") && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
-/// `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (a linear layer): the batch-of-one case of [`batched_matmul_bt`].
+/// `x · wᵀ` for `x: [m, k]`, `w: [n, k]` (a linear layer without bias): the batch-of-one case of
+/// [`batched_matmul_bt`].
 pub fn linear_xwt(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    batched(x, w, true)
+    batched(x, w, true, 1.0)
 }
 
-/// `a · bᵀ` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., n, k]` → `[..., m, n]`
-/// (attention scores). OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul otherwise.
+/// `x · wᵀ + bias` for `x: [m, k]`, `w: [n, k]`, `bias: [n]`: on the OpenBLAS path the bias is the GEMM's
+/// initial output (`beta = 1`) instead of a separate broadcast add.
+pub fn linear_xwt_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let Some(bias) = bias else {
+        return linear_xwt(x, w);
+    };
+    let fits = x.rank() == 2
+        && w.rank() == 2
+        && bias.rank() == 1
+        && uses_blas(x)
+        && w.dtype() == x.dtype()
+        && bias.dtype() == x.dtype()
+        && w.device().is_cpu()
+        && bias.device().is_cpu();
+    if !fits {
+        return linear_xwt(x, w)?.broadcast_add(bias);
+    }
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias.contiguous()?, GemmBias)
+}
+
+/// `a · bᵀ` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., n, k]` → `[..., m, n]`.
+/// OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul otherwise.
 pub fn batched_matmul_bt(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    batched(a, b, true)
+    batched(a, b, true, 1.0)
+}
+
+/// `alpha · a · bᵀ` (attention scores `q kᵀ / √d`): the scale rides on the GEMM's `alpha`.
+pub fn batched_matmul_bt_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> candle_core::Result<Tensor> {
+    batched(a, b, true, alpha as f32)
 }
 
 /// `a · b` over matching leading (batch) dimensions: `a: [..., m, k]`, `b: [..., k, n]` → `[..., m, n]`
 /// (attention-weighted values). OpenBLAS on f32 CPU tensors (feature `openblas`), candle's matmul otherwise.
 pub fn batched_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    batched(a, b, false)
+    batched(a, b, false, 1.0)
 }
 
-fn batched(a: &Tensor, b: &Tensor, trans_b: bool) -> candle_core::Result<Tensor> {
+fn batched(a: &Tensor, b: &Tensor, trans_b: bool, alpha: f32) -> candle_core::Result<Tensor> {
     let (ra, rb) = (a.rank(), b.rank());
     let same_batch = ra >= 2 && ra == rb && a.dims()[..ra - 2] == b.dims()[..rb - 2];
     if !(same_batch && uses_blas(a) && b.dtype() == a.dtype() && b.device().is_cpu()) {
-        return if trans_b {
+        let y = if trans_b {
             a.matmul(&b.t()?)
         } else {
             a.matmul(b)
+        }?;
+        return if alpha == 1.0 {
+            Ok(y)
+        } else {
+            y * alpha as f64
         };
     }
     let lead = &a.dims()[..ra - 2];
@@ -74,15 +113,17 @@ fn batched(a: &Tensor, b: &Tensor, trans_b: bool) -> candle_core::Result<Tensor>
     let (b0, b1) = (b.dim(rb - 2)?, b.dim(rb - 1)?);
     let a3 = a.contiguous()?.reshape((batch, m, k))?;
     let b3 = b.contiguous()?.reshape((batch, b0, b1))?;
-    let y = a3.apply_op2(&b3, Gemm { trans_b })?;
+    let y = a3.apply_op2(&b3, Gemm { trans_b, alpha })?;
     let mut dims = lead.to_vec();
     dims.extend_from_slice(&[m, y.dim(2)?]);
     y.reshape(dims)
 }
 
-/// The batched custom op: `a · b` or `a · bᵀ` per batch element of `[batch, rows, cols]` tensors.
+/// The batched custom op: `alpha · a · b` or `alpha · a · bᵀ` per batch element of `[batch, rows, cols]`
+/// tensors.
 struct Gemm {
     trans_b: bool,
+    alpha: f32,
 }
 
 impl CustomOp2 for Gemm {
@@ -125,7 +166,7 @@ impl CustomOp2 for Gemm {
                 &b[i * k * n..(i + 1) * k * n],
                 &mut out[i * m * n..(i + 1) * m * n],
                 (m, n, k),
-                self.trans_b,
+                (self.trans_b, self.alpha, 0.0),
             )?;
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, m, n))))
@@ -138,7 +179,12 @@ impl CustomOp2 for Gemm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // y = a bᵀ: da = g b, db = gᵀ a.   y = a b: da = g bᵀ, db = aᵀ g.
+        // y = α a bᵀ: da = α g b, db = α gᵀ a.   y = α a b: da = α g bᵀ, db = α aᵀ g.
+        let grad = &if self.alpha == 1.0 {
+            grad.clone()
+        } else {
+            (grad * self.alpha as f64)?
+        };
         let da = a
             .track_op()
             .then(|| {
@@ -163,31 +209,132 @@ impl CustomOp2 for Gemm {
     }
 }
 
-/// `out = a · b` (`trans_b`: `a · bᵀ`) for row-major `a: m×k`, `b: k×n` (`n×k` when transposed).
-#[cfg(feature = "openblas")]
+/// `x · wᵀ + bias` for `x: [m, k]`, `w: [n, k]`, `bias: [n]`.
+struct GemmBias;
+
+impl CustomOp3 for GemmBias {
+    fn name(&self) -> &'static str {
+        "openblas-sgemm-linear-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        let nb = l3.shape().dims1()?;
+        if k != k2 || nb != n {
+            candle_core::bail!("linear: x is {m}×{k}, w is {n}×{k2}, bias has {nb}");
+        }
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) = (s1, s2, s3) else {
+            candle_core::bail!("linear through OpenBLAS takes f32 tensors");
+        };
+        let (Some((xo, xe)), Some((wo, we)), Some((bo, be))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("linear through OpenBLAS takes contiguous tensors");
+        };
+        let bias = &bias[bo..be];
+        let mut out = vec![0f32; m * n];
+        if n > 0 {
+            out.par_chunks_mut(n)
+                .for_each(|row| row.copy_from_slice(bias));
+        }
+        sgemm(
+            &x[xo..xe],
+            &w[wo..we],
+            &mut out,
+            (m, n, k),
+            (true, 1.0, 1.0),
+        )?;
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = x.track_op().then(|| grad.matmul(w)).transpose()?;
+        let dw = w.track_op().then(|| grad.t()?.matmul(x)).transpose()?;
+        let db = bias.track_op().then(|| grad.sum(0)).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// `out = alpha · a · b + beta · out` (`trans_b`: `a · bᵀ`) for contiguous row-major `a: m×k`, `b: k×n`
+/// (`n×k` when transposed), `out: m×n`.
 fn sgemm(
     a: &[f32],
     b: &[f32],
     out: &mut [f32],
     (m, n, k): (usize, usize, usize),
-    trans_b: bool,
+    (trans_b, alpha, beta): (bool, f32, f32),
+) -> candle_core::Result<()> {
+    let ldb = if trans_b { k } else { n };
+    sgemm_ld(
+        (a, k),
+        (b, ldb),
+        (out, n),
+        (m, n, k),
+        (trans_b, alpha, beta),
+    )
+}
+
+/// [`sgemm`] on row-major sub-matrices with explicit leading dimensions (row strides), so a head's columns
+/// of a `[rows, 3·dim]` qkv tensor are used in place. Checks that every row a leading dimension reaches lies
+/// inside its slice.
+#[cfg(feature = "openblas")]
+pub(crate) fn sgemm_ld(
+    (a, lda): (&[f32], usize),
+    (b, ldb): (&[f32], usize),
+    (out, ldc): (&mut [f32], usize),
+    (m, n, k): (usize, usize, usize),
+    (trans_b, alpha, beta): (bool, f32, f32),
 ) -> candle_core::Result<()> {
     use std::os::raw::c_int;
-    let dim = |v: usize| {
-        c_int::try_from(v)
-            .map_err(|_| candle_core::Error::Msg(format!("{v} is too large for BLAS")))
-    };
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-    let (tb, ldb) = if trans_b {
-        (ffi::TRANS, ki.max(1))
-    } else {
-        (ffi::NO_TRANS, ni)
+    let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
+    let fits = |len: usize, rows: usize, cols: usize, ld: usize| {
+        cols <= ld && (rows == 0 || cols == 0 || (rows - 1) * ld + cols <= len)
     };
-    // SAFETY: the slices hold m·k, k·n and m·n contiguous row-major f32 (the callers slice them from
-    // layouts checked to be contiguous with these shapes); BLAS reads a and b and writes only `out`.
+    let inside = fits(a.len(), m, k, lda.max(1))
+        && fits(b.len(), b_rows, b_cols, ldb.max(1))
+        && fits(out.len(), m, n, ldc);
+    if !inside {
+        candle_core::bail!(
+            "sgemm: {m}×{n}×{k} (ld {lda}/{ldb}/{ldc}) does not fit slices of {}/{}/{}",
+            a.len(),
+            b.len(),
+            out.len()
+        );
+    }
+    let dim = |v: usize| {
+        c_int::try_from(v.max(1))
+            .map_err(|_| candle_core::Error::Msg(format!("{v} is too large for BLAS")))
+    };
+    let (mi, ni, ki) = (
+        dim(m)?,
+        dim(n)?,
+        c_int::try_from(k)
+            .map_err(|_| candle_core::Error::Msg(format!("{k} is too large for BLAS")))?,
+    );
+    let tb = if trans_b { ffi::TRANS } else { ffi::NO_TRANS };
+    // SAFETY: the checks above keep every element BLAS touches (rows × leading dimension) inside the
+    // slices; BLAS reads a and b and writes only `out`.
     unsafe {
         ffi::cblas_sgemm(
             ffi::ROW_MAJOR,
@@ -196,26 +343,26 @@ fn sgemm(
             mi,
             ni,
             ki,
-            1.0,
+            alpha,
             a.as_ptr(),
-            ki.max(1),
+            dim(lda)?,
             b.as_ptr(),
-            ldb,
-            0.0,
+            dim(ldb)?,
+            beta,
             out.as_mut_ptr(),
-            ni,
+            dim(ldc)?,
         );
     }
     Ok(())
 }
 
 #[cfg(not(feature = "openblas"))]
-fn sgemm(
-    _a: &[f32],
-    _b: &[f32],
-    _out: &mut [f32],
+pub(crate) fn sgemm_ld(
+    _a: (&[f32], usize),
+    _b: (&[f32], usize),
+    _out: (&mut [f32], usize),
     _dims: (usize, usize, usize),
-    _trans_b: bool,
+    _params: (bool, f32, f32),
 ) -> candle_core::Result<()> {
     candle_core::bail!("built without the `openblas` feature")
 }
@@ -299,5 +446,62 @@ mod tests {
         for t in [a, b, c] {
             assert!(close(g.get(t).unwrap(), gr.get(t).unwrap()));
         }
+    }
+
+    /// The bias folded into the GEMM and the scale on `alpha`: values and gradients against candle's
+    /// `matmul + broadcast_add` and `matmul * scale`.
+    #[test]
+    fn bias_and_scale_match_candle() {
+        let dev = Device::Cpu;
+        let var =
+            |s: &[usize]| Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap();
+        let (x, w, bias) = (var(&[9, 11]), var(&[5, 11]), var(&[5]));
+        let (a, b) = (var(&[2, 4, 6]), var(&[2, 3, 6]));
+        let (x, w, bias, a, b) = (
+            x.as_tensor(),
+            w.as_tensor(),
+            bias.as_tensor(),
+            a.as_tensor(),
+            b.as_tensor(),
+        );
+        let wts = Tensor::randn(0f32, 1.0, (9, 5), &dev).unwrap();
+        let wts2 = Tensor::randn(0f32, 1.0, (2, 4, 3), &dev).unwrap();
+        let y = linear_xwt_bias(x, w, Some(bias)).unwrap();
+        let s = batched_matmul_bt_scaled(a, b, 0.37).unwrap();
+        let yr = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(bias)
+            .unwrap();
+        let sr = (a.matmul(&b.t().unwrap()).unwrap() * 0.37).unwrap();
+        let close = |p: &Tensor, q: &Tensor| {
+            let d: f32 = (p - q)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(d < 1e-4, "{d}");
+        };
+        close(&y, &yr);
+        close(&s, &sr);
+        let loss = |y: &Tensor, s: &Tensor| {
+            ((y * &wts).unwrap().sum_all().unwrap() + (s * &wts2).unwrap().sum_all().unwrap())
+                .unwrap()
+        };
+        let g = loss(&y, &s).backward().unwrap();
+        let gr = loss(&yr, &sr).backward().unwrap();
+        for t in [x, w, bias, a, b] {
+            close(g.get(t).unwrap(), gr.get(t).unwrap());
+        }
+        // No bias is the plain product; an empty input is an empty output.
+        close(
+            &linear_xwt_bias(x, w, None).unwrap(),
+            &x.matmul(&w.t().unwrap()).unwrap(),
+        );
+        let e = linear_xwt_bias(&x.narrow(0, 0, 0).unwrap(), w, Some(bias)).unwrap();
+        assert_eq!(e.dims(), &[0, 5]);
     }
 }

@@ -7,8 +7,9 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use super::config::TextConfig;
 use super::vision::rotate_half;
 use super::weights::{linear, tensor};
+use crate::model::fused::silu_mul;
 use crate::model::lora::{linear_2d, LoraLinear};
-use crate::model::sgemm::{batched_matmul, batched_matmul_bt};
+use crate::model::sgemm::{batched_matmul, batched_matmul_bt_scaled};
 use crate::{Error, Result};
 
 /// Key/value tensors of every layer for the tokens seen so far (`[batch, kv_heads, seq, head_dim]`).
@@ -111,7 +112,7 @@ impl Attention {
             (k, v)
         };
         let scale = 1.0 / (self.hd as f64).sqrt();
-        let att = (batched_matmul_bt(&q, &k)? * scale)?;
+        let att = batched_matmul_bt_scaled(&q, &k, scale)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,
             None => att,
@@ -119,7 +120,7 @@ impl Attention {
         let att = if diff {
             candle_nn::ops::softmax(&att, D::Minus1)?
         } else {
-            candle_nn::ops::softmax_last_dim(&att)?
+            crate::model::fused::softmax_last_dim(&att)?
         };
         let o = batched_matmul(&att, &v)?;
         let o = o.transpose(1, 2)?.reshape((b, s, self.n_heads * self.hd))?;
@@ -152,7 +153,7 @@ impl DecoderLayer {
         let h = rms_norm(x, &self.ln1, self.eps, diff)?;
         let x = (x + self.self_attn.forward(&h, cos, sin, mask, cache, diff)?)?;
         let h = rms_norm(&x, &self.ln2, self.eps, diff)?;
-        let h = (linear_2d(&self.gate, &h)?.silu()? * linear_2d(&self.up, &h)?)?;
+        let h = silu_mul(&linear_2d(&self.gate, &h)?, &linear_2d(&self.up, &h)?)?;
         x + linear_2d(&self.down, &h)?
     }
 }

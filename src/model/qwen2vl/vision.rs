@@ -6,14 +6,10 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
+use crate::model::fused::{quick_gelu, segment_attention};
 use crate::model::lora::linear_2d;
-use crate::model::sgemm::{batched_matmul, batched_matmul_bt, linear_xwt};
+use crate::model::sgemm::linear_xwt;
 use crate::{Error, Result};
-
-/// `x * sigmoid(1.702 x)`.
-fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
-}
 
 /// Swaps the two halves of the last dimension, negating the second: `[-x2, x1]`.
 pub(crate) fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -41,30 +37,10 @@ impl Block {
         sin: &Tensor,
         cu: &[usize],
     ) -> candle_core::Result<Tensor> {
-        let (n, dim) = x.dims2()?;
-        let hd = dim / self.num_heads;
         let h = self.norm1.forward(x)?;
-        // [n, 3 * dim] → [3, heads, n, hd] in one copy; the rotary embedding uses candle's fused (rotate-half)
-        // kernel: the vision tower is frozen, so no gradient is needed here.
-        let qkv = linear_2d(&self.qkv, &h)?
-            .reshape((n, 3, self.num_heads, hd))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&qkv.get(0)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&qkv.get(1)?.unsqueeze(0)?, cos, sin)?.squeeze(0)?;
-        let v = qkv.get(2)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut outs = Vec::with_capacity(cu.len() - 1);
-        for w in cu.windows(2) {
-            let (s, len) = (w[0], w[1] - w[0]);
-            let qi = q.narrow(1, s, len)?;
-            let ki = k.narrow(1, s, len)?;
-            let vi = v.narrow(1, s, len)?;
-            let att = (batched_matmul_bt(&qi, &ki)? * scale)?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            outs.push(batched_matmul(&att, &vi)?);
-        }
-        let o = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, dim))?;
+        // Rotary embedding, scores and weighted values per image and head in one fused op (candle's ops
+        // off the f32 CPU path); the vision tower is frozen, so no gradient is needed here.
+        let o = segment_attention(&linear_2d(&self.qkv, &h)?, cos, sin, cu, self.num_heads)?;
         let x = (x + linear_2d(&self.proj, &o)?)?;
         let h = self.norm2.forward(&x)?;
         let h = linear_2d(&self.fc2, &quick_gelu(&linear_2d(&self.fc1, &h)?)?)?;
