@@ -285,10 +285,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "all" => vec![BenchModel::Tiny, BenchModel::Qwen2Vl2b],
                 o => anyhow::bail!("unknown --models {o} (tiny, 2b, all)"),
             };
+            // A bench without OpenBLAS is ≈ 2× slower: say which GEMM ran, so tables are not mixed up.
+            eprintln!(
+                "f32 on CPU, matrix products through {}",
+                crate::model::sgemm::backend()
+            );
+            let views = a
+                .views
+                .split(',')
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--views: {v:?} is not a view count (1 or more)")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let mut rows = Vec::new();
             for m in models {
-                for v in a.views.split(',') {
-                    let v: usize = v.trim().parse()?;
+                for &v in &views {
                     let r = run(m, v, a.width, a.height, a.prompt_tokens)?;
                     eprintln!("{} views={} total {:.2}s", r.model, r.views, r.total_s);
                     rows.push(r);

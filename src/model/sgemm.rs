@@ -39,6 +39,15 @@ mod ffi {
     }
 }
 
+/// Which library computes f32 CPU matrix products in this build.
+pub fn backend() -> &'static str {
+    if cfg!(feature = "openblas") {
+        "OpenBLAS (cblas_sgemm)"
+    } else {
+        "candle's gemm crate (built without the `openblas` feature)"
+    }
+}
+
 /// Whether [`linear_xwt`] takes the OpenBLAS path for tensors like `x`.
 pub fn uses_blas(x: &Tensor) -> bool {
     cfg!(feature = "openblas") && x.device().is_cpu() && x.dtype() == candle_core::DType::F32
