@@ -468,13 +468,14 @@ pub struct CompressedImage {
 }
 
 impl CompressedImage {
-    /// Serializes a compressed image from borrowed bytes (no copy of `data` into a struct first).
-    pub fn cdr_from_parts(header: &Header, format: &str, data: &[u8], buf: &mut Vec<u8>) {
-        let mut w = CdrWriter::reuse(std::mem::take(buf));
+    /// The CDR encoding of a message with `data_len` bytes of data, up to where the data starts: followed by
+    /// the data it is the whole message (so a file read after free room is framed in place).
+    pub fn cdr_prefix(header: &Header, format: &str, data_len: usize) -> Vec<u8> {
+        let mut w = CdrWriter::new();
         header.write(&mut w);
         w.string(format);
-        w.bytes(data);
-        *buf = w.into_bytes();
+        w.seq_len(data_len);
+        w.into_bytes()
     }
 }
 
@@ -698,6 +699,24 @@ pub struct PointCloud2 {
     pub is_dense: bool,
 }
 
+impl PointCloud2 {
+    /// The CDR encoding of this cloud with `data_len` bytes of point data in place of `self.data`, split
+    /// around the data: `prefix + data + suffix` is the whole message. The suffix (`is_dense`) is one
+    /// unaligned byte, so it does not depend on where the data ends.
+    pub fn cdr_around_data(&self, data_len: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut w = CdrWriter::new();
+        self.header.write(&mut w);
+        w.u32(self.height);
+        w.u32(self.width);
+        write_seq(&mut w, &self.fields);
+        w.bool(self.is_bigendian);
+        w.u32(self.point_step);
+        w.u32(self.row_step);
+        w.seq_len(data_len);
+        (w.into_bytes(), vec![self.is_dense as u8])
+    }
+}
+
 impl RosMessage for PointCloud2 {
     const TYPE: &'static str = "sensor_msgs/msg/PointCloud2";
     fn write(&self, w: &mut CdrWriter) {
@@ -802,6 +821,41 @@ mod tests {
         // Every strict prefix fails (no silent truncation) unless only padding was cut.
         for cut in 4..b.len().saturating_sub(3) {
             assert!(T::from_cdr(&b[..cut]).is_err(), "{} cut at {cut}", T::TYPE);
+        }
+    }
+
+    /// The split encodings the converter frames files with are, around the data, byte for byte the
+    /// messages' own encodings, for frame ids and data lengths that move every alignment boundary.
+    #[test]
+    fn split_encodings_equal_whole_messages() {
+        for frame in ["a", "cam", "lidar_top", "cam_front_left"] {
+            for len in [0usize, 1, 3, 5, 20, 33] {
+                let data: Vec<u8> = (0..len as u8).collect();
+                let h = Header::new(1_532_402_927_647_951_000 + len as u64, frame);
+                let img = CompressedImage {
+                    header: h.clone(),
+                    format: "jpeg".into(),
+                    data: data.clone(),
+                };
+                let mut framed = CompressedImage::cdr_prefix(&h, "jpeg", len);
+                framed.extend_from_slice(&data);
+                assert_eq!(framed, img.to_cdr(), "{frame} {len}");
+                let cloud = PointCloud2 {
+                    header: h,
+                    height: 1,
+                    width: len as u32,
+                    fields: vec![PointField::f32("x", 0), PointField::f32("intensity", 4)],
+                    is_bigendian: false,
+                    point_step: 1,
+                    row_step: len as u32,
+                    data: data.clone(),
+                    is_dense: len % 2 == 0,
+                };
+                let (mut framed, suffix) = cloud.cdr_around_data(len);
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(&suffix);
+                assert_eq!(framed, cloud.to_cdr(), "{frame} {len}");
+            }
         }
     }
 
