@@ -145,6 +145,10 @@ impl BagWriter {
             // Each chunk is built in memory and written whole, so the file needs no seeking and its writes
             // can go to a background thread.
             .disable_seeking(true)
+            // Every chunk keeps its CRC (what readers check per message). The whole-data-section CRC, a
+            // second pass over every byte, is off, as in the MCAP C++ writer that `ros2 bag` uses
+            // (`enableDataCRC = false` by default); 0 tells readers not to check it.
+            .calculate_data_section_crc(false)
             .create(BackgroundFile::new(file, 1 << 20, 4).map_err(|e| Error::io(&path, e))?)
             .map_err(|e| mcap_err(&path, None, e))?;
         let mut meta = BTreeMap::new();
