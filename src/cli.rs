@@ -85,6 +85,9 @@ pub struct DetectArgs {
     /// Minimum confidence of a reported box.
     #[arg(long, default_value_t = 0.5)]
     pub score_threshold: f32,
+    /// Seed of the head's queries and weights when no trained `head.safetensors` is found.
+    #[arg(long, default_value_t = 0)]
+    pub head_seed: u64,
 }
 
 /// Arguments of `bench`.
@@ -259,6 +262,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             use crate::model::detector::{Detector, DetectorConfig};
             let cfg = DetectorConfig {
                 score_threshold: a.score_threshold,
+                head_seed: a.head_seed,
                 ..Default::default()
             };
             let dev = candle_core::Device::Cpu;

@@ -30,7 +30,7 @@ pub struct DemoOptions {
     pub width: u32,
     /// Synthetic image size.
     pub height: u32,
-    /// Synthetic scene seed.
+    /// Seed of the synthetic scene and of the untrained head.
     pub seed: u64,
     /// Upper bound on pixels per view given to the image processor.
     pub max_pixels: usize,
@@ -160,6 +160,9 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         DetectorConfig {
             frame: BoxFrame::Camera,
             score_threshold: opts.score_threshold,
+            // The committed model has no trained head: its fresh head comes from the demo's seed too, so a
+            // demo run is reproducible end to end.
+            head_seed: opts.seed,
             ..Default::default()
         },
         &Device::Cpu,

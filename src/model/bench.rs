@@ -233,7 +233,7 @@ pub fn run(
     let weights = random_weights(&cfg, &dev)?;
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
     let model = Qwen2VL::from_var_builder(cfg.clone(), vb, std::path::Path::new(which.name()))?;
-    let head = DetectionHead::new(cfg.text.hidden_size, DEFAULT_QUERIES, DType::F32, &dev)?;
+    let head = DetectionHead::new(cfg.text.hidden_size, DEFAULT_QUERIES, DType::F32, &dev, 0)?;
     let p = cfg.vision.patch_size;
     let grid = GridThw {
         t: 1,

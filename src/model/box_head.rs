@@ -78,8 +78,17 @@ pub struct DetectionHead {
 }
 
 impl DetectionHead {
-    /// Fresh queries (normal, std 0.02 × √hidden so they have the scale of token embeddings) and a fresh head.
-    pub fn new(hidden: usize, num_queries: usize, dtype: DType, device: &Device) -> Result<Self> {
+    /// Fresh queries and head, drawn from `seed` (the same seed gives the same head on every machine, so an
+    /// untrained detector's boxes and a training run's start are reproducible): queries normal with std
+    /// 0.02 × √hidden (the scale of token embeddings); layer weights Kaiming-normal for ReLU (std √(2 / fan_in))
+    /// and biases uniform in ±1/√fan_in, the distributions `candle_nn::linear` draws from.
+    pub fn new(
+        hidden: usize,
+        num_queries: usize,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         if num_queries == 0 {
             return Err(Error::invalid("num_queries", "must be at least 1"));
         }
@@ -94,11 +103,47 @@ impl DetectionHead {
             },
         )?;
         let head = BoxHead::new(hidden, vb.pp("box_head"))?;
-        Ok(Self {
+        let this = Self {
             varmap,
             queries,
             head,
-        })
+        };
+        this.reinitialize(seed)?;
+        Ok(this)
+    }
+
+    /// Redraws every variable from `seed`, in name order (see [`DetectionHead::new`]).
+    fn reinitialize(&self, seed: u64) -> Result<()> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let vars = self.vars();
+        let fan_in = |name: &str| -> usize {
+            let weight = name.replace(".bias", ".weight");
+            vars.iter()
+                .find(|(n, _)| *n == weight)
+                .map(|(_, w)| w.dims().last().copied().unwrap_or(1))
+                .unwrap_or(1)
+        };
+        for (name, var) in &vars {
+            let n = var.elem_count();
+            let values: Vec<f32> = if name == "queries" {
+                let std = 0.02 * (var.dims()[1] as f64).sqrt();
+                (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
+            } else if name.ends_with(".weight") {
+                let std = (2.0 / fan_in(name) as f64).sqrt();
+                (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
+            } else {
+                let bound = 1.0 / (fan_in(name) as f64).sqrt();
+                (0..n)
+                    .map(|_| rng.random_range(-bound..bound) as f32)
+                    .collect()
+            };
+            let t = Tensor::from_vec(values, var.dims(), &Device::Cpu)?
+                .to_dtype(var.dtype())?
+                .to_device(var.device())?;
+            var.set(&t)?;
+        }
+        Ok(())
     }
 
     /// Number of queries.
@@ -163,6 +208,13 @@ pub struct DecodedBox {
     pub score: f32,
 }
 
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
 /// Decodes the eight box channels and the logit of query number `query`.
 pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> DecodedBox {
     let size = |v: f32| v.clamp(-10.0, 10.0).exp();
@@ -178,5 +230,52 @@ pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> DecodedBox {
             raw[6].atan2(raw[7]),
         ],
         score: 1.0 / (1.0 + (-logit).exp()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(h: &DetectionHead) -> Vec<(String, Vec<f32>)> {
+        h.vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
+            .collect()
+    }
+
+    fn std_of(v: &[f32]) -> f64 {
+        let m = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    /// A seed fixes every value; other seeds differ; the draws have the documented spreads (closed forms:
+    /// normal std, and a uniform's std of bound/√3).
+    #[test]
+    fn seeded_heads_are_reproducible_with_the_documented_spreads() {
+        let dev = Device::Cpu;
+        let a = values(&DetectionHead::new(256, 64, DType::F32, &dev, 7).unwrap());
+        let b = values(&DetectionHead::new(256, 64, DType::F32, &dev, 7).unwrap());
+        let c = values(&DetectionHead::new(256, 64, DType::F32, &dev, 8).unwrap());
+        assert_eq!(a, b);
+        assert!(a.iter().zip(&c).all(|(x, y)| x.1 != y.1));
+        let get = |n: &str| &a.iter().find(|(k, _)| k == n).unwrap().1;
+        let within = |got: f64, want: f64| (got / want - 1.0).abs() < 0.1;
+        assert!(within(std_of(get("queries")), 0.02 * 16.0));
+        assert!(within(
+            std_of(get("box_head.fc1.weight")),
+            (2.0f64 / 256.0).sqrt()
+        ));
+        assert!(within(
+            std_of(get("box_head.fc2.weight")),
+            (2.0f64 / 512.0).sqrt()
+        ));
+        let bias = get("box_head.fc1.bias");
+        assert!(bias.iter().all(|&x| x.abs() <= 1.0 / 16.0));
+        assert!(within(std_of(bias), 1.0 / 16.0 / 3f64.sqrt()));
+        // The tensors the forward pass uses are the variables themselves.
+        let h = DetectionHead::new(256, 64, DType::F32, &dev, 7).unwrap();
+        let q: Vec<f32> = h.queries.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&q, get("queries"));
     }
 }

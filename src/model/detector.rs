@@ -33,6 +33,8 @@ pub struct DetectorConfig {
     pub frame: BoxFrame,
     /// Boxes below this confidence are dropped by [`Detector::detect`].
     pub score_threshold: f32,
+    /// Seed of a fresh (untrained) head's queries and weights; a loaded `head.safetensors` replaces them.
+    pub head_seed: u64,
 }
 
 impl Default for DetectorConfig {
@@ -41,6 +43,7 @@ impl Default for DetectorConfig {
             num_queries: DEFAULT_QUERIES,
             frame: BoxFrame::Camera,
             score_threshold: 0.5,
+            head_seed: 0,
         }
     }
 }
@@ -90,6 +93,7 @@ impl Detector {
             config.num_queries,
             m.dtype(),
             m.device(),
+            config.head_seed,
         )?;
         Ok(Self {
             pipeline,
