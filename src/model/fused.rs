@@ -50,7 +50,8 @@ pub fn fast_exp(x: f32) -> f32 {
 }
 
 /// Runs `f` compiled for AVX2 and FMA (8 lanes instead of SSE2's 4) when the CPU has them: the crate is
-/// built for baseline x86-64, so this is the one place the elementwise loops get wider vectors.
+/// built for baseline x86-64, so this is the one place the elementwise loops get wider vectors. Setting
+/// `VLM3D_SIMD=baseline` keeps the baseline code on any CPU (CI runs the model tests both ways).
 #[inline(always)]
 fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -59,12 +60,22 @@ fn simd<R>(f: impl FnOnce() -> R) -> R {
         unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for (checked above).
+        if use_avx2() {
+            // SAFETY: the CPU supports the features the function is compiled for (checked in `use_avx2`).
             return unsafe { avx2(f) };
         }
     }
     f()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn use_avx2() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        std::env::var("VLM3D_SIMD").as_deref() != Ok("baseline")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
 }
 
 #[inline(always)]
