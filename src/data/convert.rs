@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+
+use super::progress::progress_bar;
 use nalgebra::Isometry3;
 
 use super::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
@@ -300,19 +302,11 @@ impl<'o> Session<'o> {
             images: BTreeMap::new(),
             lidar: BTreeMap::new(),
         };
-        let bar = if opts.progress {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = progress_bar(
+            opts.progress,
+            0,
+            "{spinner} converting [{bar:40}] {pos}/{len} samples {per_sec} eta {eta} {msg}",
+        );
         Ok(Self {
             opts,
             started,

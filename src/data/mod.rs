@@ -7,6 +7,7 @@ pub mod convert;
 pub mod dataset;
 pub mod msgs;
 pub mod nuscenes;
+mod progress;
 pub mod render;
 pub mod rosbag;
 pub mod scene_split;

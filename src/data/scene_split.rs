@@ -19,7 +19,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+
+use super::progress::progress_bar;
 use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserializer as _;
 
@@ -273,19 +275,11 @@ impl SceneSplit {
         .filter_map(|t| std::fs::metadata(dir.join(format!("{t}.json"))).ok())
         .map(|m| m.len())
         .sum();
-        let bar = if progress {
-            let b = ProgressBar::new(bytes);
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} splitting tables by scene [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = progress_bar(
+            progress,
+            bytes,
+            "{spinner} splitting tables by scene [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} {msg}",
+        );
 
         let mut scene_of: HashMap<u128, u32> = HashMap::with_capacity(self.small.scene.len());
         for (i, s) in self.small.scene.iter().enumerate() {

@@ -705,17 +705,11 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             .map(|c| c.token.clone())
     };
 
-    let bar = if cfg.progress {
-        let b = indicatif::ProgressBar::new((cfg.scenes * cfg.samples_per_scene) as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} synth [{elapsed_precise}] {wide_bar} {pos}/{len} samples ({per_sec}, eta {eta})",
-        ) {
-            b.set_style(style);
-        }
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::progress::progress_bar(
+        cfg.progress,
+        (cfg.scenes * cfg.samples_per_scene) as u64,
+        "{spinner} synth [{elapsed_precise}] {wide_bar} {pos}/{len} samples ({per_sec}, eta {eta})",
+    );
 
     let base_time: i64 = 1_600_000_000_000_000 + (cfg.seed % 1000) as i64 * 86_400_000_000;
     for scene_i in 0..cfg.scenes {

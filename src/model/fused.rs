@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::sgemm::{batched_matmul, batched_matmul_bt_scaled, sgemm_ld, uses_blas};
+use crate::model::sgemm::{batched_matmul, batched_matmul_bt_scaled, cpu_f32, sgemm_ld, uses_blas};
 
 /// Elements per rayon task: large enough that scheduling is negligible, small enough to balance two to
 /// sixteen cores on a vision MLP's 3 M–18 M activations.
@@ -106,14 +106,21 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what} takes f32 tensors");
-    };
-    let Some((o, e)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what} takes contiguous tensors");
-    };
-    Ok(&v[o..e])
+/// `f(a[i], b[i])` for every element (equal lengths), in parallel chunks and in the widest SIMD the CPU has.
+/// A unary map passes its input twice (the second read hits the same cache lines).
+#[inline(always)]
+fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            simd(|| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = f(a, b);
+                }
+            })
+        });
+    y
 }
 
 struct QuickGelu;
@@ -124,17 +131,8 @@ impl CustomOp1 for QuickGelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, "quick-GELU")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                simd(|| {
-                    for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x * sigmoid(1.702 * x);
-                    }
-                })
-            });
+        let x = cpu_f32(s, l, "quick-GELU")?;
+        let y = zip_map(x, x, |x, _| x * sigmoid(1.702 * x));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -160,21 +158,12 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(s1, l1, "silu·mul")?;
-        let u = contiguous_f32(s2, l2, "silu·mul")?;
+        let g = cpu_f32(s1, l1, "silu·mul")?;
+        let u = cpu_f32(s2, l2, "silu·mul")?;
         if g.len() != u.len() {
             candle_core::bail!("silu·mul: {:?} vs {:?}", l1.shape(), l2.shape());
         }
-        let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(y, (g, u))| {
-                simd(|| {
-                    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                        *y = g * sigmoid(g) * u;
-                    }
-                })
-            });
+        let y = zip_map(g, u, |g, u| g * sigmoid(g) * u);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -217,7 +206,7 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, "softmax")?;
+        let x = cpu_f32(s, l, "softmax")?;
         let width = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut y = x.to_vec();
         y.par_chunks_mut(width).for_each(softmax_row);
@@ -348,9 +337,9 @@ impl CustomOp3 for SegmentAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(s1, l1, "attention")?;
-        let cos = contiguous_f32(s2, l2, "attention")?;
-        let sin = contiguous_f32(s3, l3, "attention")?;
+        let qkv = cpu_f32(s1, l1, "attention")?;
+        let cos = cpu_f32(s2, l2, "attention")?;
+        let sin = cpu_f32(s3, l3, "attention")?;
         let (rows, width) = l1.shape().dims2()?;
         let (heads, dim) = (self.heads, width / 3);
         let (hd, half) = (dim / heads, dim / heads / 2);

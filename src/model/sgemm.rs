@@ -39,6 +39,22 @@ mod ffi {
     }
 }
 
+/// The f32 elements of a contiguous CPU tensor's storage, for custom ops; `what` names the op in the error
+/// for another dtype or a strided layout.
+pub(crate) fn cpu_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what} takes f32 tensors");
+    };
+    let Some((o, e)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what} takes contiguous tensors");
+    };
+    Ok(&v[o..e])
+}
+
 /// Which library computes f32 CPU matrix products in this build.
 pub fn backend() -> &'static str {
     if cfg!(feature = "openblas") {
@@ -160,14 +176,8 @@ impl CustomOp2 for Gemm {
                 self.trans_b
             );
         }
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("batched gemm through OpenBLAS takes f32 tensors");
-        };
-        let (Some((ao, ae)), Some((bo, be))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("batched gemm through OpenBLAS takes contiguous tensors");
-        };
-        let (a, b) = (&a[ao..ae], &b[bo..be]);
+        let a = cpu_f32(s1, l1, "batched gemm through OpenBLAS")?;
+        let b = cpu_f32(s2, l2, "batched gemm through OpenBLAS")?;
         let mut out = vec![0f32; batch * m * n];
         for i in 0..batch {
             sgemm(
@@ -241,29 +251,15 @@ impl CustomOp3 for GemmBias {
         if k != k2 || nb != n {
             candle_core::bail!("linear: x is {m}×{k}, w is {n}×{k2}, bias has {nb}");
         }
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(bias)) = (s1, s2, s3) else {
-            candle_core::bail!("linear through OpenBLAS takes f32 tensors");
-        };
-        let (Some((xo, xe)), Some((wo, we)), Some((bo, be))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            candle_core::bail!("linear through OpenBLAS takes contiguous tensors");
-        };
-        let bias = &bias[bo..be];
+        let x = cpu_f32(s1, l1, "linear through OpenBLAS")?;
+        let w = cpu_f32(s2, l2, "linear through OpenBLAS")?;
+        let bias = cpu_f32(s3, l3, "linear through OpenBLAS")?;
         let mut out = vec![0f32; m * n];
         if n > 0 {
             out.par_chunks_mut(n)
                 .for_each(|row| row.copy_from_slice(bias));
         }
-        sgemm(
-            &x[xo..xe],
-            &w[wo..we],
-            &mut out,
-            (m, n, k),
-            (true, 1.0, 1.0),
-        )?;
+        sgemm(x, w, &mut out, (m, n, k), (true, 1.0, 1.0))?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 

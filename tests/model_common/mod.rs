@@ -29,7 +29,6 @@ pub fn copy_checkpoint(dst: &Path) {
     }
 }
 
-/// max |a - b| over all elements.
 /// Largest absolute value of a tensor.
 pub fn max_abs(a: &Tensor) -> f32 {
     a.abs()
@@ -42,18 +41,10 @@ pub fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// max |a - b| over all elements.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 /// A fixture image by name.
