@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 SAMPLES="${1:-200,400}"
 WIDTH="${2:-1600}"
 HEIGHT="${3:-900}"
-VENV=target/peer-venv-rosbags
+VENV=.venv-peers/rosbags
 if ! "$VENV/bin/python" -c 'import numpy, rosbags.rosbag2' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check rosbags numpy

@@ -13,10 +13,11 @@ use candle_core::{DType, Device};
 use image::{Rgb, RgbImage};
 
 use crate::data::convert::{convert_nuscenes, ConvertOptions};
-use crate::data::dataset::{Dataset, DatasetConfig, Example, TargetFrame};
+use crate::data::dataset::{Dataset, DatasetConfig, Example};
 use crate::data::synth::{generate, SynthConfig};
-use crate::geometry::{bev_nms, Box3D, OrientedBox3D};
-use crate::model::detector::{BoxFrame, Detector, DetectorConfig};
+use crate::geometry::{Box3D, Frame};
+use crate::model::detector::{Detector, DetectorConfig};
+use crate::perception::{merge_views, Detection, ViewInput};
 use crate::{Error, Result};
 
 /// Settings of [`run_demo`].
@@ -61,17 +62,6 @@ pub fn default_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2vl_tiny")
 }
 
-/// One detection of the demo, in the LiDAR frame.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DemoDetection {
-    /// [x, y, z, l, w, h, yaw] in the LiDAR frame.
-    pub bbox: [f64; 7],
-    /// Confidence.
-    pub score: f32,
-    /// The camera whose view produced it.
-    pub camera: String,
-}
-
 /// What the demo did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
@@ -81,8 +71,8 @@ pub struct DemoReport {
     pub sample_token: String,
     /// Ground-truth boxes of the prompted category seen by some camera (LiDAR frame).
     pub ground_truth: Vec<[f64; 7]>,
-    /// Detections after merging across cameras.
-    pub detections: Vec<DemoDetection>,
+    /// Detections after merging across cameras (LiDAR frame; `camera` is the channel that saw each).
+    pub detections: Vec<Detection>,
     /// Boxes before merging (all cameras).
     pub raw_detections: usize,
     /// Seconds for the detector (vision tower, prefill, head) on the six views.
@@ -124,7 +114,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
 
     // The first sample's six cameras, boxes in the LiDAR frame.
     let cfg = DatasetConfig {
-        target_frame: TargetFrame::Lidar,
+        target_frame: Frame::Lidar,
         keep_empty: true,
         ..Default::default()
     };
@@ -158,7 +148,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         &opts.model,
         None,
         DetectorConfig {
-            frame: BoxFrame::Camera,
+            frame: Frame::Camera,
             score_threshold: opts.score_threshold,
             // The committed model has no trained head: its fresh head comes from the demo's seed too, so a
             // demo run is reproducible end to end.
@@ -181,32 +171,23 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
     let per_view = detector.detect(&images, &prompt_text)?;
     let detect_seconds = start.elapsed().as_secs_f64();
 
-    // Camera-frame boxes → LiDAR frame with each camera's extrinsics, then merge across cameras.
-    let mut raw = Vec::new();
-    for vd in &per_view {
-        let view = &views[vd.view];
-        for b in &vd.boxes {
-            let p = b.bbox.map(f64::from);
-            let in_cam = match OrientedBox3D::from_camera_params(p) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!("{}: dropping an invalid box: {e}", view.channel);
-                    continue;
-                }
-            };
-            let lidar = in_cam.transform(&view.cam_to_lidar).to_box3d()?;
-            raw.push((lidar, b.score, view.channel.clone()));
-        }
-    }
-    let boxes: Vec<Box3D> = raw.iter().map(|r| r.0).collect();
-    let scores: Vec<f64> = raw.iter().map(|r| f64::from(r.1)).collect();
-    let keep = bev_nms(&boxes, &scores, opts.nms_iou)?;
-    let detections: Vec<DemoDetection> = keep
+    // Camera-frame boxes → LiDAR frame with each camera's extrinsics, then merge across cameras: the same
+    // code the perception node runs.
+    let inputs: Vec<ViewInput> = per_view
         .iter()
-        .map(|&i| DemoDetection {
-            bbox: raw[i].0.params(),
-            score: raw[i].1,
-            camera: raw[i].2.clone(),
+        .map(|vd| ViewInput {
+            detections: vd,
+            camera_to_lidar: &views[vd.view].cam_to_lidar,
+            camera: &views[vd.view].channel,
+        })
+        .collect();
+    let merged = merge_views(&inputs, opts.nms_iou, usize::MAX)?;
+    let detections: Vec<Detection> = merged
+        .boxes
+        .into_iter()
+        .map(|d| Detection {
+            label: category_name.clone(),
+            ..d
         })
         .collect();
 
@@ -214,7 +195,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
     for v in &views {
         for b in &v.boxes {
             if crate::data::dataset::prompt_name(&b.category) == category_name {
-                seen.insert(b.instance_id.clone(), b.params(TargetFrame::Lidar));
+                seen.insert(b.instance_id.clone(), b.params(Frame::Lidar));
             }
         }
     }
@@ -227,13 +208,13 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         sample_token: views[0].sample_token.clone(),
         ground_truth,
         detections,
-        raw_detections: raw.len(),
+        raw_detections: merged.before_nms,
         detect_seconds,
         outputs: vec![json_path.clone(), png_path.clone()],
     };
     let all_gt: Vec<[f64; 7]> = views
         .iter()
-        .flat_map(|v| v.boxes.iter().map(|b| b.params(TargetFrame::Lidar)))
+        .flat_map(|v| v.boxes.iter().map(|b| b.params(Frame::Lidar)))
         .collect();
     draw_bev(&png_path, &all_gt, &report)?;
     let json = serde_json::to_string_pretty(&report)

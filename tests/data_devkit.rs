@@ -2,101 +2,46 @@
 //! `get_sample_data` returns in every camera (BoxVisibility ALL and ANY) and in the LiDAR frame match those of our
 //! reader and visibility rule to 1e-6.
 //!
-//! The devkit lives in a virtual environment the test creates once (`.venv-peers/devkit`, or `$VLM3D_DEVKIT_VENV`)
-//! under a lock file, so parallel tests and runs share it. If it cannot be installed (no Python, no network) the
-//! test fails with the reason; set `VLM3D_SKIP_PEERS=1` to turn that into a skip on machines without PyPI.
-use std::fs::File;
-use std::path::{Path, PathBuf};
+//! The devkit lives in a virtual environment the test creates once (`.venv-peers/devkit`, see
+//! [`common::PeerVenv`]). If it cannot be installed (no Python, no network) the test fails with the reason; set
+//! `VLM3D_SKIP_PEERS=1` to turn that into a skip on machines without PyPI.
+mod common;
+
+use std::path::Path;
 use std::process::Command;
+
+use common::{repo, run, PeerVenv};
 
 use serde_json::Value;
 use vlm3d::data::nuscenes::NuScenes;
-use vlm3d::data::render::parse_pcd_bin;
+use vlm3d::data::synth::render::parse_pcd_bin;
 use vlm3d::geometry::VisibilityRule;
 
 const VERSION: &str = "v1.0-mini";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_dir() -> PathBuf {
-    std::env::var_os("VLM3D_DEVKIT_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-peers/devkit"))
-}
-
-fn run(cmd: &mut Command) -> Result<std::process::Output, String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        return Err(format!("{cmd:?} failed ({}):\n{tail}", out.status));
-    }
-    Ok(out)
-}
-
-/// Creates (once, under a lock) the venv with nuscenes-devkit and returns its Python.
-fn devkit_python() -> Result<PathBuf, String> {
-    let dir = venv_dir();
-    let parent = dir.parent().ok_or("venv path has no parent")?;
-    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let lock_path = dir.with_extension("lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
-    let python = dir.join("bin/python");
-    let ready = dir.join(".ready");
-    // The marker alone is not trusted: a venv whose packages went missing is rebuilt.
-    let imports = || {
-        run(Command::new(&python).args(["-c", "from nuscenes.nuscenes import NuScenes"])).is_ok()
-    };
-    if ready.is_file() && python.is_file() && imports() {
-        return Ok(python);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    run(Command::new(&base).args(["-m", "venv"]).arg(&dir))?;
-    let pip = |args: &[&str]| {
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet"])
-            .args(args))
-    };
-    if let Err(full) = pip(&["nuscenes-devkit"]) {
-        eprintln!("full install of nuscenes-devkit failed, retrying with --no-deps:\n{full}");
-        pip(&["--no-deps", "nuscenes-devkit"])?;
-        pip(&[
-            "numpy",
-            "pyquaternion",
-            "Pillow",
-            "matplotlib",
-            "shapely",
-            "scipy",
-            "tqdm",
-            "cachetools",
-            "scikit-learn",
-            "opencv-python-headless",
-            "descartes",
-            "fire",
-            "pycocotools",
-            "parameterized",
-        ])?;
-    }
-    run(Command::new(&python).args(["-c", "from nuscenes.nuscenes import NuScenes"]))?;
-    std::fs::write(&ready, b"nuscenes-devkit\n")
-        .map_err(|e| format!("{}: {e}", ready.display()))?;
-    Ok(python)
-}
+/// The devkit's venv. Its declared pins have no wheels for every Python, hence the `--no-deps` fallback with the
+/// packages it imports.
+const DEVKIT: PeerVenv = PeerVenv {
+    name: "devkit",
+    packages: &["nuscenes-devkit"],
+    check: "from nuscenes.nuscenes import NuScenes",
+    no_deps_fallback: Some(&[
+        "numpy",
+        "pyquaternion",
+        "Pillow",
+        "matplotlib",
+        "shapely",
+        "scipy",
+        "tqdm",
+        "cachetools",
+        "scikit-learn",
+        "opencv-python-headless",
+        "descartes",
+        "fire",
+        "pycocotools",
+        "parameterized",
+    ]),
+};
 
 fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
@@ -156,17 +101,8 @@ fn compare(what: &str, devkit: &Value, ours: &[vlm3d::data::nuscenes::AnnotatedB
 
 #[test]
 fn devkit_reads_synth_and_agrees_on_boxes() {
-    let python = match devkit_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("VLM3D_SKIP_PEERS").is_some() => {
-            eprintln!("SKIP devkit peer test (VLM3D_SKIP_PEERS is set): cannot set up nuscenes-devkit: {why}");
-            return;
-        }
-        Err(why) => panic!(
-            "cannot set up the nuscenes-devkit venv at {}: {why}\n(set VLM3D_SKIP_PEERS=1 to skip peer tests where PyPI \
-             is unreachable)",
-            venv_dir().display()
-        ),
+    let Some(python) = DEVKIT.python_or_skip("devkit peer test") else {
+        return;
     };
 
     let data = Path::new(env!("CARGO_TARGET_TMPDIR")).join("data_devkit");

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 
 use nalgebra::{Isometry3, Point3};
 use vlm3d::data::convert::{convert_loaded, convert_nuscenes, ConvertOptions};
-use vlm3d::data::dataset::{Dataset, DatasetConfig, Split, TargetFrame, PAPER_PROMPT};
-use vlm3d::data::msgs::{
+use vlm3d::data::dataset::{Dataset, DatasetConfig, Split, PAPER_PROMPT};
+use vlm3d::geometry::Frame;
+use vlm3d::data::bag::msgs::{
     BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage,
 };
 use vlm3d::data::nuscenes::NuScenes;
-use vlm3d::data::rosbag::BagReader;
+use vlm3d::data::bag::rosbag::BagReader;
 use vlm3d::data::synth::{generate, SynthConfig};
 use vlm3d::geometry::{isometry_from_nuscenes, OrientedBox3D, VisibilityRule};
 
@@ -254,7 +255,7 @@ fn synth_convert_dataset_match_the_tables() {
     assert!(n_boxes > 0);
 
     // The dataset: per sample and camera, boxes visible by the paper's rule, equal to the tables' boxes.
-    for frame in [TargetFrame::Lidar, TargetFrame::Camera] {
+    for frame in [Frame::Lidar, Frame::Camera] {
         let cfg = DatasetConfig {
             target_frame: frame,
             ..Default::default()
@@ -296,7 +297,7 @@ fn synth_convert_dataset_match_the_tables() {
             for (b, (c, l)) in ex.boxes.iter().zip(&expected) {
                 assert_eq!(b.instance_id, c.annotation.instance_token);
                 assert_eq!(b.category, c.category);
-                let want = if frame == TargetFrame::Lidar {
+                let want = if frame == Frame::Lidar {
                     &l.bbox
                 } else {
                     &c.bbox

@@ -2,97 +2,34 @@
 //! registers every type from the definitions embedded in it (they must agree with ROS 2 Jazzy's), lists
 //! every topic with the right type and deserializes every message; what it reads equals what we wrote.
 //!
-//! The venv lives in `target/peer-venv-rosbags` (override: `VLM3D_ROSBAGS_PYTHON=/path/to/python` with
-//! rosbags installed). Creating it needs PyPI.
-use std::path::{Path, PathBuf};
+//! The venv lives in `.venv-peers/rosbags` (see [`common::PeerVenv`]). Creating it needs PyPI; set
+//! `VLM3D_SKIP_PEERS=1` to skip where PyPI is unreachable.
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::PeerVenv;
 use serde_json::Value;
 use vlm3d::data::convert::{convert_loaded, ConvertOptions};
-use vlm3d::data::msgs::{
+use vlm3d::data::bag::msgs::{
     BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage,
 };
 use vlm3d::data::nuscenes::NuScenes;
-use vlm3d::data::rosbag::BagReader;
+use vlm3d::data::bag::rosbag::BagReader;
 use vlm3d::data::synth::{generate, SynthConfig};
 
-fn has_rosbags(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import numpy, rosbags.rosbag2, rosbags.typesys"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A Python with `rosbags`: the shared, idempotent test venv (created on first use, under a lock).
-fn rosbags_python() -> PathBuf {
-    if let Ok(p) = std::env::var("VLM3D_ROSBAGS_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let venv = target.join("peer-venv-rosbags");
-    let python = venv.join("bin").join("python");
-    if has_rosbags(&python) {
-        return python;
-    }
-    std::fs::create_dir_all(&target).unwrap();
-    // A lock directory: other test processes wait while one installs.
-    let lock = target.join("peer-venv-rosbags.lock");
-    let start = std::time::Instant::now();
-    while std::fs::create_dir(&lock).is_err() {
-        assert!(
-            start.elapsed().as_secs() < 600,
-            "stale lock {}",
-            lock.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        if has_rosbags(&python) {
-            return python;
-        }
-    }
-    let result = (|| {
-        if !python.exists() {
-            let ok = Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .status()
-                .ok()?
-                .success();
-            if !ok {
-                return None;
-            }
-        }
-        let ok = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "rosbags",
-                // rosbags' CDR code generator imports numpy; name it so a half-finished install is repaired.
-                "numpy",
-            ])
-            .status()
-            .ok()?
-            .success();
-        ok.then_some(())
-    })();
-    let _ = std::fs::remove_dir(&lock);
-    assert!(
-        result.is_some() && has_rosbags(&python),
-        "could not install rosbags into {}",
-        venv.display()
-    );
-    python
-}
+/// The rosbags venv; its CDR code generator imports numpy, named so a half-finished install is repaired.
+const ROSBAGS: PeerVenv = PeerVenv {
+    name: "rosbags",
+    packages: &["rosbags", "numpy"],
+    check: "import numpy, rosbags.rosbag2, rosbags.typesys",
+    no_deps_fallback: None,
+};
 
 /// Our own reading of the bag, in the JSON shape the peer script prints.
 fn our_messages(bag: &Path) -> Vec<Value> {
-    let stamp = |t: &vlm3d::data::msgs::Time| t.to_nanos();
+    let stamp = |t: &vlm3d::data::bag::msgs::Time| t.to_nanos();
     BagReader::open(bag)
         .unwrap()
         .messages()
@@ -182,7 +119,9 @@ fn same(a: &Value, b: &Value, path: &str) {
 
 #[test]
 fn rosbags_reads_every_message_we_write() {
-    let python = rosbags_python();
+    let Some(python) = ROSBAGS.python_or_skip("rosbags peer test") else {
+        return;
+    };
     let root = std::env::temp_dir().join(format!("vlm3d-rosbags-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let data = root.join("nuscenes");

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use nalgebra::{Point3, Vector3};
-use vlm3d::data::nuscenes::{NuScenes, CAMERA_CHANNELS, LIDAR_CHANNEL};
-use vlm3d::data::render::{parse_pcd_bin, render_camera};
+use vlm3d::data::nuscenes::NuScenes;
+use vlm3d::perception::Rig;
+use vlm3d::data::synth::render::{parse_pcd_bin, render_camera};
 use vlm3d::data::synth::{generate, SynthConfig};
 use vlm3d::geometry::VisibilityRule;
 
@@ -126,7 +127,7 @@ fn tables_are_consistent() {
         for s in &samples {
             let key = n.key_frames(s);
             assert_eq!(key.len(), 7);
-            for ch in CAMERA_CHANNELS.iter().chain([&LIDAR_CHANNEL]) {
+            for ch in Rig::nuscenes().sensors().iter().map(|s| s.channel.as_str()) {
                 let sd = n
                     .key_frame(s, ch)
                     .unwrap()
@@ -237,7 +238,7 @@ fn lidar_points_lie_on_ground_or_box_surfaces() {
     let mut total_box_points = 0i64;
     let mut total_num_lidar = 0i64;
     for s in &n.tables().sample {
-        let sd = n.key_frame(s, LIDAR_CHANNEL).unwrap().unwrap();
+        let sd = n.key_frame(s, &Rig::nuscenes().lidar.channel).unwrap().unwrap();
         let bytes = std::fs::read(n.file_path(sd)).unwrap();
         let pts = parse_pcd_bin(&bytes).expect("5 float32 per point");
         assert!(pts.len() > 10_000, "{} points", pts.len());
@@ -292,7 +293,7 @@ fn lidar_points_lie_on_ground_or_box_surfaces() {
 fn global_ego_lidar_round_trip() {
     let (_, n) = shared();
     for s in &n.tables().sample {
-        let sd = n.key_frame(s, LIDAR_CHANNEL).unwrap().unwrap();
+        let sd = n.key_frame(s, &Rig::nuscenes().lidar.channel).unwrap().unwrap();
         let ego = n.ego_to_global(sd).unwrap();
         let lidar = n.sensor_to_ego(sd).unwrap();
         let pose = n.ego_pose(&sd.ego_pose_token).unwrap();
@@ -344,7 +345,7 @@ fn visible_boxes_show_in_their_images() {
     let (_, n) = shared();
     let (mut all_visible, mut any_visible, mut checked, mut differs) = (0, 0, 0, 0);
     for s in &n.tables().sample {
-        for ch in CAMERA_CHANNELS {
+        for ch in Rig::nuscenes().camera_channels() {
             let sd = n.key_frame(s, ch).unwrap().unwrap();
             let cam = n.camera(sd).unwrap();
             let img = image::open(n.file_path(sd)).unwrap().to_rgb8();
@@ -478,7 +479,7 @@ fn sweeps_are_non_key_frames_chained_in_time() {
         height: 36,
         objects_per_scene: 4,
         sweeps: true,
-        lidar: vlm3d::data::render::LidarSpec {
+        lidar: vlm3d::data::synth::render::LidarSpec {
             azimuth_steps: 120,
             ..Default::default()
         },
@@ -500,7 +501,7 @@ fn sweeps_are_non_key_frames_chained_in_time() {
     }
     assert_eq!(n.key_frames(samples[0]).len(), 7);
     // Each sensor's chain runs key frame → sweeps → key frame, in time order.
-    for ch in CAMERA_CHANNELS.iter().chain([&LIDAR_CHANNEL]) {
+    for ch in Rig::nuscenes().sensors().iter().map(|s| s.channel.as_str()) {
         let mut sd = n.key_frame(samples[0], ch).unwrap().unwrap();
         let mut hops = 0;
         while !sd.next.is_empty() {
@@ -527,7 +528,7 @@ fn interrupted_run_never_reads_as_a_dataset() {
         width: 32,
         height: 18,
         objects_per_scene: 2,
-        lidar: vlm3d::data::render::LidarSpec {
+        lidar: vlm3d::data::synth::render::LidarSpec {
             azimuth_steps: 36,
             ..Default::default()
         },

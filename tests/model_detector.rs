@@ -1,9 +1,9 @@
 //! Detector: the cached image prefix gives the same query states and boxes as one uncached pass, for several
 //! prompts on one frame and for views of mixed sizes; the box head has the paper's shape.
-mod model_common;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
-use model_common::*;
+use common::*;
 use vlm3d::model::box_head::{decode_box, BOX_OUTPUTS, HIDDEN_LAYERS};
 use vlm3d::model::detector::{Detector, DetectorConfig};
 use vlm3d::model::qwen2vl::Pipeline;
@@ -71,9 +71,9 @@ fn cached_prefix_equals_uncached() {
                         "{p:?} vs {q:?}"
                     );
                 }
-                let dyaw = (p.bbox[6] - q.bbox[6] + std::f32::consts::PI)
-                    .rem_euclid(std::f32::consts::TAU)
-                    - std::f32::consts::PI;
+                let dyaw = (p.bbox[6] - q.bbox[6] + std::f64::consts::PI)
+                    .rem_euclid(std::f64::consts::TAU)
+                    - std::f64::consts::PI;
                 assert!(dyaw.abs() <= 1e-3, "{p:?} vs {q:?}");
                 assert!((p.score - q.score).abs() <= 1e-5, "{p:?} vs {q:?}");
             }
@@ -127,9 +127,9 @@ fn head_shapes_and_decoding() {
             && (b.bbox[4] - 2.0).abs() < 1e-5
             && (b.bbox[5] - 3.0).abs() < 1e-5
     );
-    assert!((b.bbox[6] - std::f32::consts::FRAC_PI_2).abs() < 1e-6);
+    assert!((b.bbox[6] - std::f64::consts::FRAC_PI_2).abs() < 1e-6);
     assert!((b.score - 0.5).abs() < 1e-6);
-    assert_eq!(b.query, 3);
+    assert_eq!(b.query, Some(3));
     let all = det.detect(&[image("wide")], "Find the car.").unwrap();
     assert_eq!(all[0].boxes.len(), 16, "threshold 0 keeps every query");
     let strict = detector(1.1)

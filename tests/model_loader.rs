@@ -1,12 +1,12 @@
 //! Checkpoint layouts (flat 4.x and nested 5.x config, both preprocessor shapes, sharded weights, tied LM head),
 //! the resize path of the image processor, and clear errors on bad input.
-mod model_common;
+mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use model_common::*;
+use common::*;
 use vlm3d::model::qwen2vl::preprocess::smart_resize;
 use vlm3d::model::qwen2vl::{Config, Pipeline, PreprocessorConfig, Qwen2VL};
 use vlm3d::Error;
@@ -34,7 +34,7 @@ fn flat_and_nested_configs() {
     assert_eq!(c.vision.hidden_size, 1536);
     assert_eq!(c.image_token_id, 151655);
     assert_eq!(c.eos_token_ids, vec![151645]);
-    let mut bench = vlm3d::model::bench::BenchModel::Qwen2Vl2b.config();
+    let mut bench = vlm3d::bench::forward::BenchModel::Qwen2Vl2b.config();
     bench.eos_token_ids = vec![151645];
     assert_eq!(c, bench, "the bench's 2B dimensions are the published ones");
     let n = Config::from_file(&fixture().join("config.json")).unwrap();

@@ -1,9 +1,9 @@
 //! LoRA: zero-initialized adapters change nothing, merging is exact to 1e-5, PEFT names round-trip, and only
 //! adapter, query and head parameters receive gradients; the fused inference path equals the differentiable one.
-mod model_common;
+mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use model_common::*;
+use common::*;
 use vlm3d::model::detector::Detector;
 use vlm3d::model::lora::LoraConfig;
 use vlm3d::model::qwen2vl::{Pipeline, Qwen2VL};

@@ -8,8 +8,8 @@ use vlm3d::model::qwen2vl::{mrope_positions, Config, GridThw, Pipeline, Processe
 
 const TOL: f32 = 1e-4;
 
-mod model_common;
-use model_common::{fixture, max_abs_diff};
+mod common;
+use common::{fixture, max_abs_diff};
 
 fn reference() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()

@@ -189,35 +189,9 @@ fn bundled_standard_interfaces_match_their_definitions() {
     );
 }
 
-#[derive(Debug, serde::Deserialize)]
-struct RigFile {
-    rig: Rig,
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[allow(dead_code)]
-struct Rig {
-    name: String,
-    lidar_frame: String,
-    base_frame: String,
-    map_frame: String,
-    image_width: u32,
-    image_height: u32,
-    cameras: Vec<Camera>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Camera {
-    channel: String,
-    frame_id: String,
-    image_topic: String,
-    camera_info_topic: String,
-}
-
-fn rig() -> Rig {
-    serde_yaml::from_str::<RigFile>(&read("config/nuscenes_rig.yaml"))
-        .expect("rig YAML")
-        .rig
+/// The rig file, through the library's own loader (the one the node and the generator use).
+fn rig() -> vlm3d::perception::Rig {
+    vlm3d::perception::Rig::load(&root().join("config/nuscenes_rig.yaml")).expect("rig YAML")
 }
 
 #[test]
@@ -269,6 +243,8 @@ fn perception_params_are_ros2_parameter_yaml() {
     }
     let t = params["score_threshold"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&t));
+    // The compiled-in rig is the shipped file.
+    assert_eq!(&rig(), vlm3d::perception::Rig::nuscenes());
     assert_eq!(
         params["output_frame"].as_str(),
         Some(rig().lidar_frame.as_str())
@@ -332,4 +308,63 @@ fn perception_launch_is_consistent() {
             );
         }
     }
+}
+
+fn schema_validator(rel: &str) -> jsonschema::Validator {
+    let schema: serde_json::Value =
+        serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    assert_eq!(
+        schema["$schema"].as_str(),
+        Some("http://json-schema.org/draft-07/schema#"),
+        "{rel}: draft-07"
+    );
+    jsonschema::draft7::new(&schema).unwrap_or_else(|e| panic!("{rel}: not a valid schema: {e}"))
+}
+
+fn yaml_as_json(rel: &str) -> serde_json::Value {
+    serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn perception_params_validate_against_their_schema() {
+    let v = schema_validator("schema/perception_node.schema.json");
+    let params = yaml_as_json("config/perception_node.param.yaml");
+    let errors: Vec<String> = v.iter_errors(&params).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    // The schema is not vacuous: a wrong type, an out-of-range value, an unknown key and a missing key fail.
+    for (key, bad) in [
+        ("score_threshold", serde_json::json!("high")),
+        ("score_threshold", serde_json::json!(1.5)),
+        ("max_boxes", serde_json::json!(0)),
+        ("colour", serde_json::json!("red")),
+    ] {
+        let mut p = params.clone();
+        p["/**"]["ros__parameters"][key] = bad.clone();
+        assert!(!v.is_valid(&p), "{key} = {bad} accepted");
+    }
+    let mut p = params.clone();
+    p["/**"]["ros__parameters"]
+        .as_object_mut()
+        .unwrap()
+        .remove("model_path");
+    assert!(!v.is_valid(&p), "missing model_path accepted");
+    // Every parameter the schema knows has a default that itself validates, and the YAML sets each of them.
+    let props = v_props("schema/perception_node.schema.json");
+    for (k, spec) in &props {
+        assert!(spec.get("default").is_some(), "{k}: no default");
+        assert!(
+            params["/**"]["ros__parameters"].get(k).is_some(),
+            "{k} not in the YAML"
+        );
+    }
+}
+
+fn v_props(rel: &str) -> serde_json::Map<String, serde_json::Value> {
+    let schema: serde_json::Value = serde_json::from_str(&read(rel)).unwrap();
+    let defs = schema["definitions"].as_object().unwrap();
+    assert_eq!(defs.len(), 1, "{rel}: one node per schema");
+    defs.values().next().unwrap()["properties"]
+        .as_object()
+        .unwrap()
+        .clone()
 }

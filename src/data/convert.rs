@@ -1,5 +1,5 @@
 //! nuScenes → rosbag2 (MCAP, CDR) conversion. Topics, frames and the order of messages are described in
-//! [`crate::data::bagschema`]; the defaults follow nuscenes2mcap's names (`/cam_front/image_rect_compressed`,
+//! [`crate::data::bag::bagschema`]; the defaults follow nuscenes2mcap's names (`/cam_front/image_rect_compressed`,
 //! `/cam_front/camera_info`, `/lidar_top`, `/tf`, `/tf_static`, frames = lowercased channels).
 //!
 //! What is converted: the key frames of every sample (six cameras, LIDAR_TOP), the ego pose of each, the
@@ -11,7 +11,7 @@
 //! An existing complete bag is only replaced with `force`.
 //!
 //! Memory: [`convert_nuscenes`] holds the small tables, one scene's records (see
-//! [`crate::data::scene_split`]), that scene's list of (time, record) events and a few messages at a time —
+//! [`crate::data::nuscenes::scene_split`]), that scene's list of (time, record) events and a few messages at a time —
 //! not the dataset.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,18 +19,18 @@ use std::time::Instant;
 
 use indicatif::ProgressBar;
 
-use super::progress::progress_bar;
+use crate::data::progress_bar;
 use nalgebra::Isometry3;
 
-use super::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
-use super::msgs::{
+use super::bag::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
+use super::bag::msgs::{
     BoundingBox3DArrayMsg, BoundingBox3DMsg, CameraInfo, CompressedImage, Header, Point,
     PointCloud2, PointField, Pose, Quaternion, StringMsg, TFMessage, Transform, TransformStamped,
     Vector3,
 };
 use super::nuscenes::{NuScenes, SampleData, Scene};
-use super::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
-use super::scene_split::SceneSplit;
+use super::bag::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
+use super::nuscenes::scene_split::SceneSplit;
 use crate::{Error, Result};
 
 /// Source files read ahead of the writer.
@@ -381,7 +381,7 @@ impl<'o> Session<'o> {
                             )?;
                             topics.lidar.insert(sensor.channel.clone(), id);
                         }
-                        if sensor.channel == "LIDAR_TOP" {
+                        if sensor.channel == crate::perception::Rig::nuscenes().lidar.channel {
                             lidar = Some((
                                 sd,
                                 SensorKeyFrame {

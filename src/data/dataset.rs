@@ -4,7 +4,7 @@
 //! for absent categories of the vocabulary.
 //!
 //! The reader relies on the converter's per-sample index message ([`SampleIndex`], see
-//! [`crate::data::bagschema`]) to regroup a key frame's messages, and buffers only the messages of the
+//! [`crate::data::bag::bagschema`]) to regroup a key frame's messages, and buffers only the messages of the
 //! samples it is assembling (one or two at a time), so memory does not grow with the bag.
 //!
 //! Geometry: the camera → LiDAR transform chains the camera's extrinsics, the ego pose at the image's
@@ -19,27 +19,16 @@ use std::path::PathBuf;
 use nalgebra::{Isometry3, Point3, Translation3, UnitQuaternion};
 use serde::{Deserialize, Serialize};
 
-use super::bagschema::SampleIndex;
-use super::msgs::{
+use super::bag::bagschema::SampleIndex;
+use super::bag::msgs::{
     BoundingBox3DArrayMsg, CameraInfo, CompressedImage, StringMsg, TFMessage, Transform,
 };
-use super::rosbag::{BagReader, Messages, RawMessage};
-use crate::geometry::{OrientedBox3D, PinholeCamera, VisibilityRule};
+use super::bag::rosbag::{BagReader, Messages, RawMessage};
+use crate::geometry::{Frame, OrientedBox3D, PinholeCamera, VisibilityRule};
 use crate::{Error, Result};
 
 /// The paper's prompt template; `{category}` is replaced by the category's prompt name.
 pub const PAPER_PROMPT: &str = "Please detect the {category} in the image and output 3D box center (x, y, z), size (length, width, height), yaw in radians.";
-
-/// The frame boxes are expressed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetFrame {
-    /// The LiDAR frame (the paper's setting): x forward, z up.
-    #[default]
-    Lidar,
-    /// The camera's optical frame: x right, y down, z forward.
-    Camera,
-}
 
 /// Which scenes to yield.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -59,7 +48,7 @@ pub enum Split {
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetConfig {
     /// Frame of the boxes.
-    pub target_frame: TargetFrame,
+    pub target_frame: Frame,
     /// Which boxes a camera sees.
     pub visibility: VisibilityRule,
     /// Prompt template with `{category}`.
@@ -85,7 +74,7 @@ pub struct DatasetConfig {
 impl Default for DatasetConfig {
     fn default() -> Self {
         Self {
-            target_frame: TargetFrame::Lidar,
+            target_frame: Frame::default(),
             visibility: VisibilityRule::AllCorners,
             prompt_template: PAPER_PROMPT.into(),
             vocabulary: Vec::new(),
@@ -93,8 +82,8 @@ impl Default for DatasetConfig {
             max_negatives: None,
             val_fraction: 0.2,
             split: Split::All,
-            sample_topic: super::bagschema::BagLayout::default().sample(),
-            tf_static_topic: super::bagschema::BagLayout::default().tf_static_topic,
+            sample_topic: super::bag::bagschema::BagLayout::default().sample(),
+            tf_static_topic: super::bag::bagschema::BagLayout::default().tf_static_topic,
             keep_empty: true,
         }
     }
@@ -202,12 +191,12 @@ pub struct LabeledBox {
 impl LabeledBox {
     /// The paper's 7-vector [x, y, z, l, w, h, yaw] in `frame`: in the LiDAR frame yaw is about +z; in the
     /// camera frame it is the heading's angle about the camera's up axis (−y), `atan2(h_z, h_x)`.
-    pub fn params(&self, frame: TargetFrame) -> [f64; 7] {
+    pub fn params(&self, frame: Frame) -> [f64; 7] {
         let c = self.oriented.center;
         let [l, w, h] = self.oriented.size;
         let yaw = match frame {
-            TargetFrame::Lidar => self.oriented.yaw(),
-            TargetFrame::Camera => self.oriented.camera_params()[6],
+            Frame::Lidar => self.oriented.yaw(),
+            Frame::Camera => self.oriented.camera_params()[6],
         };
         [c.x, c.y, c.z, l, w, h, yaw]
     }
@@ -244,7 +233,7 @@ pub struct Example {
     /// Maps camera-frame points (at the image's time) into the LiDAR frame (at the key frame's time).
     pub cam_to_lidar: Isometry3<f64>,
     /// Frame of `boxes`.
-    pub frame: TargetFrame,
+    pub frame: Frame,
     /// The boxes the camera sees, in `frame`.
     pub boxes: Vec<LabeledBox>,
     /// Positive prompts (categories present) first, then negative ones.
@@ -514,7 +503,11 @@ impl Dataset {
         };
         // global → lidar at the key frame.
         let global_to_lidar = (ego_l * lidar_ext).inverse();
-        for (channel, kf) in &p.index.cameras {
+        // A sample's views in the rig's camera order (channels the rig does not know last, by name).
+        let rig = crate::perception::Rig::nuscenes();
+        let mut cameras: Vec<_> = p.index.cameras.iter().collect();
+        cameras.sort_by_key(|(ch, _)| (rig.camera_index(ch).unwrap_or(usize::MAX), ch.as_str()));
+        for (channel, kf) in cameras {
             let (Some((jpeg, info)), Some(cam_ext), Some(ego_c)) = (
                 images.remove(channel),
                 self.statics.get(&kf.frame),
@@ -540,8 +533,8 @@ impl Dataset {
                     continue;
                 }
                 let oriented = match self.config.target_frame {
-                    TargetFrame::Lidar => *b,
-                    TargetFrame::Camera => in_cam,
+                    Frame::Lidar => *b,
+                    Frame::Camera => in_cam,
                 };
                 ex_boxes.push(LabeledBox {
                     oriented,

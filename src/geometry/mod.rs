@@ -4,11 +4,13 @@
 //! heading, w across it, h vertical, yaw about +z in radians; quaternions in tables are (w, x, y, z).
 mod box3d;
 mod camera;
+mod frame;
 mod iou;
 mod nms;
 mod transform;
 
 pub use box3d::{Box3D, OrientedBox3D};
+pub use frame::Frame;
 pub use camera::{PinholeCamera, VisibilityRule};
 pub use iou::{bev_intersection_area, bev_iou, iou_3d, iou_3d_with_grad, Iou3dGrad};
 pub use nms::bev_nms;

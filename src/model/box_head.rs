@@ -9,6 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
+use crate::perception::Detection;
 use crate::{Error, Result};
 
 /// Widths of the paper's MLP hidden layers.
@@ -197,17 +198,6 @@ impl DetectionHead {
     }
 }
 
-/// One decoded box: `[x, y, z, l, w, h, yaw]` and a confidence in [0, 1].
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct DecodedBox {
-    /// Index of the box query that produced it (stable across score ties, unlike the output order).
-    pub query: usize,
-    /// Centre, size and yaw.
-    pub bbox: [f32; 7],
-    /// Sigmoid of the confidence logit.
-    pub score: f32,
-}
-
 /// A standard normal draw (Box–Muller).
 fn normal(rng: &mut impl rand::Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]: ln is finite
@@ -215,21 +205,23 @@ fn normal(rng: &mut impl rand::Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Decodes the eight box channels and the logit of query number `query`.
-pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> DecodedBox {
+/// Decodes the eight box channels and the logit of query number `query` into a [`Detection`]:
+/// `[x, y, z, exp(log l), exp(log w), exp(log h), atan2(sin, cos)]` (computed in f32, as the head runs) and the
+/// sigmoid of the logit.
+pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> Detection {
     let size = |v: f32| v.clamp(-10.0, 10.0).exp();
-    DecodedBox {
-        query,
-        bbox: [
-            raw[0],
-            raw[1],
-            raw[2],
-            size(raw[3]),
-            size(raw[4]),
-            size(raw[5]),
-            raw[6].atan2(raw[7]),
-        ],
-        score: 1.0 / (1.0 + (-logit).exp()),
+    let bbox = [
+        raw[0],
+        raw[1],
+        raw[2],
+        size(raw[3]),
+        size(raw[4]),
+        size(raw[5]),
+        raw[6].atan2(raw[7]),
+    ];
+    Detection {
+        query: Some(query),
+        ..Detection::new(bbox.map(f64::from), 1.0 / (1.0 + (-logit).exp()))
     }
 }
 

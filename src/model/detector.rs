@@ -8,21 +8,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::box_head::{decode_box, DecodedBox, DetectionHead, HeadOutput, DEFAULT_QUERIES};
+use super::box_head::{decode_box, DetectionHead, HeadOutput, DEFAULT_QUERIES};
 use super::qwen2vl::{
     chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
 };
+use crate::geometry::Frame;
+use crate::perception::ViewDetections;
 use crate::{Error, Result};
-
-/// Which frame the head's boxes are expressed in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BoxFrame {
-    /// The camera's optical frame (default; the node transforms with the rig extrinsics).
-    Camera,
-    /// The LiDAR frame directly (the paper's setting).
-    Lidar,
-}
 
 /// Detector settings.
 #[derive(Debug, Clone)]
@@ -30,7 +22,7 @@ pub struct DetectorConfig {
     /// Number of box queries.
     pub num_queries: usize,
     /// Frame of the predicted boxes.
-    pub frame: BoxFrame,
+    pub frame: Frame,
     /// Boxes below this confidence are dropped by [`Detector::detect`].
     pub score_threshold: f32,
     /// Seed of a fresh (untrained) head's queries and weights; a loaded `head.safetensors` replaces them.
@@ -41,22 +33,11 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
             num_queries: DEFAULT_QUERIES,
-            frame: BoxFrame::Camera,
+            frame: Frame::Camera,
             score_threshold: 0.5,
             head_seed: 0,
         }
     }
-}
-
-/// Boxes found in one camera view.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ViewDetections {
-    /// Index of the view in the input order.
-    pub view: usize,
-    /// Frame of the boxes.
-    pub frame: BoxFrame,
-    /// Boxes above the threshold, highest score first.
-    pub boxes: Vec<DecodedBox>,
 }
 
 /// A group of views with equal image grids, processed as one decoder batch.
@@ -312,7 +293,7 @@ impl Detector {
             .zip(&logits)
             .enumerate()
             .map(|(view, (b, l))| {
-                let mut found: Vec<DecodedBox> = b
+                let mut found: Vec<crate::perception::Detection> = b
                     .iter()
                     .zip(l)
                     .enumerate()

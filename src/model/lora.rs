@@ -4,6 +4,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
 
+use crate::model::cpu::linear_2d;
 use crate::Result;
 
 /// Names of the attention projections LoRA can target.
@@ -52,18 +53,6 @@ pub struct LoraAdapter {
     pub scale: f64,
     /// Dropout probability applied in training mode.
     pub dropout: f32,
-}
-
-/// Applies a linear layer with all leading dimensions folded into the rows, so a `[batch, seq, in]` input is one
-/// large GEMM instead of `batch` small ones. The GEMM goes through [`crate::model::sgemm::linear_xwt_bias`]
-/// (OpenBLAS on f32 CPU tensors when built with the `openblas` feature).
-pub fn linear_2d(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    let mut dims = x.dims().to_vec();
-    let din = dims.pop().unwrap_or(0);
-    let rows: usize = dims.iter().product();
-    let y = crate::model::sgemm::linear_xwt_bias(&x.reshape((rows, din))?, l.weight(), l.bias())?;
-    dims.push(y.dim(1)?);
-    y.reshape(dims)
 }
 
 /// A frozen linear layer with an optional low-rank adapter.

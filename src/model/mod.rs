@@ -1,9 +1,9 @@
-//! The network: Qwen2-VL in candle ([`qwen2vl`]), LoRA adapters ([`lora`]), the box head ([`box_head`]) and the
-//! images + prompt → boxes [`detector`]; [`bench`] times one forward pass.
-pub mod bench;
+//! The network: Qwen2-VL in candle ([`qwen2vl`]: config, pre-processing, vision tower, text decoder, chat
+//! pipeline, PEFT adapter files), LoRA adapters ([`lora`]), the box queries and [`box_head`], and the
+//! images + prompt → boxes [`detector`]. [`cpu`] holds the CPU kernels the layers run on.
 pub mod box_head;
+pub mod cpu;
 pub mod detector;
-pub mod fused;
+pub mod device;
 pub mod lora;
 pub mod qwen2vl;
-pub mod sgemm;

@@ -1,7 +1,5 @@
-//! Conversions between the package's messages and plain Rust values.
-//!
-//! Boxes are carried as [x, y, z, l, w, h, yaw] in plain fields here; the geometry module's `Box3D` will
-//! convert to and from [`DetectedBox`] once it exists.
+//! Conversions between the package's messages and the library's one detection type
+//! ([`crate::perception::Detection`], grouped per prompt as [`crate::perception::Detections`]).
 use r2r::builtin_interfaces::msg::Time;
 use r2r::geometry_msgs::msg::{Point, Pose, PoseWithCovariance, Quaternion, Vector3};
 use r2r::std_msgs::msg::Header;
@@ -11,39 +9,8 @@ use r2r::vision_msgs::msg::{
 };
 use r2r::vlm3d::msg::{BoundingBox3D, BoundingBox3DArray};
 
+use crate::perception::{Detection, Detections};
 use crate::{Error, Result};
-
-/// One detected object: an oriented box with its label, confidence and the camera that saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DetectedBox {
-    /// Box center (x, y, z) in metres, in the frame of the enclosing [`Detections`].
-    pub center: [f64; 3],
-    /// Length (along the heading), width and height in metres.
-    pub size: [f64; 3],
-    /// Heading: rotation about +z in radians.
-    pub yaw: f64,
-    /// Open-vocabulary class name.
-    pub label: String,
-    /// Confidence in [0, 1].
-    pub score: f32,
-    /// Frame id of the camera that produced the box (empty when unknown).
-    pub camera: String,
-    /// Identifier across messages (empty when not tracked).
-    pub instance_id: String,
-}
-
-/// The boxes one prompt produced for one set of images: what a `BoundingBox3DArray` carries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Detections {
-    /// Stamp of the source images, nanoseconds since the epoch.
-    pub stamp_ns: i64,
-    /// Frame of every box (the LiDAR frame for the perception node).
-    pub frame_id: String,
-    /// The prompt the boxes answer.
-    pub prompt: String,
-    /// The boxes.
-    pub boxes: Vec<DetectedBox>,
-}
 
 /// The quaternion of a rotation by `yaw` radians about +z.
 ///
@@ -87,22 +54,15 @@ pub fn nanos_from_time(t: &Time) -> i64 {
     i64::from(t.sec) * 1_000_000_000 + i64::from(t.nanosec)
 }
 
-impl From<&DetectedBox> for BoundingBox3D {
-    fn from(b: &DetectedBox) -> Self {
+impl From<&Detection> for BoundingBox3D {
+    fn from(b: &Detection) -> Self {
+        let [x, y, z, l, w, h, yaw] = b.bbox;
         BoundingBox3D {
             center: Pose {
-                position: Point {
-                    x: b.center[0],
-                    y: b.center[1],
-                    z: b.center[2],
-                },
-                orientation: yaw_to_quaternion(b.yaw),
+                position: Point { x, y, z },
+                orientation: yaw_to_quaternion(yaw),
             },
-            size: Vector3 {
-                x: b.size[0],
-                y: b.size[1],
-                z: b.size[2],
-            },
+            size: Vector3 { x: l, y: w, z: h },
             label: b.label.clone(),
             score: b.score,
             camera: b.camera.clone(),
@@ -111,7 +71,7 @@ impl From<&DetectedBox> for BoundingBox3D {
     }
 }
 
-impl TryFrom<&BoundingBox3D> for DetectedBox {
+impl TryFrom<&BoundingBox3D> for Detection {
     type Error = Error;
 
     /// Rejects non-finite values, negative sizes and an all-zero orientation quaternion.
@@ -142,14 +102,13 @@ impl TryFrom<&BoundingBox3D> for DetectedBox {
                 "zero orientation quaternion",
             ));
         }
-        Ok(DetectedBox {
-            center,
-            size,
-            yaw: quaternion_to_yaw(q),
+        let [x, y, z] = center;
+        let [l, w, h] = size;
+        Ok(Detection {
             label: m.label.clone(),
-            score: m.score,
             camera: m.camera.clone(),
             instance_id: m.instance_id.clone(),
+            ..Detection::new([x, y, z, l, w, h, quaternion_to_yaw(q)], m.score)
         })
     }
 }
@@ -178,7 +137,7 @@ impl TryFrom<&BoundingBox3DArray> for Detections {
             boxes: m
                 .boxes
                 .iter()
-                .map(DetectedBox::try_from)
+                .map(Detection::try_from)
                 .collect::<Result<_>>()?,
         })
     }
@@ -224,14 +183,11 @@ mod tests {
             stamp_ns: 1_532_402_927_612_460_000,
             frame_id: "lidar_top".into(),
             prompt: "find every car".into(),
-            boxes: vec![DetectedBox {
-                center: [10.5, -3.25, 0.75],
-                size: [4.5, 1.9, 1.6],
-                yaw: 0.7,
+            boxes: vec![Detection {
                 label: "car".into(),
-                score: 0.875,
                 camera: "cam_front".into(),
                 instance_id: "7".into(),
+                ..Detection::new([10.5, -3.25, 0.75, 4.5, 1.9, 1.6, 0.7], 0.875)
             }],
         }
     }
@@ -262,8 +218,8 @@ mod tests {
         let back = Detections::try_from(&m).unwrap();
         assert_eq!(back.prompt, d.prompt);
         assert_eq!(back.stamp_ns, d.stamp_ns);
-        assert!((back.boxes[0].yaw - 0.7).abs() < 1e-12);
-        assert_eq!(back.boxes[0].center, d.boxes[0].center);
+        assert!((back.boxes[0].yaw() - 0.7).abs() < 1e-12);
+        assert_eq!(back.boxes[0].center(), d.boxes[0].center());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! ROS 2 glue (r2r): the only module that imports r2r, compiled with the `ros` feature.
 //!
-//! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from plain Rust values,
-//!   and to the ecosystem's `vision_msgs/Detection3DArray`.
+//! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from the library's
+//!   [`crate::perception::Detections`], and to the ecosystem's `vision_msgs/Detection3DArray`.
 //! * [`wait`]: start-up helpers that wait for discovery to match publishers and subscribers, so that a
 //!   burst of messages right after start is not lost.
 //!
@@ -10,7 +10,6 @@
 pub mod convert;
 pub mod wait;
 
-pub use convert::{DetectedBox, Detections};
 
 impl From<r2r::Error> for crate::Error {
     fn from(e: r2r::Error) -> Self {

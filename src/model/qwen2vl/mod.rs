@@ -1,23 +1,28 @@
 //! Qwen2-VL (vision tower + Qwen2 decoder with M-RoPE) written for candle, loading Hugging Face checkpoint
-//! folders, with the reference's image processor, position rule, chat format and greedy generation.
+//! folders: [`config`] (config.json), [`weights`] (safetensors), [`preprocess`] (the reference's image
+//! processor), [`vision`] and [`text`] (the two towers), this file (the network: position rule, embedding with
+//! image features, forward, greedy generation), [`pipeline`] (tokenizer, chat format, [`Pipeline`]) and
+//! [`adapters`] (PEFT LoRA files).
+pub mod adapters;
 pub mod config;
+pub mod pipeline;
 pub mod preprocess;
 pub mod text;
 pub mod vision;
 pub mod weights;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+pub use adapters::peft_module_name;
 pub use config::{Config, PreprocessorConfig, TextConfig, VisionConfig};
+pub use pipeline::{check_prompt, chat_prefix, chat_suffix, Pipeline, DEFAULT_SYSTEM};
 pub use preprocess::{GridThw, ImageProcessor, ProcessedImages};
 pub use text::{KvCache, TextModel};
 pub use vision::VisionModel;
 
-use crate::model::lora::{LoraAdapter, LoraConfig, LoraLinear};
 use crate::{Error, Result};
 
 /// M-RoPE position ids `[axis][batch][seq]` (axes: temporal, height, width).
@@ -225,18 +230,20 @@ impl Qwen2VL {
 
     /// Logits `[.., vocab]` of hidden states `[.., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(crate::model::lora::linear_2d(&self.lm_head, hidden)?)
+        Ok(crate::model::cpu::linear_2d(&self.lm_head, hidden)?)
     }
 
-    /// One uncached forward pass over a single sequence: returns `(final hidden [1, seq, hidden], positions)`.
-    pub fn forward(
+    /// Embeds one sequence (with its images' features) and runs it through the decoder, filling `cache`: returns
+    /// the final hidden states `[1, seq, hidden]`, the positions and the next free position.
+    fn prefill(
         &self,
         ids: &[u32],
         images: Option<&ProcessedImages>,
-    ) -> Result<(Tensor, [Vec<i64>; 3])> {
+        cache: &mut KvCache,
+    ) -> Result<(Tensor, [Vec<i64>; 3], i64)> {
         let feats = images.map(|im| self.encode_images(im)).transpose()?;
         let grids: &[GridThw] = images.map(|im| im.grids.as_slice()).unwrap_or(&[]);
-        let (pos, _) = mrope_positions(
+        let (pos, next) = mrope_positions(
             ids,
             grids,
             self.config.image_token_id,
@@ -249,9 +256,17 @@ impl Qwen2VL {
             vec![pos[1].clone()],
             vec![pos[2].clone()],
         ];
-        let h = self
-            .text
-            .forward_embeds(&emb, &p, &mut KvCache::new(), false)?;
+        let h = self.text.forward_embeds(&emb, &p, cache, false)?;
+        Ok((h, pos, next))
+    }
+
+    /// One uncached forward pass over a single sequence: returns `(final hidden [1, seq, hidden], positions)`.
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        images: Option<&ProcessedImages>,
+    ) -> Result<(Tensor, [Vec<i64>; 3])> {
+        let (h, pos, _) = self.prefill(ids, images, &mut KvCache::new())?;
         Ok((h, pos))
     }
 
@@ -263,23 +278,8 @@ impl Qwen2VL {
         max_new: usize,
         stop: &[u32],
     ) -> Result<Vec<u32>> {
-        let feats = images.map(|im| self.encode_images(im)).transpose()?;
-        let grids: &[GridThw] = images.map(|im| im.grids.as_slice()).unwrap_or(&[]);
-        let (pos, mut next) = mrope_positions(
-            ids,
-            grids,
-            self.config.image_token_id,
-            self.config.vision.spatial_merge_size,
-            0,
-        )?;
-        let emb = self.embed(ids, feats.as_ref())?.unsqueeze(0)?;
-        let p: Positions = [
-            vec![pos[0].clone()],
-            vec![pos[1].clone()],
-            vec![pos[2].clone()],
-        ];
         let mut cache = KvCache::new();
-        let h = self.text.forward_embeds(&emb, &p, &mut cache, false)?;
+        let (h, _, mut next) = self.prefill(ids, images, &mut cache)?;
         let mut out = Vec::new();
         let mut last = h.narrow(1, h.dim(1)? - 1, 1)?;
         for _ in 0..max_new {
@@ -299,347 +299,4 @@ impl Qwen2VL {
         }
         Ok(out)
     }
-
-    /// Attaches fresh adapters (A uniform in ±1/√in as PEFT's Kaiming init, B zero) to the targeted attention
-    /// projections of every decoder layer; the new variables are returned with their PEFT names.
-    pub fn attach_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>> {
-        let mut vars = Vec::new();
-        let (dev, dt) = (self.device.clone(), self.dtype);
-        for (i, name, proj) in self.lora_targets(&cfg.target_modules)? {
-            let (din, dout) = proj.dims()?;
-            let bound = 1.0 / (din as f64).sqrt();
-            let a =
-                Var::from_tensor(&Tensor::rand(-bound, bound, (cfg.r, din), &dev)?.to_dtype(dt)?)?;
-            let b = Var::from_tensor(&Tensor::zeros((dout, cfg.r), dt, &dev)?)?;
-            let base = peft_module_name(i, &name);
-            vars.push((format!("{base}.lora_A.weight"), a.clone()));
-            vars.push((format!("{base}.lora_B.weight"), b.clone()));
-            proj.adapter = Some(LoraAdapter {
-                a,
-                b,
-                scale: cfg.scale(),
-                dropout: cfg.lora_dropout,
-            });
-        }
-        Ok(vars)
-    }
-
-    fn lora_targets(
-        &mut self,
-        targets: &[String],
-    ) -> Result<Vec<(usize, String, &mut LoraLinear)>> {
-        for t in targets {
-            if !crate::model::lora::ATTENTION_MODULES.contains(&t.as_str()) {
-                return Err(Error::invalid(
-                    "LoRA target",
-                    format!("{t} (supported: q_proj, k_proj, v_proj, o_proj)"),
-                ));
-            }
-        }
-        let mut out = Vec::new();
-        for (i, l) in self.text.layers.iter_mut().enumerate() {
-            let a = &mut l.self_attn;
-            for (name, proj) in [
-                ("q_proj", &mut a.q_proj),
-                ("k_proj", &mut a.k_proj),
-                ("v_proj", &mut a.v_proj),
-                ("o_proj", &mut a.o_proj),
-            ] {
-                if targets.iter().any(|t| t == name) {
-                    out.push((i, name.to_string(), proj));
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The attached (unmerged) adapter tensors under their PEFT names.
-    pub fn lora_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for (i, l) in self.text.layers.iter().enumerate() {
-            let a = &l.self_attn;
-            for (name, proj) in [
-                ("q_proj", &a.q_proj),
-                ("k_proj", &a.k_proj),
-                ("v_proj", &a.v_proj),
-                ("o_proj", &a.o_proj),
-            ] {
-                if let Some(ad) = &proj.adapter {
-                    let base = peft_module_name(i, name);
-                    out.push((format!("{base}.lora_A.weight"), ad.a.as_tensor().clone()));
-                    out.push((format!("{base}.lora_B.weight"), ad.b.as_tensor().clone()));
-                }
-            }
-        }
-        out
-    }
-
-    /// Writes `adapter_model.safetensors` and `adapter_config.json` (PEFT layout) into `dir`.
-    pub fn save_lora(&self, dir: &Path, cfg: &LoraConfig) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let tensors: HashMap<String, Tensor> = self.lora_tensors().into_iter().collect();
-        if tensors.is_empty() {
-            return Err(Error::invalid("LoRA", "no adapters attached"));
-        }
-        let path = dir.join("adapter_model.safetensors");
-        candle_core::safetensors::save(&tensors, &path)?;
-        let json = serde_json::json!({
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "r": cfg.r,
-            "lora_alpha": cfg.lora_alpha,
-            "lora_dropout": cfg.lora_dropout,
-            "target_modules": cfg.target_modules,
-            "bias": "none",
-            "fan_in_fan_out": false,
-        });
-        let cpath = dir.join("adapter_config.json");
-        std::fs::write(
-            &cpath,
-            serde_json::to_string_pretty(&json).unwrap_or_default(),
-        )
-        .map_err(|e| Error::io(&cpath, e))?;
-        Ok(())
-    }
-
-    /// Loads PEFT adapters from `dir` (also accepting 5.x module paths), attaches them as trainable variables and
-    /// returns their config and variables.
-    pub fn load_lora(&mut self, dir: &Path) -> Result<(LoraConfig, Vec<(String, Var)>)> {
-        let cpath = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
-        let cfg: LoraConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&cpath, None, format!("bad adapter config: {e}")))?;
-        if cfg.r == 0 {
-            return Err(Error::format(
-                &cpath,
-                Some("r".into()),
-                "rank must be positive",
-            ));
-        }
-        let path = dir.join("adapter_model.safetensors");
-        let data = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let raw = candle_core::safetensors::load_buffer(&data, &self.device).map_err(|e| {
-            Error::format(&path, None, format!("not a valid safetensors file: {e}"))
-        })?;
-        let raw: HashMap<String, Tensor> = raw
-            .into_iter()
-            .map(|(k, v)| (k.replace("model.language_model.", "model."), v))
-            .collect();
-        let dt = self.dtype;
-        let mut vars = Vec::new();
-        let targets = self.lora_targets(&cfg.target_modules)?;
-        for (i, name, proj) in targets {
-            let base = peft_module_name(i, &name);
-            let (din, dout) = proj.dims()?;
-            let get = |suffix: &str, shape: (usize, usize)| -> Result<Tensor> {
-                let key = format!("{base}.{suffix}");
-                let t = raw
-                    .get(&key)
-                    .ok_or_else(|| Error::format(&path, Some(key.clone()), "missing"))?;
-                if t.dims() != [shape.0, shape.1] {
-                    return Err(Error::format(
-                        &path,
-                        Some(key),
-                        format!("shape {:?}, expected {shape:?}", t.dims()),
-                    ));
-                }
-                Ok(t.to_dtype(dt)?)
-            };
-            let a = Var::from_tensor(&get("lora_A.weight", (cfg.r, din))?)?;
-            let b = Var::from_tensor(&get("lora_B.weight", (dout, cfg.r))?)?;
-            vars.push((format!("{base}.lora_A.weight"), a.clone()));
-            vars.push((format!("{base}.lora_B.weight"), b.clone()));
-            proj.adapter = Some(LoraAdapter {
-                a,
-                b,
-                scale: cfg.scale(),
-                dropout: cfg.lora_dropout,
-            });
-        }
-        Ok((cfg, vars))
-    }
-
-    /// Folds every attached adapter into its base weight (inference).
-    pub fn merge_lora(&mut self) -> Result<()> {
-        for l in &mut self.text.layers {
-            let a = &mut l.self_attn;
-            for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                p.merge()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// PEFT's module name of a decoder attention projection.
-pub fn peft_module_name(layer: usize, proj: &str) -> String {
-    format!("base_model.model.model.layers.{layer}.self_attn.{proj}")
-}
-
-/// The default system message of the official chat template.
-pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
-
-/// Chat text before the user's prompt: system turn, user turn opening and one vision block per image.
-pub fn chat_prefix(n_images: usize) -> String {
-    let mut s = format!("<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n");
-    for _ in 0..n_images {
-        s.push_str("<|vision_start|><|image_pad|><|vision_end|>");
-    }
-    s
-}
-
-/// Chat text from the user's prompt to the assistant turn's opening.
-pub fn chat_suffix(prompt: &str) -> String {
-    format!("{prompt}<|im_end|>\n<|im_start|>assistant\n")
-}
-
-/// A loaded checkpoint: model, tokenizer and image processor.
-pub struct Pipeline {
-    /// The network.
-    pub model: Qwen2VL,
-    /// `tokenizer.json`.
-    pub tokenizer: tokenizers::Tokenizer,
-    /// Image processor from `preprocessor_config.json`.
-    pub processor: ImageProcessor,
-    /// The checkpoint folder.
-    pub dir: PathBuf,
-}
-
-impl Pipeline {
-    /// Loads a checkpoint folder (config.json, safetensors, tokenizer.json, preprocessor_config.json).
-    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = Qwen2VL::load(dir, device, dtype)?;
-        let tpath = dir.join("tokenizer.json");
-        if !tpath.exists() {
-            return Err(Error::format(dir, None, "tokenizer.json missing"));
-        }
-        let tokenizer = tokenizers::Tokenizer::from_file(&tpath)
-            .map_err(|e| Error::format(&tpath, None, format!("cannot read tokenizer: {e}")))?;
-        let ppath = dir.join("preprocessor_config.json");
-        let pcfg = if ppath.exists() {
-            PreprocessorConfig::from_file(&ppath)?
-        } else {
-            PreprocessorConfig::default()
-        };
-        let pipe = Self {
-            model,
-            tokenizer,
-            processor: ImageProcessor::new(pcfg),
-            dir: dir.to_path_buf(),
-        };
-        let img = pipe.token_id("<|image_pad|>")?;
-        if img != pipe.model.config.image_token_id {
-            return Err(Error::format(
-                &tpath,
-                Some("<|image_pad|>".into()),
-                format!(
-                    "id {img} != config image_token_id {}",
-                    pipe.model.config.image_token_id
-                ),
-            ));
-        }
-        Ok(pipe)
-    }
-
-    /// The id of a (special) token.
-    pub fn token_id(&self, tok: &str) -> Result<u32> {
-        self.tokenizer.token_to_id(tok).ok_or_else(|| {
-            Error::format(
-                self.dir.join("tokenizer.json"),
-                Some(tok.into()),
-                "token not in the vocabulary",
-            )
-        })
-    }
-
-    /// Token ids of `text` (special tokens in the text are recognized; nothing is added).
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::invalid("text", format!("tokenizer failed: {e}")))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// Decodes ids to text, skipping special tokens.
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::invalid("ids", format!("tokenizer failed: {e}")))
-    }
-
-    /// Replaces each single `<|image_pad|>` by as many pads as its image has merged tokens.
-    pub fn expand_image_pads(&self, ids: &[u32], grids: &[GridThw]) -> Result<Vec<u32>> {
-        let pad = self.model.config.image_token_id;
-        let m = self.model.config.vision.spatial_merge_size;
-        let mut g = grids.iter();
-        let mut out = Vec::with_capacity(ids.len());
-        for &t in ids {
-            if t == pad {
-                let grid = g.next().ok_or_else(|| {
-                    Error::invalid("prompt", "more image placeholders than images")
-                })?;
-                out.extend(std::iter::repeat_n(pad, grid.merged_tokens(m)));
-            } else {
-                out.push(t);
-            }
-        }
-        if g.next().is_some() {
-            return Err(Error::invalid(
-                "prompt",
-                "fewer image placeholders than images",
-            ));
-        }
-        Ok(out)
-    }
-
-    /// Ids of the full chat for `n` images (already expanded for `grids`) and a prompt.
-    pub fn chat_ids(&self, grids: &[GridThw], prompt: &str) -> Result<Vec<u32>> {
-        check_prompt(prompt)?;
-        let mut ids = self.encode(&chat_prefix(grids.len()))?;
-        ids.extend(self.encode(&chat_suffix(prompt))?);
-        self.expand_image_pads(&ids, grids)
-    }
-
-    /// Stop tokens: the config's EOS ids plus `<|im_end|>` and `<|endoftext|>` when the tokenizer has them.
-    pub fn stop_ids(&self) -> Vec<u32> {
-        let mut s = self.model.config.eos_token_ids.clone();
-        for t in ["<|im_end|>", "<|endoftext|>"] {
-            if let Some(id) = self.tokenizer.token_to_id(t) {
-                s.push(id);
-            }
-        }
-        s
-    }
-
-    /// Greedy answer to a prompt about zero or more images.
-    pub fn generate_text(
-        &self,
-        images: &[image::RgbImage],
-        prompt: &str,
-        max_new: usize,
-    ) -> Result<String> {
-        let processed = if images.is_empty() {
-            None
-        } else {
-            Some(self.processor.process(images, self.model.device())?)
-        };
-        let grids: Vec<GridThw> = processed
-            .as_ref()
-            .map(|p| p.grids.clone())
-            .unwrap_or_default();
-        let ids = self.chat_ids(&grids, prompt)?;
-        let out = self
-            .model
-            .generate(&ids, processed.as_ref(), max_new, &self.stop_ids())?;
-        self.decode(&out)
-    }
-}
-
-/// Rejects an empty or whitespace-only prompt.
-pub fn check_prompt(prompt: &str) -> Result<()> {
-    if prompt.trim().is_empty() {
-        return Err(Error::invalid("prompt", "empty prompt"));
-    }
-    Ok(())
 }

@@ -7,9 +7,10 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use super::config::TextConfig;
 use super::vision::rotate_half;
 use super::weights::{linear, tensor};
-use crate::model::fused::silu_mul;
-use crate::model::lora::{linear_2d, LoraLinear};
-use crate::model::sgemm::{batched_matmul, batched_matmul_bt_scaled};
+use crate::model::cpu::fused::silu_mul;
+use crate::model::cpu::linear_2d;
+use crate::model::lora::LoraLinear;
+use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled};
 use crate::{Error, Result};
 
 /// Key/value tensors of every layer for the tokens seen so far (`[batch, kv_heads, seq, head_dim]`).
@@ -120,7 +121,7 @@ impl Attention {
         let att = if diff {
             candle_nn::ops::softmax(&att, D::Minus1)?
         } else {
-            crate::model::fused::softmax_last_dim(&att)?
+            crate::model::cpu::fused::softmax_last_dim(&att)?
         };
         let o = batched_matmul(&att, &v)?;
         let o = o.transpose(1, 2)?.reshape((b, s, self.n_heads * self.hd))?;

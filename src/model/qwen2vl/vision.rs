@@ -6,9 +6,9 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
-use crate::model::fused::{quick_gelu, segment_attention};
-use crate::model::lora::linear_2d;
-use crate::model::sgemm::linear_xwt;
+use crate::model::cpu::fused::{quick_gelu, segment_attention};
+use crate::model::cpu::linear_2d;
+use crate::model::cpu::sgemm::linear_xwt;
 use crate::{Error, Result};
 
 /// Swaps the two halves of the last dimension, negating the second: `[-x2, x1]`.

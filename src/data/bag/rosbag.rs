@@ -712,7 +712,7 @@ impl Iterator for Messages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::msgs::{Header, StringMsg, TFMessage};
+    use crate::data::bag::msgs::{Header, StringMsg, TFMessage};
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("vlm3d-rosbag-{}-{name}", std::process::id()));

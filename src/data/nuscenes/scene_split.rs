@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 
-use super::progress::progress_bar;
+use crate::data::progress_bar;
 use serde::de::{DeserializeOwned, DeserializeSeed, SeqAccess, Visitor};
 use serde::Deserializer as _;
 
-use super::nuscenes::{
+use super::{
     open_table, read_table, table_path, version_dir, Attribute, CalibratedSensor, Category,
     EgoPose, Instance, Log, Map, NuScenes, Record, Sample, SampleAnnotation, SampleData, Scene,
     Sensor, Tables, Visibility,

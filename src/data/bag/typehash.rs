@@ -1,5 +1,5 @@
 //! ROS 2 type description hashes (`RIHS01_<sha256>`, REP 2011) of the message types in
-//! [`crate::data::msgs`], as rosbag2 Jazzy records them in `metadata.yaml` (`type_description_hash`) and in
+//! [`crate::data::bag::msgs`], as rosbag2 Jazzy records them in `metadata.yaml` (`type_description_hash`) and in
 //! the MCAP channels (`topic_type_hash`).
 //!
 //! The hash is the SHA-256 of a JSON text: `{"type_description": T, "referenced_type_descriptions": [R…]}`

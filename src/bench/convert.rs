@@ -10,9 +10,29 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use super::synth::{generate, SynthConfig};
-use crate::cli::BenchConvertArgs as BenchArgs;
+use crate::data::synth::{generate, SynthConfig};
 use crate::{Error, Result};
+
+/// What `vlm3d bench-convert` runs.
+#[derive(Debug, Clone)]
+pub struct ConvertBenchOptions {
+    /// Sample counts to benchmark; each gets its own synthetic set.
+    pub samples: Vec<usize>,
+    /// Working folder for the synthetic sets (and the bags, unless `bag_dir`).
+    pub work: PathBuf,
+    /// Where the bags are written (e.g. a tmpfs, to time the converters rather than the disk); default `work`.
+    pub bag_dir: Option<PathBuf>,
+    /// Runs per converter and size; the fastest is reported (peak memory: the largest).
+    pub repeat: usize,
+    /// Image width of the synthetic sets.
+    pub width: u32,
+    /// Image height of the synthetic sets.
+    pub height: u32,
+    /// Python with `rosbags` installed, for the side-by-side run (skipped when absent).
+    pub python: PathBuf,
+    /// The rosbags writer script.
+    pub script: PathBuf,
+}
 
 /// Key frames per synthetic scene in the benchmark sets.
 const SAMPLES_PER_SCENE: usize = 20;
@@ -97,7 +117,7 @@ fn row(samples: usize, tool: &'static str, v: &Value) -> Row {
 }
 
 /// Runs the benchmark described by `args` and prints a markdown table.
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &ConvertBenchOptions) -> Result<()> {
     std::fs::create_dir_all(&args.work).map_err(|e| Error::io(&args.work, e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("current_exe", e))?;
     let have_python = args.python.exists() && args.script.exists();

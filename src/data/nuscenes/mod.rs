@@ -5,6 +5,8 @@
 //!
 //! Every failure names the table file and, when known, the record token (`sample_annotation.json (token …):
 //! zero quaternion`); nothing here panics on bad input.
+pub mod scene_split;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -13,19 +15,6 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::geometry::{isometry_from_nuscenes, OrientedBox3D, PinholeCamera};
 use crate::{Error, Result};
-
-/// The six camera channels of the nuScenes rig, in the order the devkit's renderers use.
-pub const CAMERA_CHANNELS: [&str; 6] = [
-    "CAM_FRONT_LEFT",
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_RIGHT",
-];
-
-/// The LiDAR channel.
-pub const LIDAR_CHANNEL: &str = "LIDAR_TOP";
 
 /// A table record: its token and the table (file stem) it lives in.
 pub trait Record: Serialize + DeserializeOwned {

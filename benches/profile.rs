@@ -1,10 +1,11 @@
-//! Where the time goes at real 2B widths (2 vision blocks + 2 decoder layers): run with
-//! `cargo test --no-default-features --test model_profile -- --ignored --nocapture`.
+//! Where the time goes at real 2B widths (2 vision blocks + 2 decoder layers), part by part: run with
+//! `cargo bench --bench profile` (add `--no-default-features --features openblas` where no ROS 2 is sourced).
+//! A profile prints timings; it asserts nothing, so it is a benchmark target, not a test.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use vlm3d::model::bench::{random_weights, BenchModel};
+use vlm3d::bench::forward::{random_weights, BenchModel};
 use vlm3d::model::qwen2vl::{mrope_positions, GridThw, KvCache, Positions, Qwen2VL};
 
 fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -13,8 +14,6 @@ fn secs<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (r, t.elapsed().as_secs_f64())
 }
 
-#[test]
-#[ignore]
 fn profile_2b_widths() {
     let dev = Device::Cpu;
     let mut cfg = BenchModel::Qwen2Vl2b.config();
@@ -75,8 +74,6 @@ fn profile_2b_widths() {
     }
 }
 
-#[test]
-#[ignore]
 fn profile_vision_block_parts() {
     let dev = Device::Cpu;
     let w = |o: usize, i: usize| Tensor::randn(0f32, 0.02, (o, i), &dev).unwrap();
@@ -91,14 +88,14 @@ fn profile_vision_block_parts() {
         1e-6,
     );
     // The model's path: OpenBLAS when built with the `openblas` feature.
-    let lin = |x: &Tensor, w: &Tensor| vlm3d::model::sgemm::linear_xwt(x, w).unwrap();
+    let lin = |x: &Tensor, w: &Tensor| vlm3d::model::cpu::sgemm::linear_xwt(x, w).unwrap();
     for views in [1usize, 6] {
         let n = 576 * views;
         let x = Tensor::randn(0f32, 1.0, (n, 1280), &dev).unwrap();
         let (h, t_ln) = secs(|| candle_nn::Module::forward(&ln, &x).unwrap());
         let (_, t_qkv) = secs(|| lin(&h, &wqkv));
         let (qkv, t_bias) =
-            secs(|| vlm3d::model::sgemm::linear_xwt_bias(&h, &wqkv, Some(&bqkv)).unwrap());
+            secs(|| vlm3d::model::cpu::sgemm::linear_xwt_bias(&h, &wqkv, Some(&bqkv)).unwrap());
         let (q, t_perm) = secs(|| {
             qkv.reshape((n, 3, 16, 80))
                 .unwrap()
@@ -123,21 +120,21 @@ fn profile_vision_block_parts() {
         let segs: Vec<usize> = (0..=views).map(|v| v * 576).collect();
         let best = |f: &dyn Fn() -> Tensor| (0..3).map(|_| secs(f).1).fold(f64::INFINITY, f64::min);
         let t_att_fused =
-            best(&|| vlm3d::model::fused::segment_attention(&qkv, &cs, &cs, &segs, 16).unwrap());
+            best(&|| vlm3d::model::cpu::fused::segment_attention(&qkv, &cs, &cs, &segs, 16).unwrap());
         let t_att_unfused = best(&|| {
-            vlm3d::model::fused::segment_attention_unfused(&qkv, &cs, &cs, &segs, 16).unwrap()
+            vlm3d::model::cpu::fused::segment_attention_unfused(&qkv, &cs, &cs, &segs, 16).unwrap()
         });
         let (mut t_qk, mut t_sm, mut t_av) = (0.0, 0.0, 0.0);
         let mut outs = vec![];
         for v in 0..views {
             let nar = |t: &Tensor| t.narrow(1, v * 576, 576).unwrap();
             let (att, t) = secs(|| {
-                vlm3d::model::sgemm::batched_matmul_bt_scaled(&nar(&qq), &nar(&kk), 0.1).unwrap()
+                vlm3d::model::cpu::sgemm::batched_matmul_bt_scaled(&nar(&qq), &nar(&kk), 0.1).unwrap()
             });
             t_qk += t;
             let (att, t) = secs(|| candle_nn::ops::softmax_last_dim(&att).unwrap());
             t_sm += t;
-            let (o, t) = secs(|| vlm3d::model::sgemm::batched_matmul(&att, &nar(&vv)).unwrap());
+            let (o, t) = secs(|| vlm3d::model::cpu::sgemm::batched_matmul(&att, &nar(&vv)).unwrap());
             t_av += t;
             outs.push(o);
         }
@@ -152,10 +149,10 @@ fn profile_vision_block_parts() {
         let (_, t_proj) = secs(|| lin(&o, &wp));
         let (_, t_fc1) = secs(|| lin(&x, &w1));
         let (h, t_bias1) =
-            secs(|| vlm3d::model::sgemm::linear_xwt_bias(&x, &w1, Some(&b1)).unwrap());
+            secs(|| vlm3d::model::cpu::sgemm::linear_xwt_bias(&x, &w1, Some(&b1)).unwrap());
         let (_, t_gelu_unfused) =
             secs(|| (&h * candle_nn::ops::sigmoid(&(&h * 1.702).unwrap()).unwrap()).unwrap());
-        let (h, t_gelu) = secs(|| vlm3d::model::fused::quick_gelu(&h).unwrap());
+        let (h, t_gelu) = secs(|| vlm3d::model::cpu::fused::quick_gelu(&h).unwrap());
         let (_, t_fc2) = secs(|| lin(&h, &w2));
         println!(
             "views {views}: ln {t_ln:.3} qkv {t_qkv:.3} qkv+bias {t_bias:.3} attention {t_att_fused:.3} (unfused {t_att_unfused:.3}) perm {t_perm:.3} rope {t_rope:.3} residual {t_res:.3} qk {t_qk:.3} softmax {t_sm:.3} \
@@ -165,10 +162,8 @@ fn profile_vision_block_parts() {
     }
 }
 
-#[test]
-#[ignore]
 fn profile_text_layer_parts() {
-    use vlm3d::model::sgemm::{
+    use vlm3d::model::cpu::sgemm::{
         batched_matmul, batched_matmul_bt_scaled, linear_xwt, linear_xwt_bias,
     };
     let dev = Device::Cpu;
@@ -223,7 +218,7 @@ fn profile_text_layer_parts() {
     let t_gate = best(&|| linear_xwt(&x, &wg).unwrap());
     let t_gu = best(&|| linear_xwt(&x, &wgu).unwrap());
     let (g, u) = (linear_xwt(&x, &wg).unwrap(), linear_xwt(&x, &wu).unwrap());
-    let t_act = best(&|| vlm3d::model::fused::silu_mul(&g, &u).unwrap());
+    let t_act = best(&|| vlm3d::model::cpu::fused::silu_mul(&g, &u).unwrap());
     let t_down = best(&|| linear_xwt(&g, &wd).unwrap());
     let t_res = best(&|| (&x + &x).unwrap());
     println!(
@@ -232,4 +227,10 @@ fn profile_text_layer_parts() {
          merge {t_merge:.3} gate/up {t_gate:.3} (both in one {t_gu:.3}) silu·mul {t_act:.3} down {t_down:.3} \
          residual {t_res:.3}"
     );
+}
+
+fn main() {
+    profile_2b_widths();
+    profile_vision_block_parts();
+    profile_text_layer_parts();
 }

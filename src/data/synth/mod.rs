@@ -1,25 +1,28 @@
 //! The synthetic nuScenes-format generator behind `vlm3d synth`: scenes of a moving ego vehicle with a
 //! nuScenes-like rig (six cameras, LIDAR_TOP) in a flat world of boxes of nuScenes categories, written in the
 //! nuScenes v1.0 layout (`<out>/<version>/*.json`, `<out>/samples/CAM_*/*.jpg`,
-//! `<out>/samples/LIDAR_TOP/*.pcd.bin`) that the devkit and [`super::nuscenes::NuScenes`] read.
+//! `<out>/samples/LIDAR_TOP/*.pcd.bin`) that the devkit and [`crate::data::nuscenes::NuScenes`] read.
 //!
 //! Everything is drawn from one seeded ChaCha RNG, so a seed gives identical bytes on every run and machine.
 //! The tables are written last (`scene.json` the very last, and an old one is removed first): an interrupted
 //! run leaves no `scene.json`, which the reader rejects.
-use std::f64::consts::{FRAC_PI_2, PI};
+pub mod render;
+
+use std::f64::consts::PI;
 use std::path::Path;
 
 use nalgebra::{Isometry3, Point3, Translation3, UnitQuaternion, Vector3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::nuscenes::{
+use crate::data::nuscenes::{
     Attribute, CalibratedSensor, Category, EgoPose, Instance, Log, Map, Sample, SampleAnnotation,
     SampleData, Scene, Sensor, Tables, Visibility,
 };
-use super::render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid, Style};
 use crate::geometry::{OrientedBox3D, PinholeCamera};
+use crate::perception::rig::{camera_rotation, lidar_rotation, Intrinsics, Rig};
 use crate::{Error, Result};
+use render::{cast_lidar, pcd_bin, render_camera, Coverage, LidarSpec, Solid, Style};
 
 /// Options of the generator (the `vlm3d synth` flags).
 #[derive(Debug, Clone, PartialEq)]
@@ -319,82 +322,6 @@ const LOCATIONS: [&str; 4] = [
     "singapore-hollandvillage",
 ];
 
-/// One sensor of the rig: channel, pose in the ego frame, and for cameras the intrinsics at 1600×900.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RigSensor {
-    /// nuScenes channel.
-    pub channel: &'static str,
-    /// Position in the ego frame (x forward, y left, z up), metres.
-    pub translation: [f64; 3],
-    /// Heading of the sensor's forward axis about ego +z, radians.
-    pub yaw: f64,
-    /// Focal length and principal point (fx = fy, cx, cy) at 1600×900; `None` for the LiDAR.
-    pub intrinsics: Option<(f64, f64, f64)>,
-}
-
-/// The rig, placed like nuScenes' (values of the same kind as its calibrated_sensor table).
-pub const RIG: [RigSensor; 7] = [
-    RigSensor {
-        channel: "CAM_FRONT",
-        translation: [1.70, 0.016, 1.51],
-        yaw: 0.0,
-        intrinsics: Some((1266.4, 816.3, 491.5)),
-    },
-    RigSensor {
-        channel: "CAM_FRONT_RIGHT",
-        translation: [1.55, -0.493, 1.50],
-        yaw: -55.0 * PI / 180.0,
-        intrinsics: Some((1260.5, 807.9, 495.3)),
-    },
-    RigSensor {
-        channel: "CAM_FRONT_LEFT",
-        translation: [1.52, 0.495, 1.51],
-        yaw: 55.0 * PI / 180.0,
-        intrinsics: Some((1272.6, 826.6, 479.8)),
-    },
-    RigSensor {
-        channel: "CAM_BACK",
-        translation: [0.03, 0.003, 1.58],
-        yaw: PI,
-        intrinsics: Some((809.2, 829.2, 481.8)),
-    },
-    RigSensor {
-        channel: "CAM_BACK_LEFT",
-        translation: [1.04, 0.485, 1.59],
-        yaw: 110.0 * PI / 180.0,
-        intrinsics: Some((1256.7, 817.8, 451.9)),
-    },
-    RigSensor {
-        channel: "CAM_BACK_RIGHT",
-        translation: [1.01, -0.481, 1.56],
-        yaw: -110.0 * PI / 180.0,
-        intrinsics: Some((1259.5, 807.3, 501.2)),
-    },
-    RigSensor {
-        channel: "LIDAR_TOP",
-        translation: [0.943, 0.0, 1.840],
-        yaw: 0.0,
-        intrinsics: None,
-    },
-];
-
-/// The sensor → ego rotation of a camera looking along `yaw` (camera axes x right, y down, z forward), tilted
-/// by small `pitch` and `roll` (radians).
-pub fn camera_rotation(yaw: f64, pitch: f64, roll: f64) -> UnitQuaternion<f64> {
-    // Camera axes in the ego frame for yaw 0: x_c = -y_e, y_c = -z_e, z_c = +x_e.
-    let base = UnitQuaternion::from_quaternion(nalgebra::Quaternion::new(0.5, -0.5, 0.5, -0.5));
-    UnitQuaternion::from_axis_angle(&Vector3::z_axis(), yaw)
-        * UnitQuaternion::from_axis_angle(&Vector3::y_axis(), pitch)
-        * UnitQuaternion::from_axis_angle(&Vector3::x_axis(), roll)
-        * base
-}
-
-/// The sensor → ego rotation of a LiDAR whose forward (+y) axis looks along `yaw_forward` about ego +z
-/// (nuScenes: 0, i.e. the LiDAR frame is the ego frame turned by -90°: x right, y forward, z up).
-pub fn lidar_rotation(yaw_forward: f64) -> UnitQuaternion<f64> {
-    UnitQuaternion::from_axis_angle(&Vector3::z_axis(), yaw_forward - FRAC_PI_2)
-}
-
 fn wxyz(q: &UnitQuaternion<f64>) -> [f64; 4] {
     let q = q.quaternion();
     // Keep w ≥ 0 (nuScenes' convention for its tables) so a rotation has one spelling.
@@ -545,7 +472,7 @@ fn place_objects(rng: &mut ChaCha8Rng, ego: &Track, times: &[f64], n: usize) -> 
     objects
 }
 
-/// Calibration of one sensor for one scene (small per-log jitter around [`RIG`]).
+/// Calibration of one sensor for one scene (small per-log jitter around the rig's nominal mounting).
 struct Calib {
     sensor: usize,
     to_ego: Isometry3<f64>,
@@ -556,7 +483,7 @@ struct Calib {
 fn calibrate(rng: &mut ChaCha8Rng, cfg: &SynthConfig, tokens: &mut Tokens) -> Result<Vec<Calib>> {
     let (sx, sy) = (cfg.width as f64 / 1600.0, cfg.height as f64 / 900.0);
     let mut out = Vec::new();
-    for (i, s) in RIG.iter().enumerate() {
+    for (i, s) in Rig::nuscenes().sensors().iter().enumerate() {
         let mut j = |a: f64| rng.random_range(-a..a);
         let t = Translation3::new(
             s.translation[0] + j(0.02),
@@ -565,7 +492,7 @@ fn calibrate(rng: &mut ChaCha8Rng, cfg: &SynthConfig, tokens: &mut Tokens) -> Re
         );
         let (dyaw, dpitch, droll) = (j(0.01), j(0.01), j(0.005));
         let (rotation, camera) = match s.intrinsics {
-            Some((f, cx, cy)) => {
+            Some(Intrinsics { fx: f, cx, cy }) => {
                 let f = f * (1.0 + j(0.01));
                 let k = [
                     [f * sx, 0.0, cx * sx],
@@ -680,7 +607,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             description: description.into(),
         });
     }
-    for s in &RIG {
+    for s in &Rig::nuscenes().sensors() {
         let modality = if s.intrinsics.is_some() {
             "camera"
         } else {
@@ -688,7 +615,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
         };
         t.sensor.push(Sensor {
             token: tokens.next(),
-            channel: s.channel.into(),
+            channel: s.channel.clone(),
             modality: modality.into(),
         });
     }
@@ -705,7 +632,7 @@ pub fn generate(out: &Path, cfg: &SynthConfig) -> Result<SynthSummary> {
             .map(|c| c.token.clone())
     };
 
-    let bar = super::progress::progress_bar(
+    let bar = crate::data::progress_bar(
         cfg.progress,
         (cfg.scenes * cfg.samples_per_scene) as u64,
         "{spinner} synth [{elapsed_precise}] {wide_bar} {pos}/{len} samples ({per_sec}, eta {eta})",
@@ -1022,7 +949,7 @@ fn capture<'a>(
         points: 0,
     };
     for ((c, _), (img, cov)) in cams.iter().zip(rendered) {
-        let channel = RIG[c.sensor].channel;
+        let channel = &Rig::nuscenes().sensors()[c.sensor].channel;
         let filename = format!("{dir}/{channel}/{logfile}__{channel}__{timestamp}.jpg");
         let path = out.join(&filename);
         let bytes = encode_jpeg(&img, cfg.jpeg_quality, &path)?;
@@ -1034,7 +961,7 @@ fn capture<'a>(
         cap.files.push((c, filename));
     }
     if let (Some(c), Some((points, hits))) = (lidar, lidar_out) {
-        let channel = RIG[c.sensor].channel;
+        let channel = &Rig::nuscenes().sensors()[c.sensor].channel;
         let filename = format!("{dir}/{channel}/{logfile}__{channel}__{timestamp}.pcd.bin");
         write_file(&out.join(&filename), &pcd_bin(&points))?;
         cap.points += points.len();

@@ -1,4 +1,4 @@
-//! The `vlm3d` command line: argument parsing only; each subcommand calls into the library.
+//! Argument parsing of the `vlm3d` binary; each subcommand calls into the library.
 use clap::{Parser, Subcommand};
 
 /// Offline tools of the vlm3d package (convert, synth, generate, detect, eval, bench, demo).
@@ -54,22 +54,17 @@ pub struct ModelArgs {
     /// Weight precision: f32, bf16 or f16 (f32 is the right choice on CPU).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Where the model runs: cpu, cuda or cuda:N (default: the first GPU when built with `cuda` and one is
+    /// present, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 impl ModelArgs {
-    /// The device (the first CUDA GPU when built with `cuda`, else the CPU) and the requested dtype.
+    /// The requested device and dtype (errors name the flag's value).
     pub fn device_dtype(&self) -> anyhow::Result<(candle_core::Device, candle_core::DType)> {
-        let dtype = match self.dtype.as_str() {
-            "f32" => candle_core::DType::F32,
-            "bf16" => candle_core::DType::BF16,
-            "f16" => candle_core::DType::F16,
-            o => anyhow::bail!("unknown --dtype {o} (f32, bf16, f16)"),
-        };
-        let device = if cfg!(feature = "cuda") {
-            candle_core::Device::cuda_if_available(0)?
-        } else {
-            candle_core::Device::Cpu
-        };
+        let dtype = vlm3d::model::device::parse_dtype(&self.dtype)?;
+        let device = vlm3d::model::device::select_device(self.device.as_deref())?;
         Ok((device, dtype))
     }
 }
@@ -128,7 +123,7 @@ pub struct ConvertArgs {
     /// Replace an existing bag.
     #[arg(long)]
     pub force: bool,
-    /// YAML file with topic names and frames (keys of `vlm3d::data::bagschema::BagLayout`).
+    /// YAML file with topic names and frames (keys of `vlm3d::data::bag::bagschema::BagLayout`).
     #[arg(long)]
     pub config: Option<std::path::PathBuf>,
     /// Prefix for every topic except /tf and /tf_static (overrides the config file).
@@ -174,7 +169,7 @@ pub struct BenchConvertArgs {
     #[arg(long, default_value_t = 900)]
     pub height: u32,
     /// Python with `rosbags` installed, for the side-by-side run (skipped when absent).
-    #[arg(long, default_value = "target/peer-venv-rosbags/bin/python")]
+    #[arg(long, default_value = ".venv-peers/rosbags/bin/python")]
     pub python: std::path::PathBuf,
     /// The rosbags writer script.
     #[arg(long, default_value = "scripts/bench_rosbags_write.py")]
@@ -259,20 +254,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Detect(a) => {
-            use crate::model::detector::{Detector, DetectorConfig};
+            use vlm3d::model::detector::{Detector, DetectorConfig};
             let cfg = DetectorConfig {
                 score_threshold: a.score_threshold,
                 head_seed: a.head_seed,
                 ..Default::default()
             };
-            let dev = candle_core::Device::Cpu;
-            let mut det = Detector::load(
-                &a.common.model,
-                a.trained.as_deref(),
-                cfg,
-                &dev,
-                candle_core::DType::F32,
-            )?;
+            let (dev, dtype) = a.common.device_dtype()?;
+            let mut det = Detector::load(&a.common.model, a.trained.as_deref(), cfg, &dev, dtype)?;
             if let Some(mp) = a.common.max_pixels {
                 det.pipeline.processor.config.max_pixels = mp;
             }
@@ -282,7 +271,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(a) => {
-            use crate::model::bench::{run, table, BenchModel};
+            use vlm3d::bench::forward::{run, table, BenchModel};
             let models: Vec<BenchModel> = match a.models.as_str() {
                 "tiny" => vec![BenchModel::Tiny],
                 "2b" => vec![BenchModel::Qwen2Vl2b],
@@ -292,7 +281,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // A bench without OpenBLAS is ≈ 2× slower: say which GEMM ran, so tables are not mixed up.
             eprintln!(
                 "f32 on CPU, matrix products through {}",
-                crate::model::sgemm::backend()
+                vlm3d::model::cpu::sgemm::backend()
             );
             let views = a
                 .views
@@ -319,13 +308,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConvertNuscenes(args) => run_convert(args),
-        Command::BenchConvert(args) => Ok(crate::data::bench::run(&args)?),
+        Command::BenchConvert(a) => Ok(vlm3d::bench::convert::run(
+            &vlm3d::bench::convert::ConvertBenchOptions {
+                samples: a.samples,
+                work: a.work,
+                bag_dir: a.bag_dir,
+                repeat: a.repeat,
+                width: a.width,
+                height: a.height,
+                python: a.python,
+                script: a.script,
+            },
+        )?),
         Command::Demo(a) => {
-            let mut opts = crate::demo::DemoOptions::new(&a.out);
+            let mut opts = vlm3d::demo::DemoOptions::new(&a.out);
             if let Some(m) = a.model {
                 opts.model = m;
             }
-            let r = crate::demo::run_demo(&opts)?;
+            let r = vlm3d::demo::run_demo(&opts)?;
             println!("prompt: {}", r.prompt);
             println!(
                 "sample {}: {} ground-truth boxes of that category in view; {} boxes from 6 views, {} after BEV NMS; detector {:.2} s",
@@ -342,7 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     d.camera, d.score, b[0], b[1], b[2], b[3], b[4], b[5], b[6]
                 );
             }
-            if opts.model == crate::demo::default_model_dir() {
+            if opts.model == vlm3d::demo::default_model_dir() {
                 println!("(the demo model is a tiny random-weight Qwen2-VL with an untrained head: boxes are not meaningful)");
             }
             for p in &r.outputs {
@@ -351,7 +351,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Synth(a) => {
-            let cfg = crate::data::synth::SynthConfig {
+            let cfg = vlm3d::data::synth::SynthConfig {
                 scenes: a.scenes,
                 seed: a.seed,
                 width: a.width,
@@ -365,7 +365,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let start = std::time::Instant::now();
             let s =
-                anyhow::Context::with_context(crate::data::synth::generate(&a.out, &cfg), || {
+                anyhow::Context::with_context(vlm3d::data::synth::generate(&a.out, &cfg), || {
                     format!("vlm3d synth into {}", a.out.display())
                 })?;
             println!(
@@ -383,12 +383,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load_pipeline(a: &ModelArgs) -> anyhow::Result<crate::model::qwen2vl::Pipeline> {
-    let mut pipe = crate::model::qwen2vl::Pipeline::load(
-        &a.model,
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )?;
+fn load_pipeline(a: &ModelArgs) -> anyhow::Result<vlm3d::model::qwen2vl::Pipeline> {
+    let (dev, dtype) = a.device_dtype()?;
+    let mut pipe = vlm3d::model::qwen2vl::Pipeline::load(&a.model, &dev, dtype)?;
     if let Some(mp) = a.max_pixels {
         pipe.processor.config.max_pixels = mp;
     }
@@ -406,35 +403,8 @@ fn read_images(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<image::RgbIma
         .collect()
 }
 
-/// Peak resident memory of this process (VmHWM), kB; 0 where /proc is unavailable.
-pub fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system) of this process so far, seconds, from /proc/self/stat (100 ticks/s); 0 where
-/// /proc is unavailable.
-pub fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name (which is in parentheses and may hold spaces).
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-            Some(ticks as f64 / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
 fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
-    use crate::data::bagschema::BagLayout;
+    use vlm3d::data::bag::bagschema::BagLayout;
     use anyhow::Context;
     let mut layout = match &args.config {
         Some(p) => {
@@ -451,7 +421,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     if let Some(t) = args.annotations_topic {
         layout.annotations_topic = t;
     }
-    let mut opts = crate::data::convert::ConvertOptions::new(&args.out);
+    let mut opts = vlm3d::data::convert::ConvertOptions::new(&args.out);
     opts.lidar = !args.no_lidar;
     opts.force = args.force;
     opts.layout = layout;
@@ -459,10 +429,10 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     opts.progress = !args.no_progress;
     opts.max_scenes = args.max_scenes;
     let started = std::time::Instant::now();
-    let mut r = crate::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
+    let mut r = vlm3d::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
     // Include loading the tables, as the rosbags baseline does.
     r.seconds = started.elapsed().as_secs_f64();
-    let peak = peak_rss_kb();
+    let peak = vlm3d::bench::proc::peak_rss_kb();
     eprintln!(
         "wrote {}: {} scenes, {} samples, {} messages, {} annotations, {:.1} MB in {:.2} s ({:.1} samples/s, {:.1} MB/s), peak RSS {} MB",
         args.out.display(),
@@ -474,7 +444,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         r.seconds,
         r.samples as f64 / r.seconds.max(1e-9),
         r.bag_bytes as f64 / 1e6 / r.seconds.max(1e-9),
-        peak / 1024
+        peak.map_or_else(|| "?".into(), |kb| (kb / 1024).to_string())
     );
     for (topic, ty, n) in &r.topics {
         eprintln!("  {topic:<40} {ty:<36} {n}");
@@ -483,7 +453,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         let j = serde_json::json!({
             "scenes": r.scenes, "samples": r.samples, "messages": r.messages,
             "annotations": r.annotations, "bag_bytes": r.bag_bytes, "source_bytes": r.source_bytes,
-            "seconds": r.seconds, "cpu_seconds": cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
+            "seconds": r.seconds, "cpu_seconds": vlm3d::bench::proc::cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
         });
         std::fs::write(&p, j.to_string()).with_context(|| format!("writing {}", p.display()))?;
     }

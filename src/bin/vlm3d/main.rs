@@ -1,0 +1,11 @@
+//! The `vlm3d` command line: offline tools of the package. Argument parsing lives here (`cli.rs`); every
+//! subcommand calls into the library, and `anyhow` stays at this edge.
+use clap::Parser;
+
+mod cli;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    cli::init_logging(&cli.log);
+    cli::run(cli)
+}

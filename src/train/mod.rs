@@ -1,1 +1,0 @@
-//! See the house plan (DESIGN.md) for what this module owns.

@@ -1,0 +1,160 @@
+//! Helpers shared by the integration tests: the committed tiny checkpoint and its images, scratch folders,
+//! tensor comparisons, running commands, and the Python peers' virtual environments.
+#![allow(dead_code)]
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::Tensor;
+
+/// The committed tiny Qwen2-VL checkpoint.
+pub fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2vl_tiny")
+}
+
+/// A fresh scratch folder under the system temp dir.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vlm3d-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Copies the fixture checkpoint files (not the reference dumps) into `dst`.
+pub fn copy_checkpoint(dst: &Path) {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixture().join(f), dst.join(f)).unwrap();
+    }
+}
+
+/// Largest absolute value of a tensor.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// max |a - b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    max_abs(&(a - b).unwrap())
+}
+
+/// A fixture image by name.
+pub fn image(name: &str) -> image::RgbImage {
+    image::open(fixture().join("images").join(format!("{name}.png")))
+        .unwrap()
+        .to_rgb8()
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command; on failure the error holds the command, its status and the last 15 lines of its stderr.
+pub fn run(cmd: &mut Command) -> Result<Output, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        return Err(format!("{cmd:?} failed ({}):\n{tail}", out.status));
+    }
+    Ok(out)
+}
+
+/// A Python virtual environment for a peer test: what to install and how to tell it works.
+pub struct PeerVenv<'a> {
+    /// Folder name under `.venv-peers/` (or `$VLM3D_PEER_VENVS`).
+    pub name: &'a str,
+    /// `pip install` arguments.
+    pub packages: &'a [&'a str],
+    /// Python code that must run for the venv to count as ready (e.g. an import).
+    pub check: &'a str,
+    /// When the full install fails: install `packages` with `--no-deps`, then these (a package whose declared
+    /// pins have no wheel for this Python, installed with the dependencies it really needs).
+    pub no_deps_fallback: Option<&'a [&'a str]>,
+}
+
+/// Where the peers' venvs live: `$VLM3D_PEER_VENVS`, else `.venv-peers/` in the repository.
+pub fn peer_venvs_dir() -> PathBuf {
+    std::env::var_os("VLM3D_PEER_VENVS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-peers"))
+}
+
+impl PeerVenv<'_> {
+    /// The venv's folder.
+    pub fn dir(&self) -> PathBuf {
+        peer_venvs_dir().join(self.name)
+    }
+
+    /// Creates the venv once (under a file lock, so parallel tests and runs share it) and returns its Python.
+    /// A venv whose check fails is rebuilt: a marker file alone is not trusted.
+    pub fn python(&self) -> Result<PathBuf, String> {
+        let dir = self.dir();
+        let parent = dir.parent().ok_or("venv path has no parent")?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        let lock_path = dir.with_extension("lock");
+        let lock =
+            File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        let python = dir.join("bin/python");
+        let works = || run(Command::new(&python).args(["-c", self.check])).is_ok();
+        if python.is_file() && works() {
+            return Ok(python);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(&base).args(["-m", "venv"]).arg(&dir))?;
+        let pip = |args: &[&str]| {
+            run(Command::new(&python)
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args(args))
+        };
+        if let Err(full) = pip(self.packages) {
+            let Some(deps) = self.no_deps_fallback else {
+                return Err(full);
+            };
+            eprintln!("full install of {:?} failed, retrying with --no-deps:\n{full}", self.packages);
+            let mut args = vec!["--no-deps"];
+            args.extend(self.packages);
+            pip(&args)?;
+            pip(deps)?;
+        }
+        run(Command::new(&python).args(["-c", self.check]))?;
+        Ok(python)
+    }
+
+    /// [`PeerVenv::python`], or `None` with a printed SKIP line when it cannot be set up and
+    /// `VLM3D_SKIP_PEERS` is set (machines without PyPI); without that variable a failure panics with the reason.
+    pub fn python_or_skip(&self, test: &str) -> Option<PathBuf> {
+        match self.python() {
+            Ok(p) => Some(p),
+            Err(why) if std::env::var_os("VLM3D_SKIP_PEERS").is_some() => {
+                eprintln!("SKIP {test} (VLM3D_SKIP_PEERS is set): cannot set up the {} venv: {why}", self.name);
+                None
+            }
+            Err(why) => panic!(
+                "cannot set up the {} venv at {}: {why}\n(set VLM3D_SKIP_PEERS=1 to skip peer tests where PyPI is \
+                 unreachable)",
+                self.name,
+                self.dir().display()
+            ),
+        }
+    }
+}
