@@ -119,8 +119,9 @@ fn profile_vision_block_parts() {
         // The whole attention (rotary, scores, softmax, values), fused against candle's ops; best of 3.
         let segs: Vec<usize> = (0..=views).map(|v| v * 576).collect();
         let best = |f: &dyn Fn() -> Tensor| (0..3).map(|_| secs(f).1).fold(f64::INFINITY, f64::min);
-        let t_att_fused =
-            best(&|| vlm3d::model::cpu::fused::segment_attention(&qkv, &cs, &cs, &segs, 16).unwrap());
+        let t_att_fused = best(&|| {
+            vlm3d::model::cpu::fused::segment_attention(&qkv, &cs, &cs, &segs, 16).unwrap()
+        });
         let t_att_unfused = best(&|| {
             vlm3d::model::cpu::fused::segment_attention_unfused(&qkv, &cs, &cs, &segs, 16).unwrap()
         });
@@ -129,12 +130,14 @@ fn profile_vision_block_parts() {
         for v in 0..views {
             let nar = |t: &Tensor| t.narrow(1, v * 576, 576).unwrap();
             let (att, t) = secs(|| {
-                vlm3d::model::cpu::sgemm::batched_matmul_bt_scaled(&nar(&qq), &nar(&kk), 0.1).unwrap()
+                vlm3d::model::cpu::sgemm::batched_matmul_bt_scaled(&nar(&qq), &nar(&kk), 0.1)
+                    .unwrap()
             });
             t_qk += t;
             let (att, t) = secs(|| candle_nn::ops::softmax_last_dim(&att).unwrap());
             t_sm += t;
-            let (o, t) = secs(|| vlm3d::model::cpu::sgemm::batched_matmul(&att, &nar(&vv)).unwrap());
+            let (o, t) =
+                secs(|| vlm3d::model::cpu::sgemm::batched_matmul(&att, &nar(&vv)).unwrap());
             t_av += t;
             outs.push(o);
         }

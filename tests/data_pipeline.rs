@@ -4,15 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use nalgebra::{Isometry3, Point3};
-use vlm3d::data::convert::{convert_loaded, convert_nuscenes, ConvertOptions};
-use vlm3d::data::dataset::{Dataset, DatasetConfig, Split, PAPER_PROMPT};
-use vlm3d::geometry::Frame;
 use vlm3d::data::bag::msgs::{
     BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage,
 };
-use vlm3d::data::nuscenes::NuScenes;
 use vlm3d::data::bag::rosbag::BagReader;
+use vlm3d::data::convert::{convert_loaded, convert_nuscenes, ConvertOptions};
+use vlm3d::data::dataset::{Dataset, DatasetConfig, Split, PAPER_PROMPT};
+use vlm3d::data::nuscenes::NuScenes;
 use vlm3d::data::synth::{generate, SynthConfig};
+use vlm3d::geometry::Frame;
 use vlm3d::geometry::{isometry_from_nuscenes, OrientedBox3D, VisibilityRule};
 
 const VERSION: &str = "v1.0-mini";

@@ -11,12 +11,12 @@ use std::process::Command;
 
 use common::PeerVenv;
 use serde_json::Value;
-use vlm3d::data::convert::{convert_loaded, ConvertOptions};
 use vlm3d::data::bag::msgs::{
     BoundingBox3DArrayMsg, CameraInfo, CompressedImage, PointCloud2, StringMsg, TFMessage,
 };
-use vlm3d::data::nuscenes::NuScenes;
 use vlm3d::data::bag::rosbag::BagReader;
+use vlm3d::data::convert::{convert_loaded, ConvertOptions};
+use vlm3d::data::nuscenes::NuScenes;
 use vlm3d::data::synth::{generate, SynthConfig};
 
 /// The rosbags venv; its CDR code generator imports numpy, named so a half-finished install is repaired.

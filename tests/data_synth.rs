@@ -6,10 +6,10 @@ use std::sync::OnceLock;
 
 use nalgebra::{Point3, Vector3};
 use vlm3d::data::nuscenes::NuScenes;
-use vlm3d::perception::Rig;
 use vlm3d::data::synth::render::{parse_pcd_bin, render_camera};
 use vlm3d::data::synth::{generate, SynthConfig};
 use vlm3d::geometry::VisibilityRule;
+use vlm3d::perception::Rig;
 
 const VERSION: &str = "v1.0-mini";
 
@@ -238,7 +238,10 @@ fn lidar_points_lie_on_ground_or_box_surfaces() {
     let mut total_box_points = 0i64;
     let mut total_num_lidar = 0i64;
     for s in &n.tables().sample {
-        let sd = n.key_frame(s, &Rig::nuscenes().lidar.channel).unwrap().unwrap();
+        let sd = n
+            .key_frame(s, &Rig::nuscenes().lidar.channel)
+            .unwrap()
+            .unwrap();
         let bytes = std::fs::read(n.file_path(sd)).unwrap();
         let pts = parse_pcd_bin(&bytes).expect("5 float32 per point");
         assert!(pts.len() > 10_000, "{} points", pts.len());
@@ -293,7 +296,10 @@ fn lidar_points_lie_on_ground_or_box_surfaces() {
 fn global_ego_lidar_round_trip() {
     let (_, n) = shared();
     for s in &n.tables().sample {
-        let sd = n.key_frame(s, &Rig::nuscenes().lidar.channel).unwrap().unwrap();
+        let sd = n
+            .key_frame(s, &Rig::nuscenes().lidar.channel)
+            .unwrap()
+            .unwrap();
         let ego = n.ego_to_global(sd).unwrap();
         let lidar = n.sensor_to_ego(sd).unwrap();
         let pose = n.ego_pose(&sd.ego_pose_token).unwrap();

@@ -52,81 +52,215 @@ fn resolve(path: &[String]) -> Option<PathBuf> {
     })
 }
 
-/// The code a file depends on: comments, re-exports (`pub use`), module declarations and inline test modules
-/// removed, since a parent re-exporting its child or a test using its file are not dependencies.
-fn dependency_text(text: &str) -> String {
+/// Comments and inline test modules removed: a test using its own file is not a dependency.
+fn code_of(text: &str) -> String {
     let body = match text.find("#[cfg(test)]\nmod tests") {
         Some(i) => &text[..i],
         None => text,
     };
-    let mut out = String::new();
-    let mut in_reexport = false;
-    for line in body.lines() {
-        let code = line.split("//").next().unwrap_or("");
-        let t = code.trim_start();
-        if t.starts_with("pub use") || t.starts_with("pub(crate) use") {
-            in_reexport = !t.contains(';');
-            continue;
+    body.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Expands a use tree (`a::{b, c::{d, e}}`, whitespace removed) into full paths.
+fn expand(tree: &str) -> Vec<String> {
+    let Some(open) = tree.find('{') else {
+        return vec![tree.trim_end_matches("::").to_string()];
+    };
+    let prefix = &tree[..open];
+    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+    let mut parts = Vec::new();
+    let (mut depth, mut last) = (0, 0);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&inner[last..i]);
+                last = i + 1;
+            }
+            _ => {}
         }
-        if in_reexport {
-            in_reexport = !t.contains(';');
-            continue;
-        }
-        if t.starts_with("mod ") || t.starts_with("pub mod ") {
-            continue;
-        }
-        out.push_str(code);
-        out.push('\n');
     }
+    parts.push(&inner[last..]);
+    parts
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| {
+            let p = p.split(" as ").next().unwrap_or(p);
+            if p == "self" {
+                vec![prefix.trim_end_matches("::").to_string()]
+            } else {
+                expand(&format!("{prefix}{p}"))
+            }
+        })
+        .collect()
+}
+
+/// `use` statements (re-exports with `reexports`, others without) and inline paths of a file's code, as full
+/// `crate::`/`super::`/`self::` paths.
+fn paths_in(code: &str, reexports: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = code.to_string();
+    // `use` statements, possibly over several lines.
+    for kw in ["pub(crate) use ", "pub use ", "use "] {
+        let mut kept = String::new();
+        let mut s = rest.as_str();
+        while let Some(i) = s.find(kw) {
+            let boundary = i == 0
+                || !s.as_bytes()[i - 1].is_ascii_alphanumeric() && s.as_bytes()[i - 1] != b'(';
+            let end = s[i..].find(';').map(|e| i + e).unwrap_or(s.len());
+            kept.push_str(&s[..i]);
+            if boundary {
+                let is_reexport = kw != "use ";
+                let tree: String = s[i + kw.len()..end]
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                if is_reexport == reexports {
+                    out.extend(expand(&tree));
+                }
+            } else {
+                kept.push_str(&s[i..end]);
+            }
+            s = &s[end..];
+        }
+        kept.push_str(s);
+        rest = kept;
+    }
+    if !reexports {
+        let bytes = rest.as_bytes();
+        for start in ["crate::", "super::", "self::"] {
+            for (i, _) in rest.match_indices(start) {
+                if i > 0
+                    && (bytes[i - 1].is_ascii_alphanumeric()
+                        || bytes[i - 1] == b'_'
+                        || bytes[i - 1] == b':')
+                {
+                    continue;
+                }
+                out.push(
+                    rest[i..]
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+                        .collect::<String>()
+                        .trim_end_matches(':')
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out.retain(|p| p.starts_with("crate::") || p.starts_with("super::") || p.starts_with("self::"));
     out
 }
 
-/// File → files it refers to through `crate::…`, `super::…` or `self::…` paths.
-fn file_graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
-    let mut graph = BTreeMap::new();
-    for f in rust_files(&src()) {
-        if f.starts_with(src().join("bin")) {
-            continue;
+/// A `crate::`/`super::`/`self::` path seen from the module `here`, as a module path from the crate root.
+fn absolute(path: &str, here: &[String]) -> Vec<String> {
+    let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+    let mut base: Vec<String> = match segs[0] {
+        "crate" => Vec::new(),
+        // `super` is the parent module, for `mod.rs` files (whose path names their folder) and others alike.
+        "super" => here[..here.len().saturating_sub(1)].to_vec(),
+        _ => here.to_vec(),
+    };
+    base.extend(segs[1..].iter().map(|s| s.to_string()));
+    base
+}
+
+/// The file behind a path, following a module's re-exports (`pub use sub::Item`) to the file that defines the
+/// item, so that importing through a `mod.rs` counts as importing the file that holds the code.
+fn resolve_item(
+    path: &[String],
+    reexports: &BTreeMap<PathBuf, BTreeMap<String, Vec<String>>>,
+    depth: usize,
+) -> Option<PathBuf> {
+    let file = resolve(path)?;
+    if depth < 8 {
+        let n = module_path(&file).len();
+        if let (Some(item), Some(map)) = (path.get(n), reexports.get(&file)) {
+            if let Some(target) = map.get(item) {
+                let mut t = target.clone();
+                t.extend(path[n + 1..].iter().cloned());
+                return resolve_item(&t, reexports, depth + 1).or(Some(file));
+            }
         }
-        let text = dependency_text(&std::fs::read_to_string(&f).unwrap());
-        let here = module_path(&f);
-        let mut deps = BTreeSet::new();
-        let bytes = text.as_bytes();
-        for start in ["crate::", "super::", "self::"] {
-            for (i, _) in text.match_indices(start) {
-                if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+    }
+    Some(file)
+}
+
+/// File → files it refers to through `crate::…`, `super::…` or `self::…` paths (re-exports followed, not counted
+/// as dependencies of the re-exporting module).
+fn file_graph() -> BTreeMap<PathBuf, BTreeSet<PathBuf>> {
+    let files: Vec<PathBuf> = rust_files(&src())
+        .into_iter()
+        .filter(|f| !f.starts_with(src().join("bin")))
+        .collect();
+    let codes: BTreeMap<PathBuf, String> = files
+        .iter()
+        .map(|f| (f.clone(), code_of(&std::fs::read_to_string(f).unwrap())))
+        .collect();
+    let mut reexports: BTreeMap<PathBuf, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for (f, code) in &codes {
+        let here = module_path(f);
+        for p in paths_in(code, true) {
+            let abs = absolute(&p, &here);
+            if let Some(name) = abs.last() {
+                reexports
+                    .entry(f.clone())
+                    .or_default()
+                    .insert(name.clone(), abs.clone());
+            }
+        }
+        // `pub use sub::Item` without crate/super/self names a child module.
+        for line in code.lines() {
+            let t = line.trim_start();
+            if let Some(tree) = t
+                .strip_prefix("pub use ")
+                .or_else(|| t.strip_prefix("pub(crate) use "))
+            {
+                let tree: String = tree
+                    .chars()
+                    .filter(|c| !c.is_whitespace() && *c != ';')
+                    .collect();
+                if tree.starts_with("crate::")
+                    || tree.starts_with("super::")
+                    || tree.starts_with("self::")
+                {
                     continue;
                 }
-                let path_text: String = text[i..]
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                    .collect();
-                let segs: Vec<String> = path_text
-                    .split("::")
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                let mut base: Vec<String> = match segs[0].as_str() {
-                    "crate" => Vec::new(),
-                    // `super` is the parent module, for `mod.rs` files (whose path names their folder) and others alike.
-                    "super" => here[..here.len().saturating_sub(1)].to_vec(),
-                    _ => here.clone(),
-                };
-                base.extend(segs[1..].iter().cloned());
-                if let Some(target) = resolve(&base) {
-                    if target != f {
-                        deps.insert(target);
+                for p in expand(&tree) {
+                    let mut abs = here.clone();
+                    abs.extend(p.split("::").map(String::from));
+                    if let Some(name) = abs.last() {
+                        reexports
+                            .entry(f.clone())
+                            .or_default()
+                            .insert(name.clone(), abs.clone());
                     }
                 }
             }
         }
-        graph.insert(f, deps);
+    }
+    let mut graph = BTreeMap::new();
+    for (f, code) in &codes {
+        let here = module_path(f);
+        let deps: BTreeSet<PathBuf> = paths_in(code, false)
+            .iter()
+            .filter_map(|p| resolve_item(&absolute(p, &here), &reexports, 0))
+            .filter(|t| t != f)
+            .collect();
+        graph.insert(f.clone(), deps);
     }
     graph
 }
 
 fn top_module(f: &Path) -> String {
-    module_path(f).first().cloned().unwrap_or_else(|| "lib".into())
+    module_path(f)
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "lib".into())
 }
 
 #[test]
@@ -165,7 +299,11 @@ fn library_modules_depend_downwards_only() {
             }
         }
     }
-    assert!(bad.is_empty(), "upward or sideways imports:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "upward or sideways imports:\n{}",
+        bad.join("\n")
+    );
     // The graph is not empty by accident: known edges are found.
     let dep = |a: &str, b: &str| graph[&src().join(a)].contains(&src().join(b));
     assert!(dep("model/detector.rs", "model/box_head.rs"));
@@ -257,7 +395,10 @@ fn the_camera_order_is_written_once() {
         })
         .map(|f| f.display().to_string())
         .collect();
-    assert!(holders.len() <= 1, "camera order spelled out in {holders:?}");
+    assert!(
+        holders.len() <= 1,
+        "camera order spelled out in {holders:?}"
+    );
     let yaml = std::fs::read_to_string(src().join("../config/nuscenes_rig.yaml")).unwrap();
     assert_eq!(yaml.matches("channel: CAM_").count(), 6);
 }

@@ -228,7 +228,8 @@ pub fn bench_tokenizer(cfg: &Config) -> Result<tokenizers::Tokenizer> {
         ("<|image_pad|>", cfg.image_token_id),
         ("<|video_pad|>", base + 13),
     ];
-    let mut vocab: HashMap<String, u32> = special.iter().map(|&(t, i)| (t.to_string(), i)).collect();
+    let mut vocab: HashMap<String, u32> =
+        special.iter().map(|&(t, i)| (t.to_string(), i)).collect();
     vocab.insert("[UNK]".into(), base + 20);
     let model = WordLevel::builder()
         .vocab(vocab.into_iter().collect())

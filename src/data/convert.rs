@@ -28,9 +28,9 @@ use super::bag::msgs::{
     PointCloud2, PointField, Pose, Quaternion, StringMsg, TFMessage, Transform, TransformStamped,
     Vector3,
 };
-use super::nuscenes::{NuScenes, SampleData, Scene};
 use super::bag::rosbag::{BagWriter, BagWriterOptions, Qos, TopicId};
 use super::nuscenes::scene_split::SceneSplit;
+use super::nuscenes::{NuScenes, SampleData, Scene};
 use crate::{Error, Result};
 
 /// Source files read ahead of the writer.

@@ -10,8 +10,8 @@ mod nms;
 mod transform;
 
 pub use box3d::{Box3D, OrientedBox3D};
-pub use frame::Frame;
 pub use camera::{PinholeCamera, VisibilityRule};
+pub use frame::Frame;
 pub use iou::{bev_intersection_area, bev_iou, iou_3d, iou_3d_with_grad, Iou3dGrad};
 pub use nms::bev_nms;
 pub use transform::{isometry_from_nuscenes, quaternion_from_wxyz};

@@ -20,7 +20,10 @@ pub fn select_device(spec: Option<&str>) -> Result<Device> {
             let ordinal = match s.strip_prefix("cuda:") {
                 None => 0,
                 Some(n) => n.parse::<usize>().map_err(|_| {
-                    Error::invalid("device", format!("{s:?}: the GPU number must be a non-negative integer"))
+                    Error::invalid(
+                        "device",
+                        format!("{s:?}: the GPU number must be a non-negative integer"),
+                    )
                 })?,
             };
             if !cfg!(feature = "cuda") {
@@ -29,8 +32,12 @@ pub fn select_device(spec: Option<&str>) -> Result<Device> {
                     format!("{s:?}: this build has no CUDA support (build with `--features cuda`)"),
                 ));
             }
-            Device::new_cuda(ordinal)
-                .map_err(|e| Error::invalid("device", format!("{s:?}: no usable CUDA GPU {ordinal}: {e}")))?
+            Device::new_cuda(ordinal).map_err(|e| {
+                Error::invalid(
+                    "device",
+                    format!("{s:?}: no usable CUDA GPU {ordinal}: {e}"),
+                )
+            })?
         }
         Some(other) => {
             return Err(Error::invalid(
@@ -49,7 +56,10 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f32" => Ok(DType::F32),
         "bf16" => Ok(DType::BF16),
         "f16" => Ok(DType::F16),
-        o => Err(Error::invalid("dtype", format!("{o:?} is not one of f32, bf16, f16"))),
+        o => Err(Error::invalid(
+            "dtype",
+            format!("{o:?} is not one of f32, bf16, f16"),
+        )),
     }
 }
 

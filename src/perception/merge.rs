@@ -31,7 +31,11 @@ pub struct Merged {
 
 /// A head box of `frame` in the LiDAR frame: camera-frame boxes go through `camera_to_lidar`; LiDAR-frame
 /// boxes (a head trained in the paper's setting) are taken as they are.
-pub fn to_lidar(d: &Detection, frame: Frame, camera_to_lidar: &Isometry3<f64>) -> Result<Detection> {
+pub fn to_lidar(
+    d: &Detection,
+    frame: Frame,
+    camera_to_lidar: &Isometry3<f64>,
+) -> Result<Detection> {
     let bbox = match frame {
         Frame::Camera => OrientedBox3D::from_camera_params(d.bbox)?
             .transform(camera_to_lidar)
@@ -61,11 +65,18 @@ pub fn merge_views(views: &[ViewInput<'_>], nms_iou: f64, max_boxes: usize) -> R
             }
         }
     }
-    let boxes = raw.iter().map(|d| d.to_box3d()).collect::<Result<Vec<_>>>()?;
+    let boxes = raw
+        .iter()
+        .map(|d| d.to_box3d())
+        .collect::<Result<Vec<_>>>()?;
     let scores: Vec<f64> = raw.iter().map(|d| f64::from(d.score)).collect();
     let keep = bev_nms(&boxes, &scores, nms_iou)?;
     Ok(Merged {
-        boxes: keep.iter().take(max_boxes).map(|&i| raw[i].clone()).collect(),
+        boxes: keep
+            .iter()
+            .take(max_boxes)
+            .map(|&i| raw[i].clone())
+            .collect(),
         before_nms: raw.len(),
         invalid,
     })
@@ -78,7 +89,11 @@ mod tests {
     use nalgebra::Point3;
 
     fn view(frame: Frame, boxes: Vec<Detection>) -> ViewDetections {
-        ViewDetections { view: 0, frame, boxes }
+        ViewDetections {
+            view: 0,
+            frame,
+            boxes,
+        }
     }
 
     #[test]
@@ -86,7 +101,10 @@ mod tests {
         // 10 m along CAM_FRONT's optical axis, heading along the axis (camera yaw π/2 → +z).
         let rig = Rig::nuscenes();
         let t = rig.camera_to_lidar(0);
-        let d = Detection::new([0.0, 0.0, 10.0, 4.0, 2.0, 1.5, std::f64::consts::FRAC_PI_2], 0.9);
+        let d = Detection::new(
+            [0.0, 0.0, 10.0, 4.0, 2.0, 1.5, std::f64::consts::FRAC_PI_2],
+            0.9,
+        );
         let l = to_lidar(&d, Frame::Camera, &t).unwrap();
         // Brute force: the camera-frame centre through the isometry.
         let want = t * Point3::new(0.0, 0.0, 10.0);
@@ -94,14 +112,21 @@ mod tests {
             assert!((l.bbox[k] - want[k]).abs() < 1e-9);
         }
         // LiDAR y is forward: the heading along the optical axis is yaw π/2 in the LiDAR frame.
-        assert!((l.bbox[6] - std::f64::consts::FRAC_PI_2).abs() < 1e-9, "{:?}", l.bbox);
+        assert!(
+            (l.bbox[6] - std::f64::consts::FRAC_PI_2).abs() < 1e-9,
+            "{:?}",
+            l.bbox
+        );
         assert_eq!(&l.bbox[3..6], &[4.0, 2.0, 1.5]);
     }
 
     #[test]
     fn overlapping_cameras_report_an_object_once() {
         let id = Isometry3::identity();
-        let a = view(Frame::Lidar, vec![Detection::new([5.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], 0.6)]);
+        let a = view(
+            Frame::Lidar,
+            vec![Detection::new([5.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], 0.6)],
+        );
         let b = view(
             Frame::Lidar,
             vec![
@@ -111,12 +136,24 @@ mod tests {
             ],
         );
         let views = [
-            ViewInput { detections: &a, camera_to_lidar: &id, camera: "cam_a" },
-            ViewInput { detections: &b, camera_to_lidar: &id, camera: "cam_b" },
+            ViewInput {
+                detections: &a,
+                camera_to_lidar: &id,
+                camera: "cam_a",
+            },
+            ViewInput {
+                detections: &b,
+                camera_to_lidar: &id,
+                camera: "cam_b",
+            },
         ];
         let m = merge_views(&views, 0.3, 10).unwrap();
         assert_eq!((m.before_nms, m.invalid), (3, 1));
-        let got: Vec<(f32, &str)> = m.boxes.iter().map(|d| (d.score, d.camera.as_str())).collect();
+        let got: Vec<(f32, &str)> = m
+            .boxes
+            .iter()
+            .map(|d| (d.score, d.camera.as_str()))
+            .collect();
         assert_eq!(got, [(0.8, "cam_b"), (0.3, "cam_b")]);
         assert_eq!(merge_views(&views, 0.3, 1).unwrap().boxes.len(), 1);
     }

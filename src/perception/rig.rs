@@ -122,7 +122,8 @@ impl Rig {
         let file: RigFile = serde_yaml::from_str(text)
             .map_err(|e| Error::format(path, Some("rig".into()), e.to_string()))?;
         let rig = file.rig;
-        rig.validate().map_err(|why| Error::format(path, Some("rig".into()), why))?;
+        rig.validate()
+            .map_err(|why| Error::format(path, Some("rig".into()), why))?;
         Ok(rig)
     }
 
@@ -131,7 +132,10 @@ impl Rig {
             return Err("no cameras".into());
         }
         if self.image_width == 0 || self.image_height == 0 {
-            return Err(format!("image size {}×{}", self.image_width, self.image_height));
+            return Err(format!(
+                "image size {}×{}",
+                self.image_width, self.image_height
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for c in &self.cameras {
@@ -139,12 +143,21 @@ impl Rig {
                 return Err(format!("camera {} listed twice", c.channel));
             }
             let k = c.intrinsics;
-            let finite = c.translation.iter().chain([&c.yaw_deg, &k.fx, &k.cx, &k.cy]);
+            let finite = c
+                .translation
+                .iter()
+                .chain([&c.yaw_deg, &k.fx, &k.cx, &k.cy]);
             if finite.into_iter().any(|v| !v.is_finite()) || k.fx <= 0.0 {
                 return Err(format!("camera {}: non-finite pose or fx ≤ 0", c.channel));
             }
         }
-        if self.lidar.translation.iter().chain([&self.lidar.yaw_deg]).any(|v| !v.is_finite()) {
+        if self
+            .lidar
+            .translation
+            .iter()
+            .chain([&self.lidar.yaw_deg])
+            .any(|v| !v.is_finite())
+        {
             return Err("lidar: non-finite pose".into());
         }
         Ok(())
@@ -218,7 +231,11 @@ impl Rig {
             f64::from(height) / f64::from(self.image_height),
         );
         PinholeCamera::from_rows(
-            [[k.fx * sx, 0.0, k.cx * sx], [0.0, k.fx * sy, k.cy * sy], [0.0, 0.0, 1.0]],
+            [
+                [k.fx * sx, 0.0, k.cx * sx],
+                [0.0, k.fx * sy, k.cy * sy],
+                [0.0, 0.0, 1.0],
+            ],
             width,
             height,
         )
@@ -255,13 +272,18 @@ mod tests {
             // The optical axis (+z) in the ego frame is the documented heading, level.
             let axis = rig.camera_to_ego(i) * Vector3::z();
             let yaw = c.yaw_deg.to_radians();
-            assert!((axis - Vector3::new(yaw.cos(), yaw.sin(), 0.0)).norm() < 1e-12, "{}", c.channel);
+            assert!(
+                (axis - Vector3::new(yaw.cos(), yaw.sin(), 0.0)).norm() < 1e-12,
+                "{}",
+                c.channel
+            );
             // Image down (+y) is ego down.
             assert!((rig.camera_to_ego(i) * Vector3::y() + Vector3::z()).norm() < 1e-12);
             // The camera's origin seen from the LiDAR is the difference of the mounts, in LiDAR axes
             // (x right = −y_ego, y forward = x_ego for yaw 0).
             let p = rig.camera_to_lidar(i) * Point3::origin();
-            let d: Vector3<f64> = Vector3::from(c.translation) - Vector3::from(rig.lidar.translation);
+            let d: Vector3<f64> =
+                Vector3::from(c.translation) - Vector3::from(rig.lidar.translation);
             assert!((p.coords - Vector3::new(-d.y, d.x, d.z)).norm() < 1e-12);
         }
     }
@@ -269,10 +291,15 @@ mod tests {
     #[test]
     fn bad_rig_files_are_refused_with_their_name() {
         let bad = NUSCENES_RIG_YAML.replace("fx: 1266.4", "fx: -1.0");
-        let e = Rig::from_yaml(&bad, Path::new("my_rig.yaml")).unwrap_err().to_string();
+        let e = Rig::from_yaml(&bad, Path::new("my_rig.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("my_rig.yaml") && e.contains("CAM_FRONT"), "{e}");
-        let unknown = NUSCENES_RIG_YAML.replace("  map_frame: map", "  map_frame: map\n  colour: red");
-        let e = Rig::from_yaml(&unknown, Path::new("r.yaml")).unwrap_err().to_string();
+        let unknown =
+            NUSCENES_RIG_YAML.replace("  map_frame: map", "  map_frame: map\n  colour: red");
+        let e = Rig::from_yaml(&unknown, Path::new("r.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
         let twice = NUSCENES_RIG_YAML.replace("channel: CAM_BACK_LEFT", "channel: CAM_BACK");
         assert!(Rig::from_yaml(&twice, Path::new("r.yaml")).is_err());

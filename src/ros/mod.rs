@@ -10,7 +10,6 @@
 pub mod convert;
 pub mod wait;
 
-
 impl From<r2r::Error> for crate::Error {
     fn from(e: r2r::Error) -> Self {
         crate::Error::Ros(e.to_string())

@@ -109,8 +109,7 @@ impl PeerVenv<'_> {
         let parent = dir.parent().ok_or("venv path has no parent")?;
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         let lock_path = dir.with_extension("lock");
-        let lock =
-            File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
         lock.lock()
             .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
         let python = dir.join("bin/python");
@@ -123,14 +122,23 @@ impl PeerVenv<'_> {
         run(Command::new(&base).args(["-m", "venv"]).arg(&dir))?;
         let pip = |args: &[&str]| {
             run(Command::new(&python)
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
                 .args(args))
         };
         if let Err(full) = pip(self.packages) {
             let Some(deps) = self.no_deps_fallback else {
                 return Err(full);
             };
-            eprintln!("full install of {:?} failed, retrying with --no-deps:\n{full}", self.packages);
+            eprintln!(
+                "full install of {:?} failed, retrying with --no-deps:\n{full}",
+                self.packages
+            );
             let mut args = vec!["--no-deps"];
             args.extend(self.packages);
             pip(&args)?;

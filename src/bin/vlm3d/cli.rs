@@ -404,8 +404,8 @@ fn read_images(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<image::RgbIma
 }
 
 fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
-    use vlm3d::data::bag::bagschema::BagLayout;
     use anyhow::Context;
+    use vlm3d::data::bag::bagschema::BagLayout;
     let mut layout = match &args.config {
         Some(p) => {
             let text =

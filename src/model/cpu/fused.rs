@@ -10,7 +10,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled, cpu_f32, sgemm_ld, uses_blas};
+use crate::model::cpu::sgemm::{
+    batched_matmul, batched_matmul_bt_scaled, cpu_f32, sgemm_ld, uses_blas,
+};
 
 /// Elements per rayon task: large enough that scheduling is negligible, small enough to balance two to
 /// sixteen cores on a vision MLP's 3 M–18 M activations.

@@ -18,4 +18,3 @@ pub fn linear_2d(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     dims.push(y.dim(1)?);
     y.reshape(dims)
 }
-

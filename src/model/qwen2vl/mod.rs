@@ -18,7 +18,7 @@ use candle_nn::{Linear, VarBuilder};
 
 pub use adapters::peft_module_name;
 pub use config::{Config, PreprocessorConfig, TextConfig, VisionConfig};
-pub use pipeline::{check_prompt, chat_prefix, chat_suffix, Pipeline, DEFAULT_SYSTEM};
+pub use pipeline::{chat_prefix, chat_suffix, check_prompt, Pipeline, DEFAULT_SYSTEM};
 pub use preprocess::{GridThw, ImageProcessor, ProcessedImages};
 pub use text::{KvCache, TextModel};
 pub use vision::VisionModel;

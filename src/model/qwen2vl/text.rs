@@ -9,8 +9,8 @@ use super::vision::rotate_half;
 use super::weights::{linear, tensor};
 use crate::model::cpu::fused::silu_mul;
 use crate::model::cpu::linear_2d;
-use crate::model::lora::LoraLinear;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled};
+use crate::model::lora::LoraLinear;
 use crate::{Error, Result};
 
 /// Key/value tensors of every layer for the tokens seen so far (`[batch, kv_heads, seq, head_dim]`).
