@@ -75,9 +75,13 @@ def run_vlm3d(binary, model_name, views, width, height, prompt_tokens):
     out = subprocess.run([binary, "bench", "--models", model_name, "--views", str(views), "--width", str(width),
                           "--height", str(height), "--prompt-tokens", str(prompt_tokens)],
                          check=True, capture_output=True, text=True).stdout
-    cells = [c.strip() for c in out.strip().splitlines()[-1].strip("|").split("|")]
-    return dict(tokens=int(cells[2]), vision_s=float(cells[3]), decoder_s=float(cells[4]), total_s=float(cells[5]),
-                peak_rss_mib=float(cells[6]))
+    lines = out.strip().splitlines()
+    header = [c.strip() for c in lines[-3].strip("|").split("|")]
+    cells = dict(zip(header, (c.strip() for c in lines[-1].strip("|").split("|"))))
+    # Columns by name: `vlm3d bench` may add columns (the second-prompt time) without breaking this reader.
+    return dict(tokens=int(cells["tokens/view"]), vision_s=float(cells["vision s"]),
+                decoder_s=float(cells["decoder+head s"]), total_s=float(cells["total s"]),
+                peak_rss_mib=float(cells["peak RSS MiB"]))
 
 
 def main():

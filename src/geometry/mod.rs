@@ -1,4 +1,5 @@
-//! Pure 3D geometry: boxes, frames, cameras, BEV intersection, exact 3D IoU (with its gradient) and BEV NMS.
+//! Pure 3D geometry: boxes, the [`Frame`] a box is expressed in, rigid transforms, cameras, BEV intersection, exact
+//! 3D IoU (with its gradient) and BEV NMS.
 //!
 //! Conventions are nuScenes': boxes are [x, y, z, l, w, h, yaw] with (x, y, z) the box centre, l along the
 //! heading, w across it, h vertical, yaw about +z in radians; quaternions in tables are (w, x, y, z).
