@@ -2,6 +2,7 @@
 # One-time setup of the ROS 2 Jazzy environment vlm3d builds and tests against.
 #
 #   bash scripts/setup.sh        # then: source env.sh
+#   bash scripts/setup.sh --cuda # also: the CUDA toolchain for `--features cuda` builds (then: source env-cuda.sh)
 #
 # * With a sourced ROS 2 Jazzy (ROS_DISTRO=jazzy, AMENT_PREFIX_PATH set): uses it, and builds only what it
 #   lacks: this package's interfaces (msg/), and tf2_msgs / vision_msgs when the system has none.
@@ -363,5 +364,52 @@ print("rclpy + vlm3d, vision_msgs, tf2_msgs messages: ok")' 2>&1)"; then
     die "the environment in env.sh does not work: $out"
 fi
 info "$out"
+
+# ---------------------------------------------------------------------------------------------------------
+# --cuda: nvcc, headers and link-time libraries from the registry's CUDA 13.0 wheels (13.0 matches driver 580;
+# PTX from a newer nvcc can be refused by an older driver), for machines without a system CUDA. candle-core links
+# libcuda/cudart/cublas/cublasLt/curand/nvrtc at build time: the wheels ship versioned files only, so unversioned
+# links are added, and a stub libcuda.so.1 (no wheel ships the driver) that the real driver replaces at run time.
+# Writes env-cuda.sh. Recipe measured in ../shared/notes/cuda-build.md.
+if [[ " $* " == *" --cuda "* ]]; then
+    step "CUDA toolchain from wheels in $ROOT/.venv-cuda"
+    if [[ -n "${CUDA_HOME:-}" && -x "${CUDA_HOME}/bin/nvcc" ]]; then
+        info "using the system CUDA at $CUDA_HOME"
+        CU="$CUDA_HOME"
+    else
+        CUDA_WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85
+            nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88 nvidia-cublas==13.1.0.3
+            nvidia-curand==10.4.0.35)
+        CVENV="$ROOT/.venv-cuda"
+        stamp="$CVENV/.stamp"
+        want="$(printf '%s\n' "${CUDA_WHEELS[@]}" | sha256sum | cut -c1-16)"
+        if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+            python3 -m venv "$CVENV"
+            "$CVENV/bin/pip" install --quiet --disable-pip-version-check "${CUDA_WHEELS[@]}" \
+                > "$LOGDIR/pip-cuda.log" 2>&1 || die "pip install of the CUDA wheels failed" "log: $LOGDIR/pip-cuda.log"
+            echo "$want" > "$stamp"
+        fi
+        CU="$("$CVENV/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')"
+        for f in libcudart.so.13 libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10; do
+            ln -sf "$f" "$CU/lib/${f%.so.*}.so"
+        done
+        if [[ ! -f "$CU/lib/stubs/libcuda.so" ]]; then
+            mkdir -p "$CU/lib/stubs"
+            cargo fetch --manifest-path "$ROOT/Cargo.toml" >/dev/null 2>&1 || true
+            CUDARC="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -n 1)"
+            [[ -n "$CUDARC" ]] || die "cudarc sources not found in the cargo registry (cargo fetch first)"
+            grep -oE "pub unsafe fn cu[A-Za-z0-9_]+" "$CUDARC/src/driver/sys/mod.rs" | awk '{print $4}' | sort -u \
+                | sed 's/.*/int &(void){return 999;}/' > "$LOGDIR/cuda_stub.c"
+            gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so" "$LOGDIR/cuda_stub.c"
+        fi
+    fi
+    cat > "$ROOT/env-cuda.sh" <<EOF_CUDA
+# Written by scripts/setup.sh --cuda: the CUDA toolchain for \`cargo build --features cuda\`.
+export PATH="$CU/bin:\$PATH" CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU"
+export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-90}"   # 90: H100/H200; 80 A100, 89 L4/4090, 87 Orin
+export LIBRARY_PATH="$CU/lib:$CU/lib/stubs:\${LIBRARY_PATH:-}"
+EOF_CUDA
+    info "wrote env-cuda.sh ($("$CU/bin/nvcc" --version | tail -n 1))"
+fi
 
 printf '\nsetup.sh: done in %d s (%s mode). Next: source env.sh && cargo test\n' "$((SECONDS - T0))" "$MODE"

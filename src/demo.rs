@@ -39,6 +39,10 @@ pub struct DemoOptions {
     pub nms_iou: f64,
     /// Minimum score of a reported box.
     pub score_threshold: f32,
+    /// Where the model runs.
+    pub device: Device,
+    /// Weight precision.
+    pub dtype: DType,
 }
 
 impl DemoOptions {
@@ -53,6 +57,8 @@ impl DemoOptions {
             max_pixels: 448 * 252,
             nms_iou: 0.3,
             score_threshold: 0.0,
+            device: Device::Cpu,
+            dtype: DType::F32,
         }
     }
 }
@@ -155,8 +161,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
             head_seed: opts.seed,
             ..Default::default()
         },
-        &Device::Cpu,
-        DType::F32,
+        &opts.device,
+        opts.dtype,
     )?;
     detector.pipeline.processor.config.max_pixels = opts.max_pixels;
     let images = views

@@ -161,3 +161,49 @@ fn head_round_trips_through_safetensors() {
         0.0
     );
 }
+
+/// On a GPU (build with `--features cuda`), the fixture's boxes and scores equal the CPU's: to 1e-4 in f32, and
+/// to what bf16's 8-bit mantissa allows (2e-2 relative to the outputs' scale after two decoder layers) in bf16.
+/// Without a GPU it says so and passes, so the CPU suites stay green.
+#[test]
+fn cuda_matches_cpu_on_the_fixture() {
+    let dev = match vlm3d::model::device::select_device(Some("cuda:0")) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED cuda_matches_cpu_on_the_fixture: {e}");
+            return;
+        }
+    };
+    let imgs: Vec<_> = (0..6).map(|v| image(&format!("view{v}"))).collect();
+    let prompt = "Please detect the car in the image.";
+    let run = |device: &Device, dtype: DType| {
+        let pipe = Pipeline::load(&fixture(), device, dtype).unwrap();
+        let det = Detector::new(
+            pipe,
+            DetectorConfig {
+                score_threshold: 0.0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prefix = det.encode_frame(&imgs).unwrap();
+        let out = det
+            .head_forward(&det.query_states_cached(&prefix, prompt).unwrap())
+            .unwrap();
+        let f = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap()
+        };
+        (f(&out.boxes), f(&out.logits))
+    };
+    let (cb, cl) = run(&Device::Cpu, DType::F32);
+    for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 2e-2)] {
+        let (gb, gl) = run(&dev, dtype);
+        let scale = 1.0 + max_abs(&cb).max(max_abs(&cl));
+        let d = max_abs_diff(&gb, &cb).max(max_abs_diff(&gl, &cl));
+        println!("{dtype:?}: CUDA vs CPU head outputs max|Δ| = {d:.3e} (scale {scale:.2})");
+        assert!(d <= tol * scale, "{dtype:?}: {d} > {tol} × {scale}");
+    }
+}

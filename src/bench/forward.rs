@@ -203,7 +203,7 @@ pub struct BenchRow {
     pub vision_s: f64,
     /// Seconds in the decoder (image prefill, prompt, queries) and the head.
     pub decoder_s: f64,
-    /// Total seconds of the detection (first prompt).
+    /// Total seconds of the detection (first prompt): the median of vision + decoder over the repeats.
     pub total_s: f64,
     /// Seconds for a second prompt on the same frame (image prefix reused).
     pub second_prompt_s: f64,
@@ -252,12 +252,17 @@ pub fn bench_tokenizer(cfg: &Config) -> Result<tokenizers::Tokenizer> {
     Ok(tok)
 }
 
-/// A [`Detector`] with random weights of `which` size on `device`, its image processor bounded to
+/// A [`Detector`] with random weights of `which` size on `device` in `dtype`, its image processor bounded to
 /// `max_pixels` per view.
-pub fn random_detector(which: BenchModel, max_pixels: usize, device: &Device) -> Result<Detector> {
+pub fn random_detector(
+    which: BenchModel,
+    max_pixels: usize,
+    device: &Device,
+    dtype: DType,
+) -> Result<Detector> {
     let cfg = which.config();
     let weights = random_weights(&cfg, device)?;
-    let vb = VarBuilder::from_tensors(weights, DType::F32, device);
+    let vb = VarBuilder::from_tensors(weights, dtype, device);
     let model = Qwen2VL::from_var_builder(cfg.clone(), vb, std::path::Path::new(which.name()))?;
     let processor = ImageProcessor::new(PreprocessorConfig {
         max_pixels,
@@ -283,49 +288,96 @@ pub fn bench_prompt(n: usize, word: &str) -> String {
     vec![word; n.max(1)].join(" ")
 }
 
-/// Builds a random model of `which` size and times one detection for `views` random images of
-/// `width`×`height` and a `prompt_tokens`-token prompt, then a second prompt on the same frame.
-pub fn run(
-    which: BenchModel,
-    views: usize,
-    width: usize,
-    height: usize,
-    prompt_tokens: usize,
-) -> Result<BenchRow> {
-    if views == 0 || width == 0 || height == 0 {
+/// What one `vlm3d bench` row runs.
+#[derive(Debug, Clone)]
+pub struct ForwardBenchOptions {
+    /// Model size.
+    pub model: BenchModel,
+    /// Camera views per frame.
+    pub views: usize,
+    /// Image width, pixels.
+    pub width: usize,
+    /// Image height, pixels.
+    pub height: usize,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Where the model runs.
+    pub device: Device,
+    /// Weight and activation precision.
+    pub dtype: DType,
+    /// Untimed detections before the clock starts (kernel compilation, allocator warm-up).
+    pub warmup: usize,
+    /// Timed detections; each column reports their median.
+    pub repeat: usize,
+}
+
+/// Builds a random model and times detections of `views` random images and a prompt, then a second prompt on
+/// the same frame (the image prefix reused). The device is synchronized before every clock reading, so GPU
+/// times are not just launch times.
+pub fn run(o: &ForwardBenchOptions) -> Result<BenchRow> {
+    if o.views == 0 || o.width == 0 || o.height == 0 || o.repeat == 0 {
         return Err(Error::invalid(
             "bench",
-            format!("{views} views of {width}×{height}"),
+            format!(
+                "{} views of {}×{}, {} repeats: each must be at least 1",
+                o.views, o.width, o.height, o.repeat
+            ),
         ));
     }
     reset_peak_rss();
-    let dev = Device::Cpu;
-    let det = random_detector(which, width * height, &dev)?;
+    let det = random_detector(o.model, o.width * o.height, &o.device, o.dtype)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let images: Vec<RgbImage> = (0..views)
-        .map(|_| RgbImage::from_fn(width as u32, height as u32, |_, _| image::Rgb(rng.random())))
+    let images: Vec<RgbImage> = (0..o.views)
+        .map(|_| {
+            RgbImage::from_fn(o.width as u32, o.height as u32, |_, _| {
+                image::Rgb(rng.random())
+            })
+        })
         .collect();
-    let prompt = bench_prompt(prompt_tokens, "car");
-    let second = bench_prompt(prompt_tokens, "bus");
-
-    let t0 = Instant::now();
-    let (feats, grids) = det.encode_images(&images)?;
-    let t1 = Instant::now();
-    let prefix = det.prefill(&feats, &grids)?;
-    let first = det.detect_cached(&prefix, &prompt)?;
-    let t2 = Instant::now();
-    let again = det.detect_cached(&prefix, &second)?;
-    let t3 = Instant::now();
-    std::hint::black_box((first, again));
+    let prompt = bench_prompt(o.prompt_tokens, "car");
+    let second = bench_prompt(o.prompt_tokens, "bus");
+    let clock = || -> Result<Instant> {
+        o.device.synchronize()?;
+        Ok(Instant::now())
+    };
+    let mut samples: Vec<[f64; 3]> = Vec::with_capacity(o.repeat);
+    let mut grids = Vec::new();
+    for i in 0..o.warmup + o.repeat {
+        let t0 = clock()?;
+        let (feats, g) = det.encode_images(&images)?;
+        let t1 = clock()?;
+        let prefix = det.prefill(&feats, &g)?;
+        let first = det.detect_cached(&prefix, &prompt)?;
+        let t2 = clock()?;
+        let again = det.detect_cached(&prefix, &second)?;
+        let t3 = clock()?;
+        std::hint::black_box((first, again));
+        grids = g;
+        if i >= o.warmup {
+            samples.push([
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ]);
+        }
+    }
+    let median = |k: usize| {
+        let mut v: Vec<f64> = samples.iter().map(|s| s[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let totals: Vec<f64> = samples.iter().map(|s| s[0] + s[1]).collect();
+    let mut sorted = totals.clone();
+    sorted.sort_by(f64::total_cmp);
     let seq = det.pipeline.chat_ids(&grids[..1], &prompt)?.len() + det.head.num_queries();
     Ok(BenchRow {
-        model: which.name(),
-        views,
+        model: o.model.name(),
+        views: o.views,
         seq_per_view: seq,
-        vision_s: (t1 - t0).as_secs_f64(),
-        decoder_s: (t2 - t1).as_secs_f64(),
-        total_s: (t2 - t0).as_secs_f64(),
-        second_prompt_s: (t3 - t2).as_secs_f64(),
+        vision_s: median(0),
+        decoder_s: median(1),
+        total_s: sorted[sorted.len() / 2],
+        second_prompt_s: median(2),
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
     })
 }

@@ -27,7 +27,8 @@ pub enum Command {
     Generate(ModelArgs),
     /// Detect 3D boxes: images + prompt → JSON boxes per view.
     Detect(DetectArgs),
-    /// Time one forward pass (prefill + box head) with random weights at tiny and Qwen2-VL-2B sizes.
+    /// Time the detector (vision tower, prefill, prompt + queries, box head; then a second prompt on the same
+    /// frame) with random weights at tiny and Qwen2-VL-2B sizes.
     Bench(BenchArgs),
     /// Generate a synthetic dataset in the nuScenes v1.0 layout (tables, camera JPEGs, LiDAR .pcd.bin).
     Synth(SynthArgs),
@@ -103,6 +104,18 @@ pub struct BenchArgs {
     /// Prompt tokens.
     #[arg(long, default_value_t = 40)]
     pub prompt_tokens: usize,
+    /// Where the model runs: cpu, cuda or cuda:N (default: the first GPU when built with `cuda`, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Precision: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Untimed detections before timing (use ≥ 3 on a GPU).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Timed detections per row; the table shows medians (use ≥ 10 on a GPU).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
 }
 
 /// Arguments of `vlm3d convert-nuscenes`.
@@ -185,6 +198,12 @@ pub struct DemoArgs {
     /// Qwen2-VL checkpoint folder (default: the committed tiny random-weight model).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
+    /// Where the model runs: cpu, cuda or cuda:N (default: the first GPU when built with `cuda`, else the CPU).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Weight precision: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 /// Arguments of `vlm3d synth`.
@@ -271,17 +290,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(a) => {
-            use vlm3d::bench::forward::{run, table, BenchModel};
+            use vlm3d::bench::forward::{run, table, BenchModel, ForwardBenchOptions};
             let models: Vec<BenchModel> = match a.models.as_str() {
                 "tiny" => vec![BenchModel::Tiny],
                 "2b" => vec![BenchModel::Qwen2Vl2b],
                 "all" => vec![BenchModel::Tiny, BenchModel::Qwen2Vl2b],
                 o => anyhow::bail!("unknown --models {o} (tiny, 2b, all)"),
             };
-            // A bench without OpenBLAS is ≈ 2× slower: say which GEMM ran, so tables are not mixed up.
+            let device = vlm3d::model::device::select_device(a.device.as_deref())?;
+            let dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
+            // A CPU bench without OpenBLAS is ≈ 2× slower: say which GEMM ran, so tables are not mixed up.
             eprintln!(
-                "f32 on CPU, matrix products through {}",
-                vlm3d::model::cpu::sgemm::backend()
+                "{dtype:?} on {}, CPU matrix products through {}; median of {} after {} warm-up",
+                vlm3d::model::device::describe(&device),
+                vlm3d::model::cpu::sgemm::backend(),
+                a.repeat,
+                a.warmup
             );
             let views = a
                 .views
@@ -299,7 +323,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut rows = Vec::new();
             for m in models {
                 for &v in &views {
-                    let r = run(m, v, a.width, a.height, a.prompt_tokens)?;
+                    let r = run(&ForwardBenchOptions {
+                        model: m,
+                        views: v,
+                        width: a.width,
+                        height: a.height,
+                        prompt_tokens: a.prompt_tokens,
+                        device: device.clone(),
+                        dtype,
+                        warmup: a.warmup,
+                        repeat: a.repeat,
+                    })?;
                     eprintln!("{} views={} total {:.2}s", r.model, r.views, r.total_s);
                     rows.push(r);
                 }
@@ -325,6 +359,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = a.model {
                 opts.model = m;
             }
+            opts.device = vlm3d::model::device::select_device(a.device.as_deref())?;
+            opts.dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
             let r = vlm3d::demo::run_demo(&opts)?;
             println!("prompt: {}", r.prompt);
             println!(
