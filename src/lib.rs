@@ -5,6 +5,7 @@
 //! * [`perception`]: the rig, the one detection type, camera → LiDAR + merge across cameras (ROS-free).
 //! * [`model`]: Qwen2-VL in candle, LoRA, the box head and the [`model::detector::Detector`].
 //! * [`data`]: nuScenes tables, rosbag2 files, the synthetic world, the converter and the dataset.
+//! * [`train`]: the two-stage LoRA trainer (matching, losses, checkpoints).
 //! * [`demo`] and [`bench`]: the built-in demo and the benchmarks, users of the above.
 //! * `ros` (feature `ros`): the only r2r code.
 //!
@@ -18,5 +19,6 @@ pub mod model;
 pub mod perception;
 #[cfg(feature = "ros")]
 pub mod ros;
+pub mod train;
 
 pub use error::{Error, Result};

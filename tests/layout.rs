@@ -272,9 +272,10 @@ fn library_modules_depend_downwards_only() {
         ("perception", 2),
         ("model", 3),
         ("data", 3),
-        ("bench", 4),
-        ("demo", 4),
-        ("ros", 5),
+        ("train", 4),
+        ("bench", 5),
+        ("demo", 5),
+        ("ros", 6),
     ]
     .into_iter()
     .collect();

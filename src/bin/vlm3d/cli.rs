@@ -32,6 +32,28 @@ pub enum Command {
     Bench(BenchArgs),
     /// Generate a synthetic dataset in the nuScenes v1.0 layout (tables, camera JPEGs, LiDAR .pcd.bin).
     Synth(SynthArgs),
+    /// Train the LoRA adapters and the box head (the paper's two stages) on rosbag2 bags.
+    Train(TrainArgs),
+}
+
+/// Arguments of `vlm3d train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The recipe (YAML; `config/train.yaml` is the paper's).
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// Output folder: `adapter/`, `head.safetensors`, `metrics.jsonl`, `checkpoints/`.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Continue from the newest complete checkpoint in `OUT/checkpoints`.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many more optimizer steps (a checkpoint is written).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
 }
 
 /// Arguments shared by `generate` and `detect`.
@@ -342,6 +364,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConvertNuscenes(args) => run_convert(args),
+        Command::Train(a) => {
+            let cfg = vlm3d::train::TrainConfig::load(&a.config)?;
+            let mut t = vlm3d::train::Trainer::new(cfg, &a.out, a.resume)?;
+            t.progress = !a.no_progress;
+            let (s1, s2) = t.stage_steps();
+            eprintln!(
+                "training on {} examples: stage 1 {s1} steps, stage 2 {s2} steps",
+                t.items().len()
+            );
+            let s = t.run(a.max_steps)?;
+            if let Some(m) = &s.last {
+                println!(
+                    "step {}: loss {:.4} (mse {:.4}, 1 - IoU {:.3}, confidence {:.3})",
+                    m.step, m.loss, m.mse, m.iou_loss, m.confidence
+                );
+            }
+            println!("wrote {} (adapter/, head.safetensors, metrics.jsonl, checkpoints/)", s.trained.display());
+            Ok(())
+        }
         Command::BenchConvert(a) => Ok(vlm3d::bench::convert::run(
             &vlm3d::bench::convert::ConvertBenchOptions {
                 samples: a.samples,

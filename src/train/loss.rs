@@ -1,0 +1,325 @@
+//! The paper's losses for one camera view and one prompt, after the queries are matched to the ground truth:
+//!
+//! * stage 1 (`λ1 = 1, λ2 = 0`): MSE between 128-d embeddings of the predicted and the true boxes;
+//! * stage 2 (`λ1 = 0.2, λ2 = 0.8`): adds `1 − IoU3D`, with the geometry module's exact gradient;
+//! * both: a confidence loss (binary cross-entropy on the logits: matched queries 1, the others 0).
+//!
+//! The 128-d embedding is a **fixed** projection with orthonormal columns of the box encoding (centre / 10 m,
+//! log sizes, sin and cos yaw): it cannot collapse (a learnable one can shrink to zero and zero the loss), and as
+//! an isometry it keeps the MSE a faithful distance between boxes (it equals the 8-d squared distance / 128).
+use candle_core::{DType, Device, Tensor};
+
+use super::matching::hungarian_match;
+use crate::geometry::{iou_3d_with_grad, Box3D, Frame};
+use crate::model::box_head::HeadOutput;
+use crate::{Error, Result};
+
+/// Width of the stage-1 embedding (the paper's).
+pub const EMBED_DIM: usize = 128;
+/// Box channels the head regresses: centre (3), log size (3), sin and cos yaw.
+pub const BOX_CHANNELS: usize = 8;
+/// Centre normalization inside the embedding, metres: keeps centre and shape terms of one order.
+pub const CENTER_SCALE_M: f64 = 10.0;
+
+/// The head's regression target for a box [x, y, z, l, w, h, yaw]: [x, y, z, ln l, ln w, ln h, sin yaw, cos yaw].
+pub fn encode_box(p: [f64; 7]) -> [f32; BOX_CHANNELS] {
+    [
+        p[0] as f32,
+        p[1] as f32,
+        p[2] as f32,
+        p[3].max(1e-3).ln() as f32,
+        p[4].max(1e-3).ln() as f32,
+        p[5].max(1e-3).ln() as f32,
+        p[6].sin() as f32,
+        p[6].cos() as f32,
+    ]
+}
+
+/// The loss weights of a stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossWeights {
+    /// λ1: the embedding MSE.
+    pub mse: f64,
+    /// λ2: `1 − IoU3D`.
+    pub iou: f64,
+    /// The confidence loss.
+    pub confidence: f64,
+}
+
+/// The fixed box embedding: `[8] → [128]`, orthonormal columns drawn from a fixed seed.
+#[derive(Debug, Clone)]
+pub struct BoxEmbedding {
+    /// `[8, 128]`: row i is the image of channel i.
+    proj: Tensor,
+    /// Per-channel input scale `[8]`.
+    scale: Tensor,
+}
+
+impl BoxEmbedding {
+    /// The projection (the same on every run and machine).
+    pub fn new(device: &Device) -> Result<Self> {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x0b0c_5128);
+        // Gram–Schmidt on 8 random 128-d vectors: orthonormal rows, i.e. an isometric embedding.
+        let mut rows: Vec<Vec<f64>> = Vec::new();
+        while rows.len() < BOX_CHANNELS {
+            let mut v: Vec<f64> = (0..EMBED_DIM)
+                .map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0))
+                .collect();
+            for r in &rows {
+                let d: f64 = v.iter().zip(r).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(r).for_each(|(a, b)| *a -= d * b);
+            }
+            let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if n > 1e-6 {
+                rows.push(v.into_iter().map(|a| a / n).collect());
+            }
+        }
+        let flat: Vec<f32> = rows.into_iter().flatten().map(|a| a as f32).collect();
+        let s = (1.0 / CENTER_SCALE_M) as f32;
+        Ok(Self {
+            proj: Tensor::from_vec(flat, (BOX_CHANNELS, EMBED_DIM), device)?,
+            scale: Tensor::new(&[s, s, s, 1.0, 1.0, 1.0, 1.0, 1.0], device)?,
+        })
+    }
+
+    /// Embeds encoded boxes `[n, 8]` → `[n, 128]`.
+    pub fn embed(&self, boxes: &Tensor) -> Result<Tensor> {
+        let x = boxes
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&self.scale)?;
+        Ok(x.matmul(&self.proj)?)
+    }
+}
+
+/// The loss of one view and prompt, with its parts for logging.
+#[derive(Debug, Clone)]
+pub struct ViewLoss {
+    /// The weighted sum, differentiable.
+    pub total: Tensor,
+    /// Embedding MSE over matched queries (0 when there is no box).
+    pub mse: f64,
+    /// Mean `1 − IoU3D` over matched queries (0 when there is no box).
+    pub iou_loss: f64,
+    /// Confidence BCE over all queries.
+    pub confidence: f64,
+    /// Matched (query, box) pairs.
+    pub matched: Vec<(usize, usize)>,
+}
+
+/// A box of `frame` as a z-up [`Box3D`] (IoU is invariant to the rigid change of axes): the camera frame's
+/// (x right, y down, z forward, yaw about −y) becomes (forward, left, up) with yaw − π/2.
+fn z_up(p: [f64; 7], frame: Frame) -> Result<Box3D> {
+    match frame {
+        Frame::Lidar => Box3D::from_params(p),
+        Frame::Camera => Box3D::from_params([
+            p[2],
+            -p[0],
+            -p[1],
+            p[3],
+            p[4],
+            p[5],
+            p[6] - std::f64::consts::FRAC_PI_2,
+        ]),
+    }
+}
+
+/// ∂IoU/∂(frame params) from ∂IoU/∂(z-up params) (the inverse of [`z_up`]'s axis change).
+fn grad_from_z_up(g: [f64; 7], frame: Frame) -> [f64; 7] {
+    match frame {
+        Frame::Lidar => g,
+        Frame::Camera => [-g[1], -g[2], g[0], g[3], g[4], g[5], g[6]],
+    }
+}
+
+/// Decodes raw head channels to [x, y, z, l, w, h, yaw] (as `decode_box`, in f64).
+fn decode(raw: &[f32]) -> [f64; 7] {
+    let s = |v: f32| f64::from(v.clamp(-10.0, 10.0)).exp();
+    [
+        f64::from(raw[0]),
+        f64::from(raw[1]),
+        f64::from(raw[2]),
+        s(raw[3]),
+        s(raw[4]),
+        s(raw[5]),
+        f64::from(raw[6]).atan2(f64::from(raw[7])),
+    ]
+}
+
+/// IoU3D of a raw prediction with a target and ∂IoU/∂raw through the decoding (exp sizes, atan2 yaw).
+pub fn iou_and_raw_grad(raw: &[f32], target: [f64; 7], frame: Frame) -> Result<(f64, [f64; 8])> {
+    let p = decode(raw);
+    let g = iou_3d_with_grad(&z_up(p, frame)?, &z_up(target, frame)?);
+    let d = grad_from_z_up(g.d_a, frame);
+    let (sn, cs) = (f64::from(raw[6]), f64::from(raw[7]));
+    let r2 = (sn * sn + cs * cs).max(1e-12);
+    let clamp = |v: f32| if (-10.0..=10.0).contains(&v) { 1.0 } else { 0.0 };
+    Ok((
+        g.iou,
+        [
+            d[0],
+            d[1],
+            d[2],
+            d[3] * p[3] * clamp(raw[3]),
+            d[4] * p[4] * clamp(raw[4]),
+            d[5] * p[5] * clamp(raw[5]),
+            d[6] * cs / r2,
+            -d[6] * sn / r2,
+        ],
+    ))
+}
+
+/// The paper's loss for one view and prompt: `out` holds `[K, 8]` boxes, `[K]` logits (one view), `targets`
+/// the true boxes of the prompted categories in `frame` (empty for an absent category). Queries are matched to
+/// boxes by the Hungarian algorithm on L1 distance of the encodings plus `1 − IoU3D`.
+pub fn two_stage_loss(
+    out: &HeadOutput,
+    targets: &[[f64; 7]],
+    frame: Frame,
+    weights: &LossWeights,
+    embedding: &BoxEmbedding,
+) -> Result<ViewLoss> {
+    let boxes = out.boxes.to_dtype(DType::F32)?.contiguous()?;
+    let logits = out.logits.to_dtype(DType::F32)?.contiguous()?;
+    let k = boxes.dim(0)?;
+    let device = boxes.device().clone();
+    let raw: Vec<Vec<f32>> = boxes.to_vec2()?;
+    let targets = &targets[..targets.len().min(k)];
+    let enc: Vec<[f32; BOX_CHANNELS]> = targets.iter().map(|t| encode_box(*t)).collect();
+    // Matching cost: normalized L1 of the encodings plus 1 − IoU.
+    let mut cost = vec![vec![0.0; k]; targets.len()];
+    for (g, t) in targets.iter().enumerate() {
+        for (q, r) in raw.iter().enumerate() {
+            let l1: f64 = (0..BOX_CHANNELS)
+                .map(|c| {
+                    let s = if c < 3 { 1.0 / CENTER_SCALE_M } else { 1.0 };
+                    s * f64::from((r[c] - enc[g][c]).abs())
+                })
+                .sum();
+            let iou = iou_and_raw_grad(r, *t, frame).map(|x| x.0).unwrap_or(0.0);
+            cost[g][q] = l1 + (1.0 - iou);
+        }
+    }
+    let assign = hungarian_match(&cost)?;
+    let matched: Vec<(usize, usize)> = assign.iter().enumerate().map(|(g, &q)| (q, g)).collect();
+
+    // Confidence: BCE with logits, softplus(x) − y·x, over all queries.
+    let mut labels = vec![0f32; k];
+    for &(q, _) in &matched {
+        labels[q] = 1.0;
+    }
+    let y = Tensor::from_vec(labels, k, &device)?;
+    let softplus = (logits.relu()? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    let bce = (softplus - (&y * &logits)?)?.mean_all()?;
+    let mut total = (bce.clone() * weights.confidence)?;
+    let confidence = f64::from(bce.to_scalar::<f32>()?);
+
+    let (mut mse_v, mut iou_v) = (0.0, 0.0);
+    if !matched.is_empty() {
+        let qidx: Vec<u32> = matched.iter().map(|&(q, _)| q as u32).collect();
+        let pred = boxes.index_select(&Tensor::new(qidx.as_slice(), &device)?, 0)?;
+        let truth: Vec<f32> = matched.iter().flat_map(|&(_, g)| enc[g]).collect();
+        let truth = Tensor::from_vec(truth, (matched.len(), BOX_CHANNELS), &device)?;
+        if weights.mse > 0.0 {
+            let d = (embedding.embed(&pred)? - embedding.embed(&truth)?)?;
+            let mse = d.sqr()?.mean_all()?;
+            mse_v = f64::from(mse.to_scalar::<f32>()?);
+            total = (total + (mse * weights.mse)?)?;
+        }
+        // 1 − IoU with the exact gradient: value from the geometry, gradient injected as the constant ∂/∂raw
+        // (s − s.detach() is 0 in value and carries the gradient).
+        let mut grads = Vec::with_capacity(matched.len() * BOX_CHANNELS);
+        let mut sum = 0.0;
+        for &(q, g) in &matched {
+            let (iou, d) = iou_and_raw_grad(&raw[q], targets[g], frame)?;
+            if !iou.is_finite() || d.iter().any(|v| !v.is_finite()) {
+                return Err(Error::invalid(
+                    "IoU loss",
+                    format!("non-finite IoU or gradient for query {q}"),
+                ));
+            }
+            sum += 1.0 - iou;
+            grads.extend(d.iter().map(|v| (-v / matched.len() as f64) as f32));
+        }
+        iou_v = sum / matched.len() as f64;
+        if weights.iou > 0.0 {
+            let g = Tensor::from_vec(grads, (matched.len(), BOX_CHANNELS), &device)?;
+            let s = (&pred * &g)?.sum_all()?;
+            let surrogate = ((&s - s.detach())? + iou_v)?;
+            total = (total + (surrogate * weights.iou)?)?;
+        }
+    }
+    Ok(ViewLoss {
+        total,
+        mse: mse_v,
+        iou_loss: iou_v,
+        confidence,
+        matched,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_is_an_isometry_of_the_scaled_encoding() {
+        let e = BoxEmbedding::new(&Device::Cpu).unwrap();
+        let a = Tensor::new(&[[10.0f32, -2.0, 30.0, 1.0, 0.5, 0.4, 0.6, 0.8]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[12.0f32, -1.0, 25.0, 0.9, 0.7, 0.4, 0.0, 1.0]], &Device::Cpu).unwrap();
+        let d = (e.embed(&a).unwrap() - e.embed(&b).unwrap()).unwrap();
+        let got: f32 = d.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let s = 1.0 / CENTER_SCALE_M as f32;
+        let want: f32 = [2.0 * s, 1.0 * s, -5.0 * s, -0.1, 0.2, 0.0, -0.6, 0.2]
+            .iter()
+            .map(|v| v * v)
+            .sum();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn raw_iou_gradient_matches_finite_differences() {
+        for frame in [Frame::Camera, Frame::Lidar] {
+            let target = [0.4, 0.3, 12.0, 4.0, 1.8, 1.5, 0.3];
+            let raw = [0.9f32, 0.1, 11.2, 1.2, 0.7, 0.35, 0.5, 0.8];
+            let (iou, g) = iou_and_raw_grad(&raw, target, frame).unwrap();
+            assert!(iou > 0.05 && iou < 1.0, "{iou}");
+            for c in 0..8 {
+                let h = 1e-3f32;
+                let mut up = raw;
+                up[c] += h;
+                let mut dn = raw;
+                dn[c] -= h;
+                let fd = (iou_and_raw_grad(&up, target, frame).unwrap().0
+                    - iou_and_raw_grad(&dn, target, frame).unwrap().0)
+                    / (2.0 * f64::from(h));
+                assert!((fd - g[c]).abs() < 2e-3, "{frame:?} channel {c}: {fd} vs {}", g[c]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_perfect_prediction_has_no_box_loss() {
+        let e = BoxEmbedding::new(&Device::Cpu).unwrap();
+        let target = [1.0, 0.5, 15.0, 4.0, 1.8, 1.5, 1.1];
+        let mut rows = vec![[0f32, 0.0, 40.0, 0.0, 0.0, 0.0, 0.0, 1.0]; 4];
+        rows[2] = encode_box(target);
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let boxes = Tensor::from_vec(flat, (4, 8), &Device::Cpu).unwrap();
+        let logits = Tensor::new(&[-9f32, -9.0, 9.0, -9.0], &Device::Cpu).unwrap();
+        let out = HeadOutput {
+            embedding: Tensor::zeros((4, 128), DType::F32, &Device::Cpu).unwrap(),
+            boxes,
+            logits,
+        };
+        let w = LossWeights { mse: 0.2, iou: 0.8, confidence: 1.0 };
+        let l = two_stage_loss(&out, &[target], Frame::Camera, &w, &e).unwrap();
+        assert_eq!(l.matched, [(2, 0)]);
+        assert!(l.mse < 1e-10 && l.iou_loss < 1e-5, "{l:?}");
+        assert!(l.confidence < 1e-3);
+        // An absent category: every query learns "no object", no box terms.
+        let none = two_stage_loss(&out, &[], Frame::Camera, &w, &e).unwrap();
+        assert!(none.matched.is_empty() && none.mse == 0.0 && none.iou_loss == 0.0);
+        assert!(none.confidence > 1.0);
+    }
+}

@@ -1,0 +1,538 @@
+//! The training loop: per (camera view, prompt) example, the box queries' states through the LoRA-adapted decoder
+//! (the vision tower frozen, its features computed once per image and cached), the box head, the matched
+//! two-stage loss; AdamW with warm-up and a cosine or constant schedule per stage, gradient clipping and
+//! accumulation; a metrics log (JSON lines), checkpoints and resume.
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, TrainState};
+use super::config::{Schedule, TrainConfig};
+use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
+use crate::data::dataset::{Dataset, DatasetConfig, Example};
+use crate::model::detector::{Detector, DetectorConfig};
+use crate::model::qwen2vl::GridThw;
+use crate::{Error, Result};
+
+/// One training example: a camera view and one of its prompts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Item {
+    /// Index of the view in the loaded examples.
+    pub example: usize,
+    /// Index of the prompt in that view's prompts.
+    pub prompt: usize,
+}
+
+/// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
+pub fn schedule_at(cfg: &TrainConfig, stage1_steps: usize, stage2_steps: usize, step: usize) -> (u8, f64, LossWeights) {
+    let (stage, s, local, len) = if step < stage1_steps {
+        (1, &cfg.stage1, step, stage1_steps)
+    } else {
+        (2, &cfg.stage2, step - stage1_steps, stage2_steps)
+    };
+    let warm = if cfg.warmup_steps > 0 {
+        ((local + 1) as f64 / cfg.warmup_steps as f64).min(1.0)
+    } else {
+        1.0
+    };
+    let decay = match cfg.schedule {
+        Schedule::Constant => 1.0,
+        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * local as f64 / len.max(1) as f64).cos()),
+    };
+    (
+        stage,
+        s.lr * warm * decay,
+        LossWeights {
+            mse: s.lambda_mse,
+            iou: s.lambda_iou,
+            confidence: cfg.confidence_weight,
+        },
+    )
+}
+
+/// AdamW (decoupled weight decay) whose moments can be saved and restored, so a resumed run continues exactly.
+pub struct AdamW {
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Steps taken.
+    pub t: usize,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl AdamW {
+    /// Zero moments for `vars` (β = 0.9, 0.999; ε = 1e-8).
+    pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
+        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
+        Ok(Self {
+            m: vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?,
+            v: vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?,
+            vars,
+            t: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        })
+    }
+
+    /// One update with gradients `grads[i]` for `vars[i]` (missing ones are zero).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let c1 = 1.0 - b1.powi(self.t as i32);
+        let c2 = 1.0 - b2.powi(self.t as i32);
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = &grads[i] else { continue };
+            let g = g.to_dtype(DType::F32)?;
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
+            let w = var.as_tensor().to_dtype(DType::F32)?;
+            let next = ((&w * (1.0 - lr * self.weight_decay))? - (update * lr)?)?;
+            var.set(&next.to_dtype(var.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// The moments, named `m.<var>` / `v.<var>`.
+    pub fn state(&self) -> HashMap<String, Tensor> {
+        let mut out = HashMap::new();
+        for (i, (n, _)) in self.vars.iter().enumerate() {
+            out.insert(format!("m.{n}"), self.m[i].clone());
+            out.insert(format!("v.{n}"), self.v[i].clone());
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::state`] (and the step count).
+    pub fn load_state(&mut self, path: &Path, t: usize) -> Result<()> {
+        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let st = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+            .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))?;
+        for (i, (n, var)) in self.vars.iter().enumerate() {
+            for (key, slot) in [(format!("m.{n}"), &mut self.m[i]), (format!("v.{n}"), &mut self.v[i])] {
+                let t = st
+                    .get(&key)
+                    .ok_or_else(|| Error::format(path, Some(key.clone()), "missing"))?;
+                if t.dims() != var.dims() {
+                    return Err(Error::format(path, Some(key), "shape differs from the variable"));
+                }
+                *slot = t.to_device(var.device())?;
+            }
+        }
+        self.t = t;
+        Ok(())
+    }
+}
+
+/// Vision features of the frozen tower, computed once per image and kept within a memory budget.
+struct FeatureCache {
+    budget: usize,
+    used: usize,
+    map: HashMap<usize, (Tensor, GridThw)>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepMetrics {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Epoch.
+    pub epoch: usize,
+    /// Stage (1 or 2).
+    pub stage: u8,
+    /// Learning rate of the step.
+    pub lr: f64,
+    /// Weighted total loss (mean over the step's examples).
+    pub loss: f64,
+    /// Embedding MSE.
+    pub mse: f64,
+    /// Mean 1 − IoU3D of matched queries.
+    pub iou_loss: f64,
+    /// Confidence BCE.
+    pub confidence: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Examples per second of the step.
+    pub examples_per_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// Optimizer steps done.
+    pub steps: usize,
+    /// Training examples (view, prompt).
+    pub examples: usize,
+    /// The last step's metrics.
+    pub last: Option<StepMetrics>,
+    /// Folder with `adapter/` and `head.safetensors` (what `Detector::load` and `--trained` read).
+    pub trained: PathBuf,
+}
+
+/// A training run.
+pub struct Trainer {
+    cfg: TrainConfig,
+    cfg_text: String,
+    out: PathBuf,
+    /// The detector being trained (LoRA attached, unmerged).
+    pub detector: Detector,
+    views: Vec<Example>,
+    items: Vec<Item>,
+    cache: FeatureCache,
+    embedding: BoxEmbedding,
+    opt: AdamW,
+    step: usize,
+    epoch: usize,
+    position: usize,
+    stage_steps: (usize, usize),
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<f64> {
+    let v = f64::from(t.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+    if !v.is_finite() {
+        return Err(Error::invalid("training", format!("{} is {v}", what())));
+    }
+    Ok(v)
+}
+
+impl Trainer {
+    /// Loads the model and the training bags; with `resume`, continues from the newest complete checkpoint in
+    /// `out/checkpoints` (a fresh run when there is none).
+    pub fn new(cfg: TrainConfig, out: &Path, resume: bool) -> Result<Self> {
+        cfg.validate()?;
+        let cfg_text = serde_yaml::to_string(&cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let device = Device::Cpu;
+        // The base checkpoint only: training starts from a fresh head (drawn from the seed) and fresh adapters.
+        let pipeline = crate::model::qwen2vl::Pipeline::load(&cfg.model, &device, DType::F32)?;
+        let mut detector = Detector::new(
+            pipeline,
+            DetectorConfig {
+                num_queries: cfg.queries,
+                frame: cfg.frame,
+                score_threshold: 0.0,
+                head_seed: cfg.seed,
+            },
+        )?;
+        detector.pipeline.processor.config.max_pixels = cfg.max_pixels;
+
+        // Examples: every camera view of the training bags, each with its prompts.
+        let dcfg = DatasetConfig {
+            target_frame: cfg.frame,
+            keep_empty: true,
+            max_negatives: cfg.max_negatives,
+            ..Default::default()
+        };
+        let mut views = Vec::new();
+        for ex in Dataset::new(cfg.train_bags.clone(), dcfg) {
+            views.push(ex?);
+        }
+        if views.is_empty() {
+            return Err(Error::invalid(
+                "training bags",
+                format!("{:?} hold no camera examples", cfg.train_bags),
+            ));
+        }
+        let items: Vec<Item> = views
+            .iter()
+            .enumerate()
+            .flat_map(|(e, v)| (0..v.prompts.len()).map(move |p| Item { example: e, prompt: p }))
+            .collect();
+        if items.is_empty() {
+            return Err(Error::invalid("training bags", "no prompts: the bags carry no annotations"));
+        }
+        if !items.iter().any(|i| !views[i.example].prompts[i.prompt].boxes.is_empty()) {
+            return Err(Error::invalid("training bags", "no prompt has a box: nothing to learn"));
+        }
+        let micro = items.len().div_ceil(cfg.batch_size);
+        let per_epoch = micro.div_ceil(cfg.grad_accumulation).max(1);
+        let len = |s: &super::config::StageConfig| s.steps.unwrap_or_else(|| s.epochs.unwrap_or(0) * per_epoch);
+        let stage_steps = (len(&cfg.stage1), len(&cfg.stage2));
+
+        let lora_cfg = cfg.lora_config();
+        let ckpt_root = out.join("checkpoints");
+        let found = if resume { latest_checkpoint(&ckpt_root)? } else { None };
+        let (lora_vars, state) = match &found {
+            Some((dir, state)) => {
+                if state.config != cfg_text {
+                    tracing::warn!("resuming {} with a changed config", dir.display());
+                }
+                let (_, vars) = detector.pipeline.model.load_lora(&dir.join("adapter"))?;
+                detector.head.load(&dir.join("head.safetensors"))?;
+                (vars, Some(state.clone()))
+            }
+            None => {
+                let vars = detector.pipeline.model.attach_lora(&lora_cfg)?;
+                // Seeded A (PEFT's Kaiming-uniform bound), so a run is reproducible from its seed.
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x10ba);
+                for (name, var) in &vars {
+                    if name.ends_with("lora_A.weight") {
+                        let bound = 1.0 / (var.dims()[1] as f64).sqrt();
+                        let vals: Vec<f32> = (0..var.elem_count())
+                            .map(|_| rand::Rng::random_range(&mut rng, -bound..bound) as f32)
+                            .collect();
+                        var.set(&Tensor::from_vec(vals, var.shape(), var.device())?)?;
+                    }
+                }
+                (vars, None)
+            }
+        };
+        let mut all = lora_vars;
+        all.extend(detector.head.vars());
+        let mut opt = AdamW::new(all, cfg.weight_decay)?;
+        let (step, epoch, position) = match (&found, &state) {
+            (Some((dir, _)), Some(s)) => {
+                opt.load_state(&dir.join("optimizer.safetensors"), s.step)?;
+                tracing::info!("resuming from {} (step {})", dir.display(), s.step);
+                (s.step, s.epoch, s.position)
+            }
+            _ => (0, 0, 0),
+        };
+        Ok(Self {
+            cache: FeatureCache {
+                budget: cfg.feature_cache_mb << 20,
+                used: 0,
+                map: HashMap::new(),
+            },
+            embedding: BoxEmbedding::new(&device)?,
+            cfg,
+            cfg_text,
+            out: out.to_path_buf(),
+            detector,
+            views,
+            items,
+            opt,
+            step,
+            epoch,
+            position,
+            stage_steps,
+            progress: true,
+        })
+    }
+
+    /// Training examples (view, prompt).
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+
+    /// Steps of stage 1 and stage 2.
+    pub fn stage_steps(&self) -> (usize, usize) {
+        self.stage_steps
+    }
+
+    fn features(&mut self, example: usize) -> Result<(Tensor, GridThw)> {
+        if let Some(f) = self.cache.map.get(&example) {
+            return Ok(f.clone());
+        }
+        let v = &self.views[example];
+        let img: RgbImage = image::load_from_memory(&v.image_jpeg)
+            .map_err(|e| {
+                Error::invalid(
+                    format!("image of {} / {}", v.sample_token, v.channel),
+                    e.to_string(),
+                )
+            })?
+            .to_rgb8();
+        let (mut feats, grids) = self.detector.encode_images(&[img])?;
+        let f = (feats.remove(0).detach(), grids[0]);
+        let bytes = f.0.elem_count() * 4;
+        if self.cache.used + bytes <= self.cache.budget {
+            self.cache.used += bytes;
+            self.cache.map.insert(example, f.clone());
+        }
+        Ok(f)
+    }
+
+    /// The epoch's example order (a permutation drawn from the seed and the epoch, so a resumed run sees the same).
+    fn order(&self, epoch: usize) -> Vec<Item> {
+        let mut items = self.items.clone();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
+        items.shuffle(&mut rng);
+        items
+    }
+
+    /// Loss of one micro-batch (mean over its examples) and its parts.
+    fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 3])> {
+        let mut total: Option<Tensor> = None;
+        let mut parts = [0.0; 3];
+        for it in batch {
+            let (feat, grid) = self.features(it.example)?;
+            let v = &self.views[it.example];
+            let p = &v.prompts[it.prompt];
+            let targets: Vec<[f64; 7]> = p.boxes.iter().map(|&b| v.boxes[b].params(self.cfg.frame)).collect();
+            let states = self.detector.query_states(&[feat], &[grid], &p.text, true)?;
+            let out = self.detector.head_forward(&states.squeeze(0)?)?;
+            let l = two_stage_loss(&out, &targets, self.cfg.frame, weights, &self.embedding)?;
+            for (k, (name, val)) in [("MSE", l.mse), ("1 - IoU", l.iou_loss), ("confidence", l.confidence)]
+                .into_iter()
+                .enumerate()
+            {
+                if !val.is_finite() {
+                    return Err(Error::invalid(
+                        "training",
+                        format!(
+                            "step {}: the {name} loss is {val} on sample {} / {} ({:?})",
+                            self.step, v.sample_token, v.channel, p.text
+                        ),
+                    ));
+                }
+                parts[k] += val / batch.len() as f64;
+            }
+            let t = (l.total / batch.len() as f64)?;
+            total = Some(match total {
+                None => t,
+                Some(s) => (s + t)?,
+            });
+        }
+        let total = total.ok_or_else(|| Error::invalid("training", "empty batch"))?;
+        Ok((total, parts))
+    }
+
+    fn checkpoint(&self) -> Result<PathBuf> {
+        let state = TrainState {
+            step: self.step,
+            epoch: self.epoch,
+            position: self.position,
+            config: self.cfg_text.clone(),
+            files: Default::default(),
+        };
+        let lora = self.cfg.lora_config();
+        write_checkpoint(&self.out.join("checkpoints"), state, |d| {
+            self.detector.pipeline.model.save_lora(&d.join("adapter"), &lora)?;
+            self.detector.head.save(&d.join("head.safetensors"))?;
+            candle_core::safetensors::save(&self.opt.state(), d.join("optimizer.safetensors"))?;
+            write_synced(&d.join("config.yaml"), self.cfg_text.as_bytes())
+        })
+    }
+
+    /// Trains to the end of stage 2, at most `max_steps` more steps when given (tests, the training node's
+    /// budget). Writes `metrics.jsonl`, checkpoints, and the trained adapters and head to the output folder.
+    pub fn run(&mut self, max_steps: Option<usize>) -> Result<TrainSummary> {
+        let total = self.stage_steps.0 + self.stage_steps.1;
+        let mp = self.out.join("metrics.jsonl");
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&mp)
+            .map_err(|e| Error::io(&mp, e))?;
+        let bar = crate::data::progress_bar(
+            self.progress,
+            total as u64,
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} ETA {eta}",
+        );
+        bar.set_position(self.step as u64);
+        let mut last = None;
+        let stop_at = max_steps.map_or(total, |m| (self.step + m).min(total));
+        while self.step < stop_at {
+            let order = self.order(self.epoch);
+            let micro: Vec<&[Item]> = order.chunks(self.cfg.batch_size).collect();
+            if self.position >= micro.len() {
+                self.epoch += 1;
+                self.position = 0;
+                self.checkpoint()?;
+                continue;
+            }
+            let started = Instant::now();
+            let (stage, lr, weights) = schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
+            let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
+            let mut parts = [0.0; 3];
+            let mut loss_sum = 0.0;
+            let mut n_ex = 0;
+            let end = (self.position + self.cfg.grad_accumulation).min(micro.len());
+            for batch in &micro[self.position..end] {
+                let (loss, p) = self.batch_loss(batch, &weights)?;
+                let step = self.step;
+                loss_sum += check_finite(&loss, || format!("step {step}: the total loss"))?;
+                let grads: GradStore = loss.backward()?;
+                for (i, (_, var)) in self.opt.vars.iter().enumerate() {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        sums[i] = Some(match sums[i].take() {
+                            None => g.clone(),
+                            Some(s) => (s + g)?,
+                        });
+                    }
+                }
+                for k in 0..3 {
+                    parts[k] += p[k];
+                }
+                n_ex += batch.len();
+            }
+            let n_micro = (end - self.position) as f64;
+            let mut sq = 0.0;
+            for (i, g) in sums.iter_mut().enumerate() {
+                if let Some(t) = g.take() {
+                    let t = (t / n_micro)?;
+                    let s = f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    if !s.is_finite() {
+                        return Err(Error::invalid(
+                            "training",
+                            format!("step {}: the gradient of {} is not finite", self.step, self.opt.vars[i].0),
+                        ));
+                    }
+                    sq += s;
+                    *g = Some(t);
+                }
+            }
+            let norm = sq.sqrt();
+            if self.cfg.grad_clip > 0.0 && norm > self.cfg.grad_clip {
+                let f = self.cfg.grad_clip / norm;
+                for g in sums.iter_mut().flatten() {
+                    *g = (&*g * f)?;
+                }
+            }
+            self.opt.step(&sums, lr)?;
+            self.step += 1;
+            self.position = end;
+            let m = StepMetrics {
+                step: self.step,
+                epoch: self.epoch,
+                stage,
+                lr,
+                loss: loss_sum / n_micro,
+                mse: parts[0] / n_micro,
+                iou_loss: parts[1] / n_micro,
+                confidence: parts[2] / n_micro,
+                grad_norm: norm,
+                examples_per_s: n_ex as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            };
+            let line = serde_json::to_string(&m).map_err(|e| Error::invalid("metrics", e.to_string()))?;
+            writeln!(log, "{line}").map_err(|e| Error::io(&mp, e))?;
+            bar.set_position(self.step as u64);
+            bar.set_message(format!(
+                "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}) {:.1} ex/s",
+                m.epoch, m.stage, m.loss, m.mse, m.iou_loss, m.confidence, m.examples_per_s
+            ));
+            if self.step % self.cfg.checkpoint_every == 0 {
+                self.checkpoint()?;
+            }
+            last = Some(m);
+        }
+        bar.finish_and_clear();
+        self.checkpoint()?;
+        let lora = self.cfg.lora_config();
+        // The trained parts at the top of the output folder: `vlm3d detect --trained OUT`, `Detector::load`.
+        self.detector.pipeline.model.save_lora(&self.out.join("adapter"), &lora)?;
+        self.detector.head.save(&self.out.join("head.safetensors"))?;
+        Ok(TrainSummary {
+            steps: self.step,
+            examples: self.items.len(),
+            last,
+            trained: self.out.clone(),
+        })
+    }
+}
