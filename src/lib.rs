@@ -5,7 +5,7 @@
 //! * [`perception`]: the rig, the one detection type, camera → LiDAR + merge across cameras (ROS-free).
 //! * [`model`]: Qwen2-VL in candle, LoRA, the box head and the [`model::detector::Detector`].
 //! * [`data`]: nuScenes tables, rosbag2 files, the synthetic world, the converter and the dataset.
-//! * [`train`]: the two-stage LoRA trainer (matching, losses, checkpoints).
+//! * [`train`]: the two-stage LoRA trainer (matching, losses, checkpoints); [`eval`]: metrics and reports.
 //! * [`demo`] and [`bench`]: the built-in demo and the benchmarks, users of the above.
 //! * `ros` (feature `ros`): the only r2r code.
 //!
@@ -14,6 +14,7 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod geometry;
 pub mod model;
 pub mod perception;

@@ -273,9 +273,10 @@ fn library_modules_depend_downwards_only() {
         ("model", 3),
         ("data", 3),
         ("train", 4),
-        ("bench", 5),
-        ("demo", 5),
-        ("ros", 6),
+        ("eval", 5),
+        ("bench", 6),
+        ("demo", 6),
+        ("ros", 7),
     ]
     .into_iter()
     .collect();

@@ -34,6 +34,46 @@ pub enum Command {
     Synth(SynthArgs),
     /// Train the LoRA adapters and the box head (the paper's two stages) on rosbag2 bags.
     Train(TrainArgs),
+    /// Score a model (or the mean-box baseline) on an annotated bag: paper and nuScenes metrics, report.
+    Eval(EvalArgs),
+}
+
+/// Arguments of `vlm3d eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Annotated rosbag2 folder (vlm3d convert-nuscenes output).
+    #[arg(long)]
+    pub bag: std::path::PathBuf,
+    /// Output folder (metrics.json, report.md).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Qwen2-VL checkpoint folder (default: the demo model, models/demo, when present; else the tiny fixture).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Folder with adapter/ and head.safetensors (default: the model folder).
+    #[arg(long)]
+    pub trained: Option<std::path::PathBuf>,
+    /// Also score a baseline: mean-box (each category's mean camera-frame box in every view).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Bag whose boxes give the baseline's means (default: --bag).
+    #[arg(long)]
+    pub baseline_bag: Option<std::path::PathBuf>,
+    /// Minimum confidence of a predicted box.
+    #[arg(long, default_value_t = 0.3)]
+    pub score_threshold: f32,
+    /// BEV NMS threshold when merging cameras.
+    #[arg(long, default_value_t = 0.3)]
+    pub nms_iou: f64,
+    /// Prompts for absent categories per sample.
+    #[arg(long, default_value_t = 2)]
+    pub absent_prompts: usize,
+    /// Where the model runs: cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Upper bound on pixels per view.
+    #[arg(long, default_value_t = 448 * 252)]
+    pub max_pixels: usize,
 }
 
 /// Arguments of `vlm3d train`.
@@ -364,6 +404,45 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ConvertNuscenes(args) => run_convert(args),
+        Command::Eval(a) => {
+            use vlm3d::eval::{evaluate_bag, mean_boxes, write_report, EvalOptions, Predictor};
+            let model = a.model.unwrap_or_else(vlm3d::demo::default_model_dir);
+            let device = vlm3d::model::device::select_device(a.device.as_deref())?;
+            let mut det = vlm3d::model::detector::Detector::load(
+                &model,
+                a.trained.as_deref(),
+                vlm3d::model::detector::DetectorConfig {
+                    score_threshold: a.score_threshold,
+                    ..Default::default()
+                },
+                &device,
+                candle_core::DType::F32,
+            )?;
+            det.pipeline.processor.config.max_pixels = a.max_pixels;
+            let opts = EvalOptions {
+                bag: a.bag.clone(),
+                nms_iou: a.nms_iou,
+                absent_prompts: a.absent_prompts,
+            };
+            let (m, q) = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
+            let name = model.display().to_string();
+            let mut results = vec![(name.as_str(), &m, q.as_slice())];
+            let base;
+            match a.baseline.as_deref() {
+                None => {}
+                Some("mean-box") => {
+                    let means = mean_boxes(a.baseline_bag.as_deref().unwrap_or(&a.bag))?;
+                    base = evaluate_bag(&Predictor::MeanBox(means), &opts)?;
+                    results.push(("mean-box baseline", &base.0, base.1.as_slice()));
+                }
+                Some(o) => anyhow::bail!("unknown --baseline {o:?} (mean-box)"),
+            }
+            for p in write_report(&a.out, &a.bag, &results)? {
+                println!("wrote {}", p.display());
+            }
+            print!("{}", std::fs::read_to_string(a.out.join("report.md"))?.split("\n## ").next().unwrap_or(""));
+            Ok(())
+        }
         Command::Train(a) => {
             let cfg = vlm3d::train::TrainConfig::load(&a.config)?;
             let mut t = vlm3d::train::Trainer::new(cfg, &a.out, a.resume)?;

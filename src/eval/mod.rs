@@ -1,0 +1,247 @@
+//! Evaluation on a rosbag2 bag with annotations: every sample's six views through the same detect → camera to
+//! LiDAR → BEV NMS path the node uses (or a per-category mean-box baseline through the same merge), for the
+//! categories present in the sample plus absent ones, scored by [`metrics`]; `metrics.json` and `report.md`.
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::data::dataset::{Dataset, DatasetConfig, Example};
+use crate::geometry::{Frame, OrientedBox3D};
+use crate::model::detector::Detector;
+use crate::perception::{merge_views, Detection, ViewDetections, ViewInput};
+use crate::{Error, Result};
+use metrics::{evaluate, Metrics, Query};
+
+/// What produces the boxes.
+pub enum Predictor {
+    /// The detector (its configured frame and threshold).
+    Model(Box<Detector>),
+    /// Each category's mean camera-frame box, predicted once in every view (score 0.5).
+    MeanBox(BTreeMap<String, [f64; 7]>),
+}
+
+/// Settings of [`evaluate_bag`].
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The bag to score.
+    pub bag: PathBuf,
+    /// BEV NMS threshold of the merge.
+    pub nms_iou: f64,
+    /// Prompts for absent categories per sample.
+    pub absent_prompts: usize,
+}
+
+/// One sample's views.
+struct SampleViews {
+    token: String,
+    views: Vec<Example>,
+}
+
+fn samples(bag: &Path) -> Result<Vec<SampleViews>> {
+    let cfg = DatasetConfig {
+        target_frame: Frame::Lidar,
+        keep_empty: true,
+        ..Default::default()
+    };
+    let mut out: Vec<SampleViews> = Vec::new();
+    for ex in Dataset::new([bag.to_path_buf()], cfg) {
+        let ex = ex?;
+        match out.last_mut() {
+            Some(s) if s.token == ex.sample_token => s.views.push(ex),
+            _ => out.push(SampleViews {
+                token: ex.sample_token.clone(),
+                views: vec![ex],
+            }),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid(
+            "evaluation bag",
+            format!("{} holds no camera examples", bag.display()),
+        ));
+    }
+    Ok(out)
+}
+
+/// Per-category mean camera-frame box [x, y, z, l, w, h, yaw] over every view's visible boxes of `bag` (yaw: the
+/// circular mean), the baseline's prediction.
+pub fn mean_boxes(bag: &Path) -> Result<BTreeMap<String, [f64; 7]>> {
+    let mut acc: BTreeMap<String, ([f64; 8], usize)> = BTreeMap::new();
+    for s in samples(bag)? {
+        for v in &s.views {
+            let to_cam = v.cam_to_lidar.inverse();
+            for b in &v.boxes {
+                let p = b.oriented.transform(&to_cam).camera_params();
+                let e = acc
+                    .entry(crate::data::dataset::prompt_name(&b.category))
+                    .or_insert(([0.0; 8], 0));
+                for k in 0..6 {
+                    e.0[k] += p[k];
+                }
+                e.0[6] += p[6].sin();
+                e.0[7] += p[6].cos();
+                e.1 += 1;
+            }
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .map(|(k, (s, n))| {
+            let n = n as f64;
+            (
+                k,
+                [s[0] / n, s[1] / n, s[2] / n, s[3] / n, s[4] / n, s[5] / n, s[6].atan2(s[7])],
+            )
+        })
+        .collect())
+}
+
+/// Scores `predictor` on every sample of the bag.
+pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<(Metrics, Vec<Query>)> {
+    let all = samples(&opts.bag)?;
+    let bar = crate::data::progress_bar(true, all.len() as u64, "eval [{bar:30}] {pos}/{len} samples ETA {eta}");
+    let mut queries = Vec::new();
+    for s in &all {
+        // Categories present (their prompt text and ground truth, each instance once) and absent ones.
+        let mut texts: BTreeMap<String, String> = BTreeMap::new();
+        let mut truth: BTreeMap<String, BTreeMap<String, OrientedBox3D>> = BTreeMap::new();
+        let mut absent: Vec<String> = Vec::new();
+        for v in &s.views {
+            for p in &v.prompts {
+                texts.entry(p.category.clone()).or_insert_with(|| p.text.clone());
+                if p.boxes.is_empty() {
+                    absent.push(p.category.clone());
+                }
+                for &b in &p.boxes {
+                    let lb = &v.boxes[b];
+                    truth
+                        .entry(p.category.clone())
+                        .or_default()
+                        .insert(lb.instance_id.clone(), lb.oriented);
+                }
+            }
+        }
+        absent.retain(|c| !truth.contains_key(c));
+        absent.sort();
+        absent.dedup();
+        absent.truncate(opts.absent_prompts);
+        let categories: Vec<String> = truth.keys().cloned().chain(absent).collect();
+        let prefix = match predictor {
+            Predictor::Model(det) => {
+                let images = s
+                    .views
+                    .iter()
+                    .map(|v| {
+                        image::load_from_memory(&v.image_jpeg)
+                            .map(|i| i.to_rgb8())
+                            .map_err(|e| {
+                                Error::invalid(format!("image of {} / {}", s.token, v.channel), e.to_string())
+                            })
+                    })
+                    .collect::<Result<Vec<RgbImage>>>()?;
+                Some(det.encode_frame(&images)?)
+            }
+            Predictor::MeanBox(_) => None,
+        };
+        for cat in categories {
+            let per_view: Vec<ViewDetections> = match (predictor, &prefix) {
+                (Predictor::Model(det), Some(prefix)) => det.detect_cached(prefix, &texts[&cat])?,
+                (Predictor::MeanBox(means), _) => (0..s.views.len())
+                    .map(|view| ViewDetections {
+                        view,
+                        frame: Frame::Camera,
+                        boxes: means
+                            .get(&cat)
+                            .map(|m| vec![Detection::new(*m, 0.5)])
+                            .unwrap_or_default(),
+                    })
+                    .collect(),
+                _ => unreachable!("the model path always has a prefix"),
+            };
+            let inputs: Vec<ViewInput> = per_view
+                .iter()
+                .map(|vd| ViewInput {
+                    detections: vd,
+                    camera_to_lidar: &s.views[vd.view].cam_to_lidar,
+                    camera: &s.views[vd.view].channel,
+                })
+                .collect();
+            let merged = merge_views(&inputs, opts.nms_iou, usize::MAX)?;
+            let truth_boxes = truth
+                .get(&cat)
+                .map(|m| m.values().map(|b| b.to_box3d()).collect::<Result<Vec<_>>>())
+                .transpose()?
+                .unwrap_or_default();
+            queries.push(Query {
+                sample: s.token.clone(),
+                category: cat.clone(),
+                truth: truth_boxes,
+                predicted: merged
+                    .boxes
+                    .into_iter()
+                    .map(|d| Detection { label: cat.clone(), ..d })
+                    .collect(),
+            });
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((evaluate(&queries)?, queries))
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    name: &'a str,
+    bag: &'a Path,
+    samples: usize,
+    queries: usize,
+    metrics: &'a Metrics,
+}
+
+/// Writes `metrics.json` and `report.md` for one or more named results into `out`.
+pub fn write_report(out: &Path, bag: &Path, results: &[(&str, &Metrics, &[Query])]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let json: Vec<Report> = results
+        .iter()
+        .map(|(name, m, q)| Report {
+            name,
+            bag,
+            samples: q.iter().map(|q| &q.sample).collect::<std::collections::BTreeSet<_>>().len(),
+            queries: q.len(),
+            metrics: m,
+        })
+        .collect();
+    let jp = out.join("metrics.json");
+    std::fs::write(
+        &jp,
+        serde_json::to_string_pretty(&json).map_err(|e| Error::invalid("metrics", e.to_string()))?,
+    )
+    .map_err(|e| Error::io(&jp, e))?;
+    let mut md = format!("# vlm3d eval: {}\n\n", bag.display());
+    md.push_str("| predictor | nuScenes mAP | Acc@0.25 | Acc@0.5 | mIoU | Accuracy | Recall | F1 |\n|---|---|---|---|---|---|---|---|\n");
+    for (name, m, _) in results {
+        md.push_str(&format!(
+            "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+            m.nusc_map, m.acc_25, m.acc_50, m.miou, m.accuracy, m.recall, m.f1
+        ));
+    }
+    for (name, m, _) in results {
+        md.push_str(&format!(
+            "\n## {name}: per category\n\n| category | truth | predicted | IoU | Acc@0.25 | AP@0.5 m | AP@1 m | AP@2 m | AP@4 m |\n|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        for (c, v) in &m.categories {
+            md.push_str(&format!(
+                "| {c} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                v.truth, v.predicted, v.iou, v.acc_25, v.ap[0], v.ap[1], v.ap[2], v.ap[3]
+            ));
+        }
+    }
+    md.push_str("\nRules: see `src/eval/metrics.rs` (Hungarian matching at 3D IoU ≥ 0.25 per sample and prompt; nuScenes centre-distance AP as the devkit computes it).\n");
+    let mp = out.join("report.md");
+    std::fs::write(&mp, md).map_err(|e| Error::io(&mp, e))?;
+    Ok(vec![jp, mp])
+}
