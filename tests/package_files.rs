@@ -368,3 +368,89 @@ fn v_props(rel: &str) -> serde_json::Map<String, serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+#[test]
+fn training_recipes_and_node_params_validate_against_their_schemas() {
+    let v = schema_validator("schema/train.schema.json");
+    for rel in ["config/train.yaml", "config/train_demo.yaml"] {
+        let doc = yaml_as_json(rel);
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{rel}: {errors:?}");
+        let mut bad = doc.clone();
+        bad["stage1"]["lr"] = serde_json::json!(-1.0);
+        assert!(!v.is_valid(&bad), "{rel}: negative lr accepted");
+        let mut bad = doc.clone();
+        bad["learning_rate"] = serde_json::json!(1.0);
+        assert!(!v.is_valid(&bad), "{rel}: unknown key accepted");
+    }
+    let v = schema_validator("schema/training_node.schema.json");
+    let params = yaml_as_json("config/training_node.param.yaml");
+    let errors: Vec<String> = v.iter_errors(&params).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut bad = params.clone();
+    bad["/**"]["ros__parameters"]["max_steps"] = serde_json::json!(-3);
+    assert!(!v.is_valid(&bad));
+}
+
+#[test]
+fn training_launch_names_what_exists() {
+    let text = read("launch/training.launch.xml");
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let launch = doc.root_element();
+    let args: BTreeSet<&str> = child(launch, "arg")
+        .iter()
+        .map(|a| a.attribute("name").unwrap())
+        .collect();
+    for attr in doc.descendants().flat_map(|n| n.attributes()) {
+        let v = attr.value();
+        for (i, _) in v.match_indices("$(var ") {
+            let name = v[i + 6..].split(')').next().unwrap();
+            assert!(args.contains(name), "$(var {name}) undeclared");
+        }
+        if let Some(rest) = v.strip_prefix("$(find-pkg-share vlm3d)/") {
+            assert!(root().join(rest).is_file(), "missing {rest}");
+        }
+    }
+    let node = child(launch, "node")[0];
+    // The executable is one of the crate's binaries.
+    let cargo: toml_like::Bins = toml_like::bins(&read("Cargo.toml"));
+    let exec = node.attribute("exec").unwrap();
+    assert!(
+        cargo.0.contains(&exec.to_string()),
+        "no binary {exec} in Cargo.toml"
+    );
+    // Every parameter it sets is one the node's schema knows.
+    let props = v_props("schema/training_node.schema.json");
+    for p in child(node, "param") {
+        if let Some(name) = p.attribute("name") {
+            assert!(props.contains_key(name), "unknown parameter {name}");
+        }
+    }
+    for r in child(node, "remap") {
+        let from = r.attribute("from").unwrap();
+        assert!(
+            from.starts_with("~/output/") || from.starts_with("~/input/"),
+            "{from}"
+        );
+    }
+}
+
+/// The `[[bin]]` names of Cargo.toml (a line scan: enough for this file's plain layout).
+mod toml_like {
+    pub struct Bins(pub Vec<String>);
+
+    pub fn bins(text: &str) -> Bins {
+        let mut out = Vec::new();
+        let mut in_bin = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_bin = line == "[[bin]]";
+            } else if in_bin {
+                if let Some(v) = line.strip_prefix("name = ") {
+                    out.push(v.trim_matches('"').to_string());
+                }
+            }
+        }
+        Bins(out)
+    }
+}

@@ -3,53 +3,15 @@
 //! with SIGKILL resumes to the same result as an uninterrupted one, and bad recipes or bags are refused by name.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, scratch};
-use vlm3d::data::convert::{convert_nuscenes, ConvertOptions};
-use vlm3d::data::synth::{generate, SynthConfig};
+use common::{fixture, scratch, small_bag as bag};
 use vlm3d::train::trainer::schedule_at;
 use vlm3d::train::{TrainConfig, Trainer};
 
-/// A small synthetic bag (2 scenes × 2 samples, 224×126 views), made once per test process.
-fn bag(dir: &Path) -> PathBuf {
-    let data = dir.join("nuscenes");
-    let cfg = SynthConfig {
-        scenes: 2,
-        samples_per_scene: 2,
-        seed: 11,
-        width: 224,
-        height: 126,
-        progress: false,
-        ..Default::default()
-    };
-    generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
-    bag
-}
-
 fn recipe(bag: &Path, stage1: usize, stage2: usize) -> TrainConfig {
-    let text = std::fs::read_to_string(common::repo().join("config/train.yaml")).unwrap();
-    let mut c: TrainConfig = serde_yaml::from_str(&text).unwrap();
-    c.model = fixture();
-    c.train_bags = vec![bag.to_path_buf()];
-    c.stage1.epochs = None;
-    c.stage1.steps = Some(stage1);
-    c.stage1.lr = 2e-3;
-    c.stage2.epochs = None;
-    c.stage2.steps = Some(stage2);
-    c.stage2.lr = 5e-4;
-    c.warmup_steps = 2;
-    c.batch_size = 4;
-    c.max_negatives = Some(1);
-    c.checkpoint_every = 4;
-    c.max_pixels = 224 * 126;
-    c
+    common::tiny_recipe(bag, stage1, stage2)
 }
 
 #[test]
@@ -92,11 +54,22 @@ fn loss_falls_and_the_base_weights_stay_bit_identical() {
     println!("loss: first 5 steps {first:.4}, last 5 steps {last:.4}");
     assert!(last < 0.7 * first, "loss did not fall: {first} -> {last}");
     // The base weights are the loaded ones, bit for bit, and equal the checkpoint file's.
-    let fresh =
-        vlm3d::model::qwen2vl::Pipeline::load(&fixture(), &candle_core::Device::Cpu, candle_core::DType::F32)
-            .unwrap();
+    let fresh = vlm3d::model::qwen2vl::Pipeline::load(
+        &fixture(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     for (i, l) in t.detector.pipeline.model.text.layers.iter().enumerate() {
-        let now: Vec<f32> = l.self_attn.q_proj.base().weight().flatten_all().unwrap().to_vec1().unwrap();
+        let now: Vec<f32> = l
+            .self_attn
+            .q_proj
+            .base()
+            .weight()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let file: Vec<f32> = fresh.model.text.layers[i]
             .self_attn
             .q_proj
@@ -107,8 +80,16 @@ fn loss_falls_and_the_base_weights_stay_bit_identical() {
             .to_vec1()
             .unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&now), bits(&base_before[i]), "layer {i} q_proj changed");
-        assert_eq!(bits(&now), bits(&file), "layer {i} q_proj differs from the checkpoint");
+        assert_eq!(
+            bits(&now),
+            bits(&base_before[i]),
+            "layer {i} q_proj changed"
+        );
+        assert_eq!(
+            bits(&now),
+            bits(&file),
+            "layer {i} q_proj differs from the checkpoint"
+        );
     }
     // What the trainer writes is what the detector loads.
     let det = vlm3d::model::detector::Detector::load(
@@ -156,7 +137,10 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     std::fs::write(&yaml, serde_yaml::to_string(&cfg).unwrap()).unwrap();
     let train = |out: &Path, resume: bool| {
         let mut c = vlm3d();
-        c.args(["train", "--no-progress", "--config"]).arg(&yaml).arg("--out").arg(out);
+        c.args(["train", "--no-progress", "--config"])
+            .arg(&yaml)
+            .arg("--out")
+            .arg(out);
         if resume {
             c.arg("--resume");
         }
@@ -164,7 +148,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     };
     // Uninterrupted.
     let st = train(&dir.join("whole"), false).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     // Killed once the first checkpoint (step 4) exists, mid-run.
     let mut child = train(&dir.join("killed"), false).spawn().unwrap();
     let first = dir.join("killed/checkpoints/step-00000004/state.json");
@@ -179,13 +167,20 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let st = train(&dir.join("killed"), true).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let a = std::fs::read(dir.join("whole/head.safetensors")).unwrap();
     let b = std::fs::read(dir.join("killed/head.safetensors")).unwrap();
     assert!(a == b, "resumed head differs from the uninterrupted run's");
     let a = std::fs::read(dir.join("whole/adapter/adapter_model.safetensors")).unwrap();
     let b = std::fs::read(dir.join("killed/adapter/adapter_model.safetensors")).unwrap();
-    assert!(a == b, "resumed adapters differ from the uninterrupted run's");
+    assert!(
+        a == b,
+        "resumed adapters differ from the uninterrupted run's"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -195,19 +190,37 @@ fn bad_recipes_and_bags_are_refused_by_name() {
     let yaml = dir.join("t.yaml");
     let text = std::fs::read_to_string(common::repo().join("config/train.yaml")).unwrap();
     std::fs::write(&yaml, text.replace("seed: 0", "seed: 0\nlearning_rate: 3")).unwrap();
-    let out = vlm3d().args(["train", "--out"]).arg(dir.join("o")).arg("--config").arg(&yaml).output().unwrap();
+    let out = vlm3d()
+        .args(["train", "--out"])
+        .arg(dir.join("o"))
+        .arg("--config")
+        .arg(&yaml)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("learning_rate") && err.contains("t.yaml"), "{err}");
+    assert!(
+        err.contains("learning_rate") && err.contains("t.yaml"),
+        "{err}"
+    );
     std::fs::write(&yaml, text.replace("lr: 1.0e-4", "lr: -1.0e-4")).unwrap();
-    let out = vlm3d().args(["train", "--out"]).arg(dir.join("o")).arg("--config").arg(&yaml).output().unwrap();
+    let out = vlm3d()
+        .args(["train", "--out"])
+        .arg(dir.join("o"))
+        .arg("--config")
+        .arg(&yaml)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("stage1.lr"), "{err}");
     // A folder that is not a bag.
     let mut cfg: TrainConfig = serde_yaml::from_str(&text).unwrap();
     cfg.model = fixture();
     cfg.train_bags = vec![dir.join("no-such-bag")];
-    let e = Trainer::new(cfg, &dir.join("o"), false).err().expect("refused").to_string();
+    let e = Trainer::new(cfg, &dir.join("o"), false)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(e.contains("no-such-bag"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -232,6 +232,8 @@ pub struct Example {
     pub camera: PinholeCamera,
     /// Maps camera-frame points (at the image's time) into the LiDAR frame (at the key frame's time).
     pub cam_to_lidar: Isometry3<f64>,
+    /// Maps LiDAR-frame points (at the key frame) into the global frame (nuScenes results are global).
+    pub lidar_to_global: Isometry3<f64>,
     /// Frame of `boxes`.
     pub frame: Frame,
     /// The boxes the camera sees, in `frame`.
@@ -555,6 +557,7 @@ impl Dataset {
                 image_jpeg: jpeg,
                 camera,
                 cam_to_lidar,
+                lidar_to_global: global_to_lidar.inverse(),
                 frame: self.config.target_frame,
                 boxes: ex_boxes,
                 prompts,

@@ -215,9 +215,7 @@ pub fn evaluate(queries: &[Query]) -> Result<Metrics> {
         c.acc_25 = ratio(mat[0], c.truth);
         c.acc_50 = ratio(mat[1], c.truth);
         if let Some(s) = scored.get(name) {
-            for k in 0..4 {
-                c.ap[k] = nuscenes_ap(s[k].clone(), c.truth);
-            }
+            c.ap = std::array::from_fn(|k| nuscenes_ap(s[k].clone(), c.truth));
         }
         if c.truth > 0 {
             ious.push(c.iou);
@@ -233,10 +231,18 @@ pub fn evaluate(queries: &[Query]) -> Result<Metrics> {
     m.accuracy = ratio(tp, tp + fp + fn_);
     m.recall = ratio(tp, tp + fn_);
     m.f1 = ratio(2 * tp, 2 * tp + fp + fn_);
-    m.miou = if ious.is_empty() { 0.0 } else { ious.iter().sum::<f64>() / ious.len() as f64 };
+    m.miou = if ious.is_empty() {
+        0.0
+    } else {
+        ious.iter().sum::<f64>() / ious.len() as f64
+    };
     m.acc_25 = ratio(at[0], truth);
     m.acc_50 = ratio(at[1], truth);
-    m.nusc_map = if aps.is_empty() { 0.0 } else { aps.iter().sum::<f64>() / aps.len() as f64 };
+    m.nusc_map = if aps.is_empty() {
+        0.0
+    } else {
+        aps.iter().sum::<f64>() / aps.len() as f64
+    };
     m.categories = cats;
     Ok(m)
 }
@@ -262,7 +268,9 @@ mod tests {
             predicted: vec![det(-5.0, 3.0, 0.9), det(10.0, 0.0, 0.8)],
         };
         let m = evaluate(&[q]).unwrap();
-        for v in [m.accuracy, m.recall, m.f1, m.miou, m.acc_25, m.acc_50, m.nusc_map] {
+        for v in [
+            m.accuracy, m.recall, m.f1, m.miou, m.acc_25, m.acc_50, m.nusc_map,
+        ] {
             assert!((v - 1.0).abs() < 1e-9, "{m:?}");
         }
     }
@@ -297,7 +305,10 @@ mod tests {
         let m = evaluate(&[q]).unwrap();
         let c = &m.categories["car"];
         assert_eq!((c.tp, c.fp, c.fn_), (0, 1, 1));
-        assert_eq!((m.accuracy, m.recall, m.f1, m.nusc_map), (0.0, 0.0, 0.0, 0.0));
+        assert_eq!(
+            (m.accuracy, m.recall, m.f1, m.nusc_map),
+            (0.0, 0.0, 0.0, 0.0)
+        );
     }
 
     #[test]
@@ -309,7 +320,11 @@ mod tests {
         let mut want = 0.0;
         for k in 11..=100 {
             let r = k as f64 / 100.0;
-            let p = if r < 0.5 { 1.0 } else { 0.5 + (2.0 / 3.0 - 0.5) * (r - 0.5) / 0.5 };
+            let p = if r < 0.5 {
+                1.0
+            } else {
+                0.5 + (2.0 / 3.0 - 0.5) * (r - 0.5) / 0.5
+            };
             want += (p - 0.1f64).max(0.0);
         }
         want /= 90.0 * 0.9;

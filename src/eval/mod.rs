@@ -2,6 +2,7 @@
 //! LiDAR → BEV NMS path the node uses (or a per-category mean-box baseline through the same merge), for the
 //! categories present in the sample plus absent ones, scored by [`metrics`]; `metrics.json` and `report.md`.
 pub mod metrics;
+pub mod plots;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,8 +80,8 @@ pub fn mean_boxes(bag: &Path) -> Result<BTreeMap<String, [f64; 7]>> {
                 let e = acc
                     .entry(crate::data::dataset::prompt_name(&b.category))
                     .or_insert(([0.0; 8], 0));
-                for k in 0..6 {
-                    e.0[k] += p[k];
+                for (sum, v) in e.0.iter_mut().zip(&p[..6]) {
+                    *sum += v;
                 }
                 e.0[6] += p[6].sin();
                 e.0[7] += p[6].cos();
@@ -94,16 +95,74 @@ pub fn mean_boxes(bag: &Path) -> Result<BTreeMap<String, [f64; 7]>> {
             let n = n as f64;
             (
                 k,
-                [s[0] / n, s[1] / n, s[2] / n, s[3] / n, s[4] / n, s[5] / n, s[6].atan2(s[7])],
+                [
+                    s[0] / n,
+                    s[1] / n,
+                    s[2] / n,
+                    s[3] / n,
+                    s[4] / n,
+                    s[5] / n,
+                    s[6].atan2(s[7]),
+                ],
             )
         })
         .collect())
 }
 
+/// nuScenes' detection class of a nuScenes category (the devkit's class map), `None` for categories the
+/// detection benchmark does not score.
+pub fn detection_name(category: &str) -> Option<&'static str> {
+    Some(match category {
+        "movable_object.barrier" => "barrier",
+        "vehicle.bicycle" => "bicycle",
+        "vehicle.bus.bendy" | "vehicle.bus.rigid" => "bus",
+        "vehicle.car" => "car",
+        "vehicle.construction" => "construction_vehicle",
+        "vehicle.motorcycle" => "motorcycle",
+        "human.pedestrian.adult"
+        | "human.pedestrian.child"
+        | "human.pedestrian.construction_worker"
+        | "human.pedestrian.police_officer" => "pedestrian",
+        "movable_object.trafficcone" => "traffic_cone",
+        "vehicle.trailer" => "trailer",
+        "vehicle.truck" => "truck",
+        _ => return None,
+    })
+}
+
+/// One evaluation: the metrics, the per-(sample, category) queries they came from, each sample's LiDAR → global
+/// pose, and the nuScenes class of each prompted category.
+#[derive(Debug, Clone)]
+pub struct EvalRun {
+    /// The scores.
+    pub metrics: Metrics,
+    /// What was scored.
+    pub queries: Vec<Query>,
+    /// Every sample of the bag in order, with its LiDAR → global pose.
+    pub samples: Vec<(String, nalgebra::Isometry3<f64>)>,
+    /// Prompt name → nuScenes detection class.
+    pub classes: BTreeMap<String, Option<&'static str>>,
+}
+
 /// Scores `predictor` on every sample of the bag.
-pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<(Metrics, Vec<Query>)> {
+pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun> {
     let all = samples(&opts.bag)?;
-    let bar = crate::data::progress_bar(true, all.len() as u64, "eval [{bar:30}] {pos}/{len} samples ETA {eta}");
+    let mut classes: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
+    for s in &all {
+        for v in &s.views {
+            for p in &v.prompts {
+                let cat = p.boxes.first().map(|&b| v.boxes[b].category.as_str());
+                if let Some(c) = cat {
+                    classes.insert(p.category.clone(), detection_name(c));
+                }
+            }
+        }
+    }
+    let bar = crate::data::progress_bar(
+        true,
+        all.len() as u64,
+        "eval [{bar:30}] {pos}/{len} samples ETA {eta}",
+    );
     let mut queries = Vec::new();
     for s in &all {
         // Categories present (their prompt text and ground truth, each instance once) and absent ones.
@@ -112,7 +171,9 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<(Metric
         let mut absent: Vec<String> = Vec::new();
         for v in &s.views {
             for p in &v.prompts {
-                texts.entry(p.category.clone()).or_insert_with(|| p.text.clone());
+                texts
+                    .entry(p.category.clone())
+                    .or_insert_with(|| p.text.clone());
                 if p.boxes.is_empty() {
                     absent.push(p.category.clone());
                 }
@@ -139,7 +200,10 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<(Metric
                         image::load_from_memory(&v.image_jpeg)
                             .map(|i| i.to_rgb8())
                             .map_err(|e| {
-                                Error::invalid(format!("image of {} / {}", s.token, v.channel), e.to_string())
+                                Error::invalid(
+                                    format!("image of {} / {}", s.token, v.channel),
+                                    e.to_string(),
+                                )
                             })
                     })
                     .collect::<Result<Vec<RgbImage>>>()?;
@@ -183,14 +247,71 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<(Metric
                 predicted: merged
                     .boxes
                     .into_iter()
-                    .map(|d| Detection { label: cat.clone(), ..d })
+                    .map(|d| Detection {
+                        label: cat.clone(),
+                        ..d
+                    })
                     .collect(),
             });
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok((evaluate(&queries)?, queries))
+    Ok(EvalRun {
+        metrics: evaluate(&queries)?,
+        queries,
+        samples: all
+            .iter()
+            .map(|s| (s.token.clone(), s.views[0].lidar_to_global))
+            .collect(),
+        classes,
+    })
+}
+
+/// Writes the run's boxes in the nuScenes detection submission format (every sample of the bag, empty lists
+/// included; boxes in the global frame; `detection_name` from the class map, categories it does not score
+/// left out; size w-l-h; rotation w-x-y-z; zero velocity), so the devkit's evaluation reads it unchanged.
+pub fn write_nuscenes_results(path: &Path, run: &EvalRun) -> Result<()> {
+    let poses: BTreeMap<&str, &nalgebra::Isometry3<f64>> =
+        run.samples.iter().map(|(t, p)| (t.as_str(), p)).collect();
+    let mut results: serde_json::Map<String, serde_json::Value> = run
+        .samples
+        .iter()
+        .map(|(t, _)| (t.clone(), serde_json::Value::Array(Vec::new())))
+        .collect();
+    for q in &run.queries {
+        let Some(Some(name)) = run.classes.get(&q.category) else {
+            continue;
+        };
+        let pose = poses[q.sample.as_str()];
+        let list = results
+            .get_mut(&q.sample)
+            .and_then(|v| v.as_array_mut())
+            .ok_or_else(|| {
+                Error::invalid("results", format!("sample {} not in the bag", q.sample))
+            })?;
+        for d in &q.predicted {
+            let g = d.to_box3d()?.transform(pose);
+            let r = g.rotation.quaternion();
+            let [l, w, h] = g.size;
+            list.push(serde_json::json!({
+                "sample_token": q.sample,
+                "translation": [g.center.x, g.center.y, g.center.z],
+                "size": [w, l, h],
+                "rotation": [r.w, r.i, r.j, r.k],
+                "velocity": [0.0, 0.0],
+                "detection_name": name,
+                "detection_score": d.score,
+                "attribute_name": "",
+            }));
+        }
+    }
+    let doc = serde_json::json!({
+        "meta": {"use_camera": true, "use_lidar": false, "use_radar": false, "use_map": false, "use_external": false},
+        "results": results,
+    });
+    let text = serde_json::to_string(&doc).map_err(|e| Error::invalid("results", e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 #[derive(Serialize)]
@@ -203,14 +324,22 @@ struct Report<'a> {
 }
 
 /// Writes `metrics.json` and `report.md` for one or more named results into `out`.
-pub fn write_report(out: &Path, bag: &Path, results: &[(&str, &Metrics, &[Query])]) -> Result<Vec<PathBuf>> {
+pub fn write_report(
+    out: &Path,
+    bag: &Path,
+    results: &[(&str, &Metrics, &[Query])],
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let json: Vec<Report> = results
         .iter()
         .map(|(name, m, q)| Report {
             name,
             bag,
-            samples: q.iter().map(|q| &q.sample).collect::<std::collections::BTreeSet<_>>().len(),
+            samples: q
+                .iter()
+                .map(|q| &q.sample)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
             queries: q.len(),
             metrics: m,
         })
@@ -218,7 +347,8 @@ pub fn write_report(out: &Path, bag: &Path, results: &[(&str, &Metrics, &[Query]
     let jp = out.join("metrics.json");
     std::fs::write(
         &jp,
-        serde_json::to_string_pretty(&json).map_err(|e| Error::invalid("metrics", e.to_string()))?,
+        serde_json::to_string_pretty(&json)
+            .map_err(|e| Error::invalid("metrics", e.to_string()))?,
     )
     .map_err(|e| Error::io(&jp, e))?;
     let mut md = format!("# vlm3d eval: {}\n\n", bag.display());

@@ -2,12 +2,14 @@
 //!
 //! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from the library's
 //!   [`crate::perception::Detections`], and to the ecosystem's `vision_msgs/Detection3DArray`.
+//! * [`training_node`]: the trainer as a ROS 2 node (progress, diagnostics, clean stop on signals).
 //! * [`wait`]: start-up helpers that wait for discovery to match publishers and subscribers, so that a
 //!   burst of messages right after start is not lost.
 //!
 //! The message types are r2r's generated ones, e.g. [`r2r::vlm3d::msg::BoundingBox3DArray`]; they exist
 //! when the crate is built with `env.sh` sourced (see `scripts/setup.sh`).
 pub mod convert;
+pub mod training_node;
 pub mod wait;
 
 impl From<r2r::Error> for crate::Error {

@@ -61,7 +61,7 @@ pub fn write_checkpoint(
     let json = serde_json::to_vec_pretty(&state)
         .map_err(|e| Error::invalid("checkpoint state", e.to_string()))?;
     write_synced(&partial.join("state.json"), &json)?;
-    for (rel, _) in &state.files {
+    for rel in state.files.keys() {
         let p = partial.join(rel);
         std::fs::File::open(&p)
             .and_then(|f| f.sync_all())
@@ -101,7 +101,11 @@ fn checksums(dir: &Path) -> Result<BTreeMap<String, (u64, u32)>> {
         for e in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
             let p = e.map_err(|e| Error::io(&d, e))?.path();
             if p.is_file() {
-                let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
                 if rel == "state.json" {
                     continue;
                 }
@@ -193,8 +197,13 @@ mod tests {
         // Truncate a file of the newest: it is refused by name, and the previous one is used.
         let head = root.join("step-00000020/head.safetensors");
         std::fs::write(&head, [20u8; 10]).unwrap();
-        let e = verify_checkpoint(&root.join("step-00000020")).unwrap_err().to_string();
-        assert!(e.contains("head.safetensors") && e.contains("damaged"), "{e}");
+        let e = verify_checkpoint(&root.join("step-00000020"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("head.safetensors") && e.contains("damaged"),
+            "{e}"
+        );
         assert_eq!(latest_checkpoint(&root).unwrap().unwrap().1.step, 10);
         // A flipped byte of the same length, and a half-written folder, likewise.
         std::fs::write(root.join("step-00000010/adapter/a.bin"), b"adaptex").unwrap();

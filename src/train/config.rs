@@ -108,8 +108,8 @@ impl TrainConfig {
     /// Reads and validates a YAML recipe; relative paths are taken from the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg: TrainConfig = serde_yaml::from_str(&text)
-            .map_err(|e| Error::format(path, None, e.to_string()))?;
+        let mut cfg: TrainConfig =
+            serde_yaml::from_str(&text).map_err(|e| Error::format(path, None, e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -152,14 +152,20 @@ impl TrainConfig {
             }
         }
         if !(0.0..1.0).contains(&self.lora.dropout) {
-            return Err(bad("lora.dropout", format!("{} (must be in [0, 1))", self.lora.dropout)));
+            return Err(bad(
+                "lora.dropout",
+                format!("{} (must be in [0, 1))", self.lora.dropout),
+            ));
         }
         if self.lora.targets.is_empty() {
             return Err(bad("lora.targets", "no projection"));
         }
         for t in &self.lora.targets {
             if !ATTENTION_MODULES.contains(&t.as_str()) {
-                return Err(bad("lora.targets", format!("{t:?} is not one of {ATTENTION_MODULES:?}")));
+                return Err(bad(
+                    "lora.targets",
+                    format!("{t:?} is not one of {ATTENTION_MODULES:?}"),
+                ));
             }
         }
         for (name, s) in [("stage1", &self.stage1), ("stage2", &self.stage2)] {
@@ -169,7 +175,10 @@ impl TrainConfig {
                 _ => {}
             }
             if !s.lr.is_finite() || s.lr <= 0.0 {
-                return Err(bad(&format!("{name}.lr"), format!("{} (must be > 0)", s.lr)));
+                return Err(bad(
+                    &format!("{name}.lr"),
+                    format!("{} (must be > 0)", s.lr),
+                ));
             }
             for (k, v) in [("lambda_mse", s.lambda_mse), ("lambda_iou", s.lambda_iou)] {
                 if !v.is_finite() || v < 0.0 {
@@ -201,8 +210,14 @@ mod tests {
     fn the_shipped_recipe_is_the_papers() {
         let c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
         c.validate().unwrap();
-        assert_eq!((c.stage1.lr, c.stage1.lambda_mse, c.stage1.lambda_iou), (1e-4, 1.0, 0.0));
-        assert_eq!((c.stage2.lr, c.stage2.lambda_mse, c.stage2.lambda_iou), (1e-5, 0.2, 0.8));
+        assert_eq!(
+            (c.stage1.lr, c.stage1.lambda_mse, c.stage1.lambda_iou),
+            (1e-4, 1.0, 0.0)
+        );
+        assert_eq!(
+            (c.stage2.lr, c.stage2.lambda_mse, c.stage2.lambda_iou),
+            (1e-5, 0.2, 0.8)
+        );
         assert_eq!((c.lora.r, c.lora.alpha), (16, 32.0));
         assert_eq!(c.lora.targets, ATTENTION_MODULES);
     }
@@ -210,7 +225,9 @@ mod tests {
     #[test]
     fn bad_recipes_name_the_key() {
         let unknown = SHIPPED.replace("seed:", "colour: red\nseed:");
-        let e = serde_yaml::from_str::<TrainConfig>(&unknown).unwrap_err().to_string();
+        let e = serde_yaml::from_str::<TrainConfig>(&unknown)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
         let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
         c.stage1.lr = -1e-4;
@@ -220,7 +237,11 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
         let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
         c.lora.targets = vec!["gate_proj".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("lora.targets"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("lora.targets"));
         let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
         c.stage2.epochs = Some(1);
         c.stage2.steps = Some(1);

@@ -85,9 +85,7 @@ impl BoxEmbedding {
 
     /// Embeds encoded boxes `[n, 8]` → `[n, 128]`.
     pub fn embed(&self, boxes: &Tensor) -> Result<Tensor> {
-        let x = boxes
-            .to_dtype(DType::F32)?
-            .broadcast_mul(&self.scale)?;
+        let x = boxes.to_dtype(DType::F32)?.broadcast_mul(&self.scale)?;
         Ok(x.matmul(&self.proj)?)
     }
 }
@@ -153,7 +151,13 @@ pub fn iou_and_raw_grad(raw: &[f32], target: [f64; 7], frame: Frame) -> Result<(
     let d = grad_from_z_up(g.d_a, frame);
     let (sn, cs) = (f64::from(raw[6]), f64::from(raw[7]));
     let r2 = (sn * sn + cs * cs).max(1e-12);
-    let clamp = |v: f32| if (-10.0..=10.0).contains(&v) { 1.0 } else { 0.0 };
+    let clamp = |v: f32| {
+        if (-10.0..=10.0).contains(&v) {
+            1.0
+        } else {
+            0.0
+        }
+    };
     Ok((
         g.iou,
         [
@@ -265,8 +269,16 @@ mod tests {
     #[test]
     fn embedding_is_an_isometry_of_the_scaled_encoding() {
         let e = BoxEmbedding::new(&Device::Cpu).unwrap();
-        let a = Tensor::new(&[[10.0f32, -2.0, 30.0, 1.0, 0.5, 0.4, 0.6, 0.8]], &Device::Cpu).unwrap();
-        let b = Tensor::new(&[[12.0f32, -1.0, 25.0, 0.9, 0.7, 0.4, 0.0, 1.0]], &Device::Cpu).unwrap();
+        let a = Tensor::new(
+            &[[10.0f32, -2.0, 30.0, 1.0, 0.5, 0.4, 0.6, 0.8]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let b = Tensor::new(
+            &[[12.0f32, -1.0, 25.0, 0.9, 0.7, 0.4, 0.0, 1.0]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let d = (e.embed(&a).unwrap() - e.embed(&b).unwrap()).unwrap();
         let got: f32 = d.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         let s = 1.0 / CENTER_SCALE_M as f32;
@@ -293,7 +305,11 @@ mod tests {
                 let fd = (iou_and_raw_grad(&up, target, frame).unwrap().0
                     - iou_and_raw_grad(&dn, target, frame).unwrap().0)
                     / (2.0 * f64::from(h));
-                assert!((fd - g[c]).abs() < 2e-3, "{frame:?} channel {c}: {fd} vs {}", g[c]);
+                assert!(
+                    (fd - g[c]).abs() < 2e-3,
+                    "{frame:?} channel {c}: {fd} vs {}",
+                    g[c]
+                );
             }
         }
     }
@@ -302,7 +318,7 @@ mod tests {
     fn a_perfect_prediction_has_no_box_loss() {
         let e = BoxEmbedding::new(&Device::Cpu).unwrap();
         let target = [1.0, 0.5, 15.0, 4.0, 1.8, 1.5, 1.1];
-        let mut rows = vec![[0f32, 0.0, 40.0, 0.0, 0.0, 0.0, 0.0, 1.0]; 4];
+        let mut rows = [[0f32, 0.0, 40.0, 0.0, 0.0, 0.0, 0.0, 1.0]; 4];
         rows[2] = encode_box(target);
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let boxes = Tensor::from_vec(flat, (4, 8), &Device::Cpu).unwrap();
@@ -312,7 +328,11 @@ mod tests {
             boxes,
             logits,
         };
-        let w = LossWeights { mse: 0.2, iou: 0.8, confidence: 1.0 };
+        let w = LossWeights {
+            mse: 0.2,
+            iou: 0.8,
+            confidence: 1.0,
+        };
         let l = two_stage_loss(&out, &[target], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(2, 0)]);
         assert!(l.mse < 1e-10 && l.iou_loss < 1e-5, "{l:?}");

@@ -82,7 +82,10 @@ mod tests {
             assert_eq!(distinct.len(), rows, "one query per box");
             let total: f64 = a.iter().enumerate().map(|(g, &q)| cost[g][q]).sum();
             let best = brute_force(&cost);
-            assert!((total - best).abs() < 1e-4, "{total} vs {best} for {cost:?}");
+            assert!(
+                (total - best).abs() < 1e-4,
+                "{total} vs {best} for {cost:?}"
+            );
         }
     }
 

@@ -8,4 +8,4 @@ pub mod matching;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{Trainer, TrainSummary};
+pub use trainer::{TrainSummary, Trainer};

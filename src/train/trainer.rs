@@ -32,7 +32,12 @@ pub struct Item {
 }
 
 /// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
-pub fn schedule_at(cfg: &TrainConfig, stage1_steps: usize, stage2_steps: usize, step: usize) -> (u8, f64, LossWeights) {
+pub fn schedule_at(
+    cfg: &TrainConfig,
+    stage1_steps: usize,
+    stage2_steps: usize,
+    step: usize,
+) -> (u8, f64, LossWeights) {
     let (stage, s, local, len) = if step < stage1_steps {
         (1, &cfg.stage1, step, stage1_steps)
     } else {
@@ -45,7 +50,9 @@ pub fn schedule_at(cfg: &TrainConfig, stage1_steps: usize, stage2_steps: usize, 
     };
     let decay = match cfg.schedule {
         Schedule::Constant => 1.0,
-        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * local as f64 / len.max(1) as f64).cos()),
+        Schedule::Cosine => {
+            0.5 * (1.0 + (std::f64::consts::PI * local as f64 / len.max(1) as f64).cos())
+        }
     };
     (
         stage,
@@ -76,8 +83,14 @@ impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
         let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
         Ok(Self {
-            m: vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?,
-            v: vars.iter().map(|(_, v)| zeros(v)).collect::<candle_core::Result<_>>()?,
+            m: vars
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<candle_core::Result<_>>()?,
+            v: vars
+                .iter()
+                .map(|(_, v)| zeros(v))
+                .collect::<candle_core::Result<_>>()?,
             vars,
             t: 0,
             beta1: 0.9,
@@ -122,12 +135,19 @@ impl AdamW {
         let st = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
             .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))?;
         for (i, (n, var)) in self.vars.iter().enumerate() {
-            for (key, slot) in [(format!("m.{n}"), &mut self.m[i]), (format!("v.{n}"), &mut self.v[i])] {
+            for (key, slot) in [
+                (format!("m.{n}"), &mut self.m[i]),
+                (format!("v.{n}"), &mut self.v[i]),
+            ] {
                 let t = st
                     .get(&key)
                     .ok_or_else(|| Error::format(path, Some(key.clone()), "missing"))?;
                 if t.dims() != var.dims() {
-                    return Err(Error::format(path, Some(key), "shape differs from the variable"));
+                    return Err(Error::format(
+                        path,
+                        Some(key),
+                        "shape differs from the variable",
+                    ));
                 }
                 *slot = t.to_device(var.device())?;
             }
@@ -215,7 +235,8 @@ impl Trainer {
     /// `out/checkpoints` (a fresh run when there is none).
     pub fn new(cfg: TrainConfig, out: &Path, resume: bool) -> Result<Self> {
         cfg.validate()?;
-        let cfg_text = serde_yaml::to_string(&cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let cfg_text =
+            serde_yaml::to_string(&cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let device = Device::Cpu;
         // The base checkpoint only: training starts from a fresh head (drawn from the seed) and fresh adapters.
@@ -251,22 +272,42 @@ impl Trainer {
         let items: Vec<Item> = views
             .iter()
             .enumerate()
-            .flat_map(|(e, v)| (0..v.prompts.len()).map(move |p| Item { example: e, prompt: p }))
+            .flat_map(|(e, v)| {
+                (0..v.prompts.len()).map(move |p| Item {
+                    example: e,
+                    prompt: p,
+                })
+            })
             .collect();
         if items.is_empty() {
-            return Err(Error::invalid("training bags", "no prompts: the bags carry no annotations"));
+            return Err(Error::invalid(
+                "training bags",
+                "no prompts: the bags carry no annotations",
+            ));
         }
-        if !items.iter().any(|i| !views[i.example].prompts[i.prompt].boxes.is_empty()) {
-            return Err(Error::invalid("training bags", "no prompt has a box: nothing to learn"));
+        if !items
+            .iter()
+            .any(|i| !views[i.example].prompts[i.prompt].boxes.is_empty())
+        {
+            return Err(Error::invalid(
+                "training bags",
+                "no prompt has a box: nothing to learn",
+            ));
         }
         let micro = items.len().div_ceil(cfg.batch_size);
         let per_epoch = micro.div_ceil(cfg.grad_accumulation).max(1);
-        let len = |s: &super::config::StageConfig| s.steps.unwrap_or_else(|| s.epochs.unwrap_or(0) * per_epoch);
+        let len = |s: &super::config::StageConfig| {
+            s.steps.unwrap_or_else(|| s.epochs.unwrap_or(0) * per_epoch)
+        };
         let stage_steps = (len(&cfg.stage1), len(&cfg.stage2));
 
         let lora_cfg = cfg.lora_config();
         let ckpt_root = out.join("checkpoints");
-        let found = if resume { latest_checkpoint(&ckpt_root)? } else { None };
+        let found = if resume {
+            latest_checkpoint(&ckpt_root)?
+        } else {
+            None
+        };
         let (lora_vars, state) = match &found {
             Some((dir, state)) => {
                 if state.config != cfg_text {
@@ -361,7 +402,9 @@ impl Trainer {
     /// The epoch's example order (a permutation drawn from the seed and the epoch, so a resumed run sees the same).
     fn order(&self, epoch: usize) -> Vec<Item> {
         let mut items = self.items.clone();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64,
+        );
         items.shuffle(&mut rng);
         items
     }
@@ -374,13 +417,23 @@ impl Trainer {
             let (feat, grid) = self.features(it.example)?;
             let v = &self.views[it.example];
             let p = &v.prompts[it.prompt];
-            let targets: Vec<[f64; 7]> = p.boxes.iter().map(|&b| v.boxes[b].params(self.cfg.frame)).collect();
-            let states = self.detector.query_states(&[feat], &[grid], &p.text, true)?;
+            let targets: Vec<[f64; 7]> = p
+                .boxes
+                .iter()
+                .map(|&b| v.boxes[b].params(self.cfg.frame))
+                .collect();
+            let states = self
+                .detector
+                .query_states(&[feat], &[grid], &p.text, true)?;
             let out = self.detector.head_forward(&states.squeeze(0)?)?;
             let l = two_stage_loss(&out, &targets, self.cfg.frame, weights, &self.embedding)?;
-            for (k, (name, val)) in [("MSE", l.mse), ("1 - IoU", l.iou_loss), ("confidence", l.confidence)]
-                .into_iter()
-                .enumerate()
+            for (k, (name, val)) in [
+                ("MSE", l.mse),
+                ("1 - IoU", l.iou_loss),
+                ("confidence", l.confidence),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 if !val.is_finite() {
                     return Err(Error::invalid(
@@ -413,7 +466,10 @@ impl Trainer {
         };
         let lora = self.cfg.lora_config();
         write_checkpoint(&self.out.join("checkpoints"), state, |d| {
-            self.detector.pipeline.model.save_lora(&d.join("adapter"), &lora)?;
+            self.detector
+                .pipeline
+                .model
+                .save_lora(&d.join("adapter"), &lora)?;
             self.detector.head.save(&d.join("head.safetensors"))?;
             candle_core::safetensors::save(&self.opt.state(), d.join("optimizer.safetensors"))?;
             write_synced(&d.join("config.yaml"), self.cfg_text.as_bytes())
@@ -423,6 +479,16 @@ impl Trainer {
     /// Trains to the end of stage 2, at most `max_steps` more steps when given (tests, the training node's
     /// budget). Writes `metrics.jsonl`, checkpoints, and the trained adapters and head to the output folder.
     pub fn run(&mut self, max_steps: Option<usize>) -> Result<TrainSummary> {
+        self.run_with(max_steps, &mut |_| true)
+    }
+
+    /// [`Trainer::run`], calling `on_step` after every optimizer step; when it returns false (a stop request:
+    /// the training node's SIGINT / SIGTERM) the run writes a checkpoint and the trained parts, and returns.
+    pub fn run_with(
+        &mut self,
+        max_steps: Option<usize>,
+        on_step: &mut dyn FnMut(&StepMetrics) -> bool,
+    ) -> Result<TrainSummary> {
         let total = self.stage_steps.0 + self.stage_steps.1;
         let mp = self.out.join("metrics.jsonl");
         let mut log = std::fs::OpenOptions::new()
@@ -448,7 +514,8 @@ impl Trainer {
                 continue;
             }
             let started = Instant::now();
-            let (stage, lr, weights) = schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
+            let (stage, lr, weights) =
+                schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
             let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
             let mut parts = [0.0; 3];
             let mut loss_sum = 0.0;
@@ -481,7 +548,10 @@ impl Trainer {
                     if !s.is_finite() {
                         return Err(Error::invalid(
                             "training",
-                            format!("step {}: the gradient of {} is not finite", self.step, self.opt.vars[i].0),
+                            format!(
+                                "step {}: the gradient of {} is not finite",
+                                self.step, self.opt.vars[i].0
+                            ),
                         ));
                     }
                     sq += s;
@@ -510,24 +580,35 @@ impl Trainer {
                 grad_norm: norm,
                 examples_per_s: n_ex as f64 / started.elapsed().as_secs_f64().max(1e-9),
             };
-            let line = serde_json::to_string(&m).map_err(|e| Error::invalid("metrics", e.to_string()))?;
+            let line =
+                serde_json::to_string(&m).map_err(|e| Error::invalid("metrics", e.to_string()))?;
             writeln!(log, "{line}").map_err(|e| Error::io(&mp, e))?;
             bar.set_position(self.step as u64);
             bar.set_message(format!(
                 "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}) {:.1} ex/s",
                 m.epoch, m.stage, m.loss, m.mse, m.iou_loss, m.confidence, m.examples_per_s
             ));
-            if self.step % self.cfg.checkpoint_every == 0 {
+            if self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.checkpoint()?;
             }
+            let go_on = on_step(&m);
             last = Some(m);
+            if !go_on {
+                tracing::info!("stop requested at step {}: writing a checkpoint", self.step);
+                break;
+            }
         }
         bar.finish_and_clear();
         self.checkpoint()?;
         let lora = self.cfg.lora_config();
         // The trained parts at the top of the output folder: `vlm3d detect --trained OUT`, `Detector::load`.
-        self.detector.pipeline.model.save_lora(&self.out.join("adapter"), &lora)?;
-        self.detector.head.save(&self.out.join("head.safetensors"))?;
+        self.detector
+            .pipeline
+            .model
+            .save_lora(&self.out.join("adapter"), &lora)?;
+        self.detector
+            .head
+            .save(&self.out.join("head.safetensors"))?;
         Ok(TrainSummary {
             steps: self.step,
             examples: self.items.len(),

@@ -166,3 +166,46 @@ impl PeerVenv<'_> {
         }
     }
 }
+
+/// A small annotated synthetic bag (2 scenes × 2 samples, 224×126 views, no LiDAR) in `dir/bag`.
+pub fn small_bag(dir: &Path) -> PathBuf {
+    use vlm3d::data::convert::{convert_nuscenes, ConvertOptions};
+    use vlm3d::data::synth::{generate, SynthConfig};
+    let data = dir.join("nuscenes");
+    let cfg = SynthConfig {
+        scenes: 2,
+        samples_per_scene: 2,
+        seed: 11,
+        width: 224,
+        height: 126,
+        progress: false,
+        ..Default::default()
+    };
+    generate(&data, &cfg).unwrap();
+    let bag = dir.join("bag");
+    let mut o = ConvertOptions::new(&bag);
+    o.lidar = false;
+    o.progress = false;
+    convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
+    bag
+}
+
+/// The shipped recipe on the tiny fixture and `bag`, with short stages and fast rates (tests).
+pub fn tiny_recipe(bag: &Path, stage1: usize, stage2: usize) -> vlm3d::train::TrainConfig {
+    let text = std::fs::read_to_string(repo().join("config/train.yaml")).unwrap();
+    let mut c: vlm3d::train::TrainConfig = serde_yaml::from_str(&text).unwrap();
+    c.model = fixture();
+    c.train_bags = vec![bag.to_path_buf()];
+    c.stage1.epochs = None;
+    c.stage1.steps = Some(stage1);
+    c.stage1.lr = 2e-3;
+    c.stage2.epochs = None;
+    c.stage2.steps = Some(stage2);
+    c.stage2.lr = 5e-4;
+    c.warmup_steps = 2;
+    c.batch_size = 4;
+    c.max_negatives = Some(1);
+    c.checkpoint_every = 4;
+    c.max_pixels = 224 * 126;
+    c
+}

@@ -74,6 +74,9 @@ pub struct EvalArgs {
     /// Upper bound on pixels per view.
     #[arg(long, default_value_t = 448 * 252)]
     pub max_pixels: usize,
+    /// The trainer's metrics log (`metrics.jsonl`): also plot the training curves.
+    #[arg(long)]
+    pub training_log: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `vlm3d train`.
@@ -424,23 +427,47 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 nms_iou: a.nms_iou,
                 absent_prompts: a.absent_prompts,
             };
-            let (m, q) = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
+            let run = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
+            std::fs::create_dir_all(&a.out)?;
+            let rp = a.out.join("results_nusc.json");
+            vlm3d::eval::write_nuscenes_results(&rp, &run)?;
+            println!("wrote {}", rp.display());
             let name = model.display().to_string();
-            let mut results = vec![(name.as_str(), &m, q.as_slice())];
+            let mut results = vec![(name.as_str(), &run.metrics, run.queries.as_slice())];
             let base;
             match a.baseline.as_deref() {
                 None => {}
                 Some("mean-box") => {
                     let means = mean_boxes(a.baseline_bag.as_deref().unwrap_or(&a.bag))?;
                     base = evaluate_bag(&Predictor::MeanBox(means), &opts)?;
-                    results.push(("mean-box baseline", &base.0, base.1.as_slice()));
+                    results.push(("mean-box baseline", &base.metrics, base.queries.as_slice()));
                 }
                 Some(o) => anyhow::bail!("unknown --baseline {o:?} (mean-box)"),
             }
             for p in write_report(&a.out, &a.bag, &results)? {
                 println!("wrote {}", p.display());
             }
-            print!("{}", std::fs::read_to_string(a.out.join("report.md"))?.split("\n## ").next().unwrap_or(""));
+            let bars = a.out.join("categories.png");
+            let metrics: Vec<(&str, &vlm3d::eval::metrics::Metrics)> =
+                results.iter().map(|(n, m, _)| (*n, *m)).collect();
+            vlm3d::eval::plots::category_bars(&bars, &metrics)?;
+            let pr = a.out.join("precision_recall_2m.png");
+            let curves: Vec<(&str, &[vlm3d::eval::metrics::Query])> =
+                results.iter().map(|(n, _, q)| (*n, *q)).collect();
+            vlm3d::eval::plots::pr_curves(&pr, &curves, 2.0)?;
+            println!("wrote {}\nwrote {}", bars.display(), pr.display());
+            if let Some(log) = &a.training_log {
+                let tc = a.out.join("training.png");
+                vlm3d::eval::plots::training_curves(&tc, log)?;
+                println!("wrote {}", tc.display());
+            }
+            print!(
+                "{}",
+                std::fs::read_to_string(a.out.join("report.md"))?
+                    .split("\n## ")
+                    .next()
+                    .unwrap_or("")
+            );
             Ok(())
         }
         Command::Train(a) => {
@@ -459,7 +486,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     m.step, m.loss, m.mse, m.iou_loss, m.confidence
                 );
             }
-            println!("wrote {} (adapter/, head.safetensors, metrics.jsonl, checkpoints/)", s.trained.display());
+            println!(
+                "wrote {} (adapter/, head.safetensors, metrics.jsonl, checkpoints/)",
+                s.trained.display()
+            );
             Ok(())
         }
         Command::BenchConvert(a) => Ok(vlm3d::bench::convert::run(
