@@ -4,9 +4,11 @@
 //! boxes in the LiDAR frame, merged across cameras with BEV NMS → `detections.json` and a bird's-eye-view
 //! picture (`bev.png`: ground truth green, detections red).
 //!
-//! The demo model is the committed tiny random-weight Qwen2-VL fixture with an untrained box head: its boxes
-//! are not meaningful. The demo shows that every stage runs and how the outputs look; point `--model` at a
-//! real checkpoint folder (with `adapter/` and `head.safetensors` from training) for real detections.
+//! The demo model (`models/demo`, made by `scripts/train_demo_model.sh`) is the committed tiny random-weight
+//! Qwen2-VL with LoRA adapters and a box head trained by `vlm3d train` on synthetic scenes. It is far too small
+//! to localize well (see the README's evaluation table); the demo shows that every stage runs and how the
+//! outputs look. Point `--model` at a real checkpoint folder (with `adapter/` and `head.safetensors` from
+//! training) for real detections.
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -63,9 +65,16 @@ impl DemoOptions {
     }
 }
 
-/// The committed tiny model (`tests/fixtures/qwen2vl_tiny`, made by `scripts/make_qwen2vl_fixture.py`).
+/// The demo model (`models/demo`: the tiny fixture's base weights with trained adapters and head), or the
+/// untrained fixture (`tests/fixtures/qwen2vl_tiny`) when the demo model is absent.
 pub fn default_model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2vl_tiny")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("models/demo");
+    if demo.join("head.safetensors").is_file() {
+        demo
+    } else {
+        root.join("tests/fixtures/qwen2vl_tiny")
+    }
 }
 
 /// What the demo did.

@@ -260,7 +260,7 @@ pub struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "out/demo")]
     pub out: std::path::PathBuf,
-    /// Qwen2-VL checkpoint folder (default: the committed tiny random-weight model).
+    /// Qwen2-VL checkpoint folder with `adapter/` and `head.safetensors` (default: the demo model, models/demo).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
     /// Where the model runs: cpu, cuda or cuda:N (default: the first GPU when built with `cuda`, else the CPU).
@@ -529,7 +529,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             if opts.model == vlm3d::demo::default_model_dir() {
-                println!("(the demo model is a tiny random-weight Qwen2-VL with an untrained head: boxes are not meaningful)");
+                println!("(the demo model is a tiny Qwen2-VL with random base weights and trained adapters and head: it runs every stage but localizes poorly; see README, Evaluation)");
             }
             for p in &r.outputs {
                 println!("wrote {}", p.display());
