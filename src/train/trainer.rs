@@ -342,7 +342,14 @@ impl Trainer {
                 tracing::info!("resuming from {} (step {})", dir.display(), s.step);
                 (s.step, s.epoch, s.position)
             }
-            _ => (0, 0, 0),
+            _ => {
+                // A fresh run starts a fresh log (a resumed one appends to its own).
+                let log = out.join("metrics.jsonl");
+                if log.exists() {
+                    std::fs::remove_file(&log).map_err(|e| Error::io(&log, e))?;
+                }
+                (0, 0, 0)
+            }
         };
         Ok(Self {
             cache: FeatureCache {

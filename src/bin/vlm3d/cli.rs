@@ -181,6 +181,12 @@ pub struct BenchArgs {
     /// Timed detections per row; the table shows medians (use ≥ 10 on a GPU).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
+    /// Time LoRA training steps instead (examples/s, peak memory; CPU, f32).
+    #[arg(long)]
+    pub train: bool,
+    /// With --train: examples per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
 }
 
 /// Arguments of `vlm3d convert-nuscenes`.
@@ -362,6 +368,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "all" => vec![BenchModel::Tiny, BenchModel::Qwen2Vl2b],
                 o => anyhow::bail!("unknown --models {o} (tiny, 2b, all)"),
             };
+            if a.train {
+                let mut rows = Vec::new();
+                for m in &models {
+                    let r = vlm3d::bench::train::run(
+                        *m,
+                        a.batch,
+                        a.repeat.max(1),
+                        a.width,
+                        a.height,
+                        a.prompt_tokens,
+                    )?;
+                    eprintln!("{} training step {:.2}s", r.model, r.step_s);
+                    rows.push(r);
+                }
+                print!("{}", vlm3d::bench::train::table(&rows));
+                return Ok(());
+            }
             let device = vlm3d::model::device::select_device(a.device.as_deref())?;
             let dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
             // A CPU bench without OpenBLAS is ≈ 2× slower: say which GEMM ran, so tables are not mixed up.

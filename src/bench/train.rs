@@ -1,0 +1,104 @@
+//! `vlm3d bench --train`: one LoRA training step (frozen vision features computed once, decoder with LoRA on q, k,
+//! v, o, box head, the stage-2 loss, backward, AdamW) on random weights at the tiny fixture's or Qwen2-VL-2B's
+//! dimensions: examples per second and peak resident memory.
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+
+use super::forward::{bench_prompt, random_detector, BenchModel};
+use super::proc::{peak_rss_mib, reset_peak_rss};
+use crate::geometry::Frame;
+use crate::model::lora::LoraConfig;
+use crate::train::loss::{two_stage_loss, BoxEmbedding, LossWeights};
+use crate::train::trainer::AdamW;
+use crate::{Error, Result};
+
+/// One row of the training bench.
+#[derive(Debug, Clone)]
+pub struct TrainBenchRow {
+    /// Model size.
+    pub model: &'static str,
+    /// Examples (view, prompt) per step.
+    pub batch: usize,
+    /// Median seconds per optimizer step.
+    pub step_s: f64,
+    /// Examples per second.
+    pub examples_per_s: f64,
+    /// Peak resident memory during the row, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Times `steps` optimizer steps of `batch` examples (one `width`×`height` view each, a `prompt_tokens` prompt,
+/// two target boxes) after one untimed step.
+pub fn run(
+    which: BenchModel,
+    batch: usize,
+    steps: usize,
+    width: usize,
+    height: usize,
+    prompt_tokens: usize,
+) -> Result<TrainBenchRow> {
+    if batch == 0 || steps == 0 {
+        return Err(Error::invalid("bench --train", "batch and steps must be at least 1"));
+    }
+    reset_peak_rss();
+    let dev = Device::Cpu;
+    let mut det = random_detector(which, width * height, &dev, DType::F32)?;
+    let mut vars = det.pipeline.model.attach_lora(&LoraConfig::default())?;
+    vars.extend(det.head.vars());
+    let mut opt = AdamW::new(vars.clone(), 0.01)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let img = RgbImage::from_fn(width as u32, height as u32, |_, _| image::Rgb(rng.random()));
+    let (feats, grids) = det.encode_images(&[img])?;
+    let (feat, grid) = (feats[0].detach(), grids[0]);
+    let prompt = bench_prompt(prompt_tokens, "car");
+    let targets = [[1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3], [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2]];
+    let emb = BoxEmbedding::new(&dev)?;
+    let w = LossWeights { mse: 0.2, iou: 0.8, confidence: 1.0 };
+    let mut times = Vec::new();
+    for i in 0..steps + 1 {
+        let t0 = Instant::now();
+        let mut total = None;
+        for _ in 0..batch {
+            let s = det.query_states(&[feat.clone()], &[grid], &prompt, true)?;
+            let out = det.head_forward(&s.squeeze(0)?)?;
+            let l = two_stage_loss(&out, &targets, Frame::Camera, &w, &emb)?.total;
+            total = Some(match total {
+                None => l,
+                Some(t) => (t + l)?,
+            });
+        }
+        let loss = (total.expect("batch ≥ 1") / batch as f64)?;
+        let grads = loss.backward()?;
+        let g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+        opt.step(&g, 1e-4)?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    Ok(TrainBenchRow {
+        model: which.name(),
+        batch,
+        step_s,
+        examples_per_s: batch as f64 / step_s,
+        peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+    })
+}
+
+/// Formats rows as a markdown table.
+pub fn table(rows: &[TrainBenchRow]) -> String {
+    let mut s = String::from(
+        "| model | examples/step | s/step (median) | examples/s | peak RSS MiB |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.3} | {:.2} | {:.0} |\n",
+            r.model, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
+        ));
+    }
+    s
+}
