@@ -133,23 +133,16 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         keep_empty: true,
         ..Default::default()
     };
-    let mut views: Vec<Example> = Vec::new();
-    for ex in Dataset::new([bag.clone()], cfg) {
-        let ex = ex?;
-        if views
-            .first()
-            .is_some_and(|v| v.sample_token != ex.sample_token)
-        {
-            break;
-        }
-        views.push(ex);
-    }
-    if views.is_empty() {
-        return Err(Error::invalid(
-            "demo bag",
-            format!("{} holds no camera examples", bag.display()),
-        ));
-    }
+    let views: Vec<Example> = Dataset::new([bag.clone()], cfg)
+        .by_sample()
+        .next()
+        .transpose()?
+        .ok_or_else(|| {
+            Error::invalid(
+                "demo bag",
+                format!("{} holds no camera examples", bag.display()),
+            )
+        })?;
     let prompt = views
         .iter()
         .flat_map(|v| v.prompts.iter())
@@ -165,8 +158,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         DetectorConfig {
             frame: Frame::Camera,
             score_threshold: opts.score_threshold,
-            // The committed model has no trained head: its fresh head comes from the demo's seed too, so a
-            // demo run is reproducible end to end.
+            // A model without a trained head gets a fresh one from the demo's seed, so a demo run is
+            // reproducible end to end.
             head_seed: opts.seed,
             ..Default::default()
         },

@@ -361,14 +361,7 @@ pub fn run(o: &ForwardBenchOptions) -> Result<BenchRow> {
             ]);
         }
     }
-    let median = |k: usize| {
-        let mut v: Vec<f64> = samples.iter().map(|s| s[k]).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let totals: Vec<f64> = samples.iter().map(|s| s[0] + s[1]).collect();
-    let mut sorted = totals.clone();
-    sorted.sort_by(f64::total_cmp);
+    let median = |k: usize| super::median(samples.iter().map(|s| s[k]).collect());
     let seq = det.pipeline.chat_ids(&grids[..1], &prompt)?.len() + det.head.num_queries();
     Ok(BenchRow {
         model: o.model.name(),
@@ -376,7 +369,7 @@ pub fn run(o: &ForwardBenchOptions) -> Result<BenchRow> {
         seq_per_view: seq,
         vision_s: median(0),
         decoder_s: median(1),
-        total_s: sorted[sorted.len() / 2],
+        total_s: super::median(samples.iter().map(|s| s[0] + s[1]).collect()),
         second_prompt_s: median(2),
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
     })

@@ -7,3 +7,12 @@ pub mod convert;
 pub mod forward;
 pub mod proc;
 pub mod train;
+
+/// The median of timings (the upper one of an even count); NaN for none.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

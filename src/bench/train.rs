@@ -41,7 +41,10 @@ pub fn run(
     prompt_tokens: usize,
 ) -> Result<TrainBenchRow> {
     if batch == 0 || steps == 0 {
-        return Err(Error::invalid("bench --train", "batch and steps must be at least 1"));
+        return Err(Error::invalid(
+            "bench --train",
+            "batch and steps must be at least 1",
+        ));
     }
     reset_peak_rss();
     let dev = Device::Cpu;
@@ -54,15 +57,22 @@ pub fn run(
     let (feats, grids) = det.encode_images(&[img])?;
     let (feat, grid) = (feats[0].detach(), grids[0]);
     let prompt = bench_prompt(prompt_tokens, "car");
-    let targets = [[1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3], [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2]];
+    let targets = [
+        [1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3],
+        [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2],
+    ];
     let emb = BoxEmbedding::new(&dev)?;
-    let w = LossWeights { mse: 0.2, iou: 0.8, confidence: 1.0 };
+    let w = LossWeights {
+        mse: 0.2,
+        iou: 0.8,
+        confidence: 1.0,
+    };
     let mut times = Vec::new();
     for i in 0..steps + 1 {
         let t0 = Instant::now();
         let mut total = None;
         for _ in 0..batch {
-            let s = det.query_states(&[feat.clone()], &[grid], &prompt, true)?;
+            let s = det.query_states(std::slice::from_ref(&feat), &[grid], &prompt, true)?;
             let out = det.head_forward(&s.squeeze(0)?)?;
             let l = two_stage_loss(&out, &targets, Frame::Camera, &w, &emb)?.total;
             total = Some(match total {
@@ -72,14 +82,16 @@ pub fn run(
         }
         let loss = (total.expect("batch ≥ 1") / batch as f64)?;
         let grads = loss.backward()?;
-        let g: Vec<_> = vars.iter().map(|(_, v)| grads.get(v.as_tensor()).cloned()).collect();
+        let g: Vec<_> = vars
+            .iter()
+            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .collect();
         opt.step(&g, 1e-4)?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let step_s = times[times.len() / 2];
+    let step_s = super::median(times);
     Ok(TrainBenchRow {
         model: which.name(),
         batch,

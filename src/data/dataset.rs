@@ -602,6 +602,46 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// The examples grouped by sample (a key frame's views, in the rig's camera order), in bag order.
+    pub fn by_sample(self) -> BySample {
+        BySample {
+            inner: self,
+            pending: None,
+        }
+    }
+}
+
+/// [`Dataset::by_sample`]: one item per sample, all of its views.
+pub struct BySample {
+    inner: Dataset,
+    pending: Option<Example>,
+}
+
+impl Iterator for BySample {
+    type Item = Result<Vec<Example>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut views: Vec<Example> = self.pending.take().into_iter().collect();
+        loop {
+            match self.inner.next() {
+                None => return (!views.is_empty()).then_some(Ok(views)),
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(ex)) => {
+                    if views
+                        .first()
+                        .is_some_and(|v| v.sample_token != ex.sample_token)
+                    {
+                        self.pending = Some(ex);
+                        return Some(Ok(views));
+                    }
+                    views.push(ex);
+                }
+            }
+        }
+    }
+}
+
 impl Iterator for Dataset {
     type Item = Result<Example>;
 

@@ -259,14 +259,21 @@ mod tests {
         Detection::new([x, y, 0.0, 4.0, 2.0, 1.5, 0.0], score)
     }
 
-    #[test]
-    fn a_perfect_prediction_scores_one() {
-        let q = Query {
+    fn cars(truth: Vec<Box3D>, predicted: Vec<Detection>) -> Query {
+        Query {
             sample: "s".into(),
             category: "car".into(),
-            truth: vec![b(10.0, 0.0), b(-5.0, 3.0)],
-            predicted: vec![det(-5.0, 3.0, 0.9), det(10.0, 0.0, 0.8)],
-        };
+            truth,
+            predicted,
+        }
+    }
+
+    #[test]
+    fn a_perfect_prediction_scores_one() {
+        let q = cars(
+            vec![b(10.0, 0.0), b(-5.0, 3.0)],
+            vec![det(-5.0, 3.0, 0.9), det(10.0, 0.0, 0.8)],
+        );
         let m = evaluate(&[q]).unwrap();
         for v in [
             m.accuracy, m.recall, m.f1, m.miou, m.acc_25, m.acc_50, m.nusc_map,
@@ -278,12 +285,7 @@ mod tests {
     #[test]
     fn a_shifted_prediction_loses_what_the_rules_say() {
         // Shifted 1.5 m along the length (4 m): IoU = 2.5 / 5.5 = 0.4545…; centre distance 1.5 m.
-        let q = Query {
-            sample: "s".into(),
-            category: "car".into(),
-            truth: vec![b(10.0, 0.0)],
-            predicted: vec![det(11.5, 0.0, 0.9)],
-        };
+        let q = cars(vec![b(10.0, 0.0)], vec![det(11.5, 0.0, 0.9)]);
         let m = evaluate(&[q]).unwrap();
         let iou = 2.5 / 5.5;
         assert!((m.miou - iou).abs() < 1e-9, "{}", m.miou);
@@ -296,12 +298,7 @@ mod tests {
         }
         assert!((m.nusc_map - 0.5).abs() < 1e-12);
         // A far prediction: every count moves the way the rule says.
-        let q = Query {
-            sample: "s".into(),
-            category: "car".into(),
-            truth: vec![b(10.0, 0.0)],
-            predicted: vec![det(30.0, 0.0, 0.9)],
-        };
+        let q = cars(vec![b(10.0, 0.0)], vec![det(30.0, 0.0, 0.9)]);
         let m = evaluate(&[q]).unwrap();
         let c = &m.categories["car"];
         assert_eq!((c.tp, c.fp, c.fn_), (0, 1, 1));

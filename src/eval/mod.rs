@@ -48,17 +48,15 @@ fn samples(bag: &Path) -> Result<Vec<SampleViews>> {
         keep_empty: true,
         ..Default::default()
     };
-    let mut out: Vec<SampleViews> = Vec::new();
-    for ex in Dataset::new([bag.to_path_buf()], cfg) {
-        let ex = ex?;
-        match out.last_mut() {
-            Some(s) if s.token == ex.sample_token => s.views.push(ex),
-            _ => out.push(SampleViews {
-                token: ex.sample_token.clone(),
-                views: vec![ex],
-            }),
-        }
-    }
+    let out = Dataset::new([bag.to_path_buf()], cfg)
+        .by_sample()
+        .map(|views| {
+            views.map(|views| SampleViews {
+                token: views[0].sample_token.clone(),
+                views,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     if out.is_empty() {
         return Err(Error::invalid(
             "evaluation bag",

@@ -178,20 +178,9 @@ impl DetectionHead {
 
     /// Loads values saved by [`DetectionHead::save`] into a head of matching shape.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let t = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
-            .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))?;
+        let t = super::qwen2vl::weights::read_file(path)?;
         for (name, var) in self.vars() {
-            let src = t
-                .get(&name)
-                .ok_or_else(|| Error::format(path, Some(name.clone()), "missing"))?;
-            if src.dims() != var.dims() {
-                return Err(Error::format(
-                    path,
-                    Some(name),
-                    format!("shape {:?}, expected {:?}", src.dims(), var.dims()),
-                ));
-            }
+            let src = super::qwen2vl::weights::get_shaped(&t, path, &name, var.dims())?;
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())

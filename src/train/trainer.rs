@@ -131,24 +131,13 @@ impl AdamW {
 
     /// Restores moments saved by [`AdamW::state`] (and the step count).
     pub fn load_state(&mut self, path: &Path, t: usize) -> Result<()> {
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let st = candle_core::safetensors::load_buffer(&data, &Device::Cpu)
-            .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))?;
+        let st = crate::model::qwen2vl::weights::read_file(path)?;
         for (i, (n, var)) in self.vars.iter().enumerate() {
             for (key, slot) in [
                 (format!("m.{n}"), &mut self.m[i]),
                 (format!("v.{n}"), &mut self.v[i]),
             ] {
-                let t = st
-                    .get(&key)
-                    .ok_or_else(|| Error::format(path, Some(key.clone()), "missing"))?;
-                if t.dims() != var.dims() {
-                    return Err(Error::format(
-                        path,
-                        Some(key),
-                        "shape differs from the variable",
-                    ));
-                }
+                let t = crate::model::qwen2vl::weights::get_shaped(&st, path, &key, var.dims())?;
                 *slot = t.to_device(var.device())?;
             }
         }

@@ -7,9 +7,12 @@
 //! are uncompressed by default (JPEG and LiDAR floats barely compress) and indexed, so random-access readers
 //! (rosbags, `ros2 bag info`) find the summary.
 //!
-//! The reader pulls bytes incrementally ([`mcap::io::MessageReader`]): memory is bounded by the largest
-//! chunk, not the file. On a damaged file it yields every message before the damage, then one error naming
-//! the file, the byte offset reached and the number of messages read.
+//! The reader pulls bytes incrementally (mcap's sans-io reader, one whole chunk at a time): memory is bounded
+//! by the largest chunk, not the file, and no length read from the file is trusted past what the file holds,
+//! so hostile files give errors, never panics or huge allocations (`tests/bag_fuzz.rs`). Chunk CRCs are
+//! checked before a chunk's messages are yielded. On a damaged file it yields every message before the
+//! damaged chunk, then one error naming the file, the byte offset reached and the number of messages read.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -614,12 +617,341 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Largest uncompressed size accepted for a compressed chunk (ours are uncompressed; `ros2 bag record
+/// --compression-mode message`-free zstd/lz4 bags use chunks of a few MiB).
+const MAX_DECOMPRESSED_CHUNK: u64 = 256 << 20;
+
+/// The records of one MCAP file in order, the ones inside chunks included, every length checked before it is
+/// trusted. Hostile files must give errors, not panics or huge allocations, and the mcap crate (0.26) does
+/// neither on its own: its record parser reserves a string's claimed length (up to 4 GiB) before reading
+/// it, its linear reader buffers whatever length a record header claims, and walking an uncompressed chunk
+/// it subtracts each inner record's length from the chunk's remaining bytes unchecked (an overflow panic in
+/// debug builds when a length runs past the chunk). So the top-level records come from mcap's sans-io
+/// reader with record lengths capped at the file's size and chunks handed over whole; uncompressed chunks
+/// are walked here; compressed ones go through a second sans-io reader capped at the chunk's declared
+/// uncompressed size; and only schema, channel and message records are parsed, after their string lengths
+/// are checked against the record.
+struct Records {
+    source: Counting<BufReader<File>>,
+    linear: mcap::sans_io::LinearReader,
+    chunk: Option<Chunk>,
+}
+
+/// The chunk being walked.
+enum Chunk {
+    /// Uncompressed records and the offset of the next one.
+    Plain { records: Vec<u8>, at: usize },
+    /// A reader over the one chunk record in `stream`, fed from offset `fed`.
+    Compressed {
+        reader: Box<mcap::sans_io::LinearReader>,
+        stream: Vec<u8>,
+        fed: usize,
+    },
+}
+
+/// A record's opcode with a copy of its body when the reader uses it (schemas, channels, messages);
+/// other records are only framed.
+fn record(op: u8, body: &[u8]) -> (u8, Vec<u8>) {
+    use mcap::records::op;
+    let used = matches!(op, op::SCHEMA | op::CHANNEL | op::MESSAGE);
+    (op, if used { body.to_vec() } else { Vec::new() })
+}
+
+/// Reads a little-endian u32 / u64 at `at`.
+fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn le_u64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        b.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+/// Skips the u32-length-prefixed string at `at` in `b`, or `None` when it runs past the end.
+fn skip_string(b: &[u8], at: usize) -> Option<usize> {
+    let n = le_u32(b, at)? as usize;
+    at.checked_add(4 + n).filter(|&end| end <= b.len())
+}
+
+/// Whether the `strings` u32-length-prefixed strings after `fixed` bytes of `body`, then (with `map`) a
+/// map of string pairs with a u32 byte length, all fit in `body`, walked as mcap's parser walks them.
+fn strings_fit(body: &[u8], fixed: usize, strings: usize, map: bool) -> bool {
+    let walk = || -> Option<()> {
+        let mut at = fixed;
+        for _ in 0..strings {
+            at = skip_string(body, at)?;
+        }
+        if map {
+            let n = le_u32(body, at)? as usize;
+            let start = at + 4;
+            at = start;
+            while at - start < n {
+                at = skip_string(body, at)?;
+                at = skip_string(body, at)?;
+            }
+        }
+        Some(())
+    };
+    walk().is_some()
+}
+
+impl Records {
+    fn new(source: Counting<BufReader<File>>, file_len: u64) -> Self {
+        let limit = usize::try_from(file_len).unwrap_or(usize::MAX);
+        Self {
+            source,
+            linear: mcap::sans_io::LinearReader::new_with_options(
+                mcap::sans_io::LinearReaderOptions::default()
+                    .with_emit_chunks(true)
+                    .with_record_length_limit(limit),
+            ),
+            chunk: None,
+        }
+    }
+
+    /// The next record: opcode and, for [`wanted`] opcodes, the body.
+    fn next(&mut self) -> Option<std::result::Result<(u8, Vec<u8>), String>> {
+        loop {
+            if let Some(chunk) = &mut self.chunk {
+                match chunk.next() {
+                    Some(r) => return Some(r),
+                    None => {
+                        self.chunk = None;
+                        continue;
+                    }
+                }
+            }
+            let (op, data) = match self.linear.next_event()? {
+                Err(e) => return Some(Err(e.to_string())),
+                Ok(mcap::sans_io::LinearReadEvent::ReadRequest(n)) => {
+                    let read = loop {
+                        match self.source.read(self.linear.insert(n)) {
+                            Ok(k) => break k,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Some(Err(e.to_string())),
+                        }
+                    };
+                    self.linear.notify_read(read);
+                    continue;
+                }
+                Ok(mcap::sans_io::LinearReadEvent::Record { opcode, data }) => (opcode, data),
+            };
+            if op != mcap::records::op::CHUNK {
+                return Some(Ok(record(op, data)));
+            }
+            match Chunk::new(data) {
+                Ok(c) => self.chunk = Some(c),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+impl Chunk {
+    /// Checks a chunk record's header against its length (and, uncompressed, the records' CRC).
+    fn new(body: &[u8]) -> std::result::Result<Self, String> {
+        let bad = |why: &str| Err(format!("chunk record: {why}"));
+        // Start and end time, uncompressed size, CRC, compression, records length, records.
+        let (Some(uncompressed_size), Some(crc), Some(compression_len)) =
+            (le_u64(body, 16), le_u32(body, 24), le_u32(body, 28))
+        else {
+            return bad("header cut off");
+        };
+        let name_end = 32 + compression_len as usize;
+        let (Some(compression), Some(records_len)) =
+            (body.get(32..name_end), le_u64(body, name_end))
+        else {
+            return bad("header longer than the record");
+        };
+        let records_at = name_end + 8;
+        if records_len > (body.len() - records_at) as u64 {
+            return bad(&format!(
+                "records length {records_len} exceeds the {} bytes left",
+                body.len() - records_at
+            ));
+        }
+        let records = &body[records_at..records_at + records_len as usize];
+        if compression.is_empty() {
+            if crc != 0 && crc32fast::hash(records) != crc {
+                return bad("CRC mismatch");
+            }
+            return Ok(Chunk::Plain {
+                records: records.to_vec(),
+                at: 0,
+            });
+        }
+        if uncompressed_size > MAX_DECOMPRESSED_CHUNK {
+            return bad(&format!(
+                "uncompressed size {uncompressed_size} is over the {MAX_DECOMPRESSED_CHUNK} accepted"
+            ));
+        }
+        // The chunk as a one-record stream for a reader that decompresses it, checks the CRC of what
+        // comes out, and refuses inner records longer than the declared uncompressed size.
+        let mut stream = Vec::with_capacity(9 + body.len());
+        stream.push(mcap::records::op::CHUNK);
+        stream.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        stream.extend_from_slice(body);
+        let reader = mcap::sans_io::LinearReader::new_with_options(
+            mcap::sans_io::LinearReaderOptions::default()
+                .with_skip_start_magic(true)
+                .with_skip_end_magic(true)
+                .with_validate_chunk_crcs(true)
+                .with_record_length_limit(uncompressed_size as usize),
+        );
+        Ok(Chunk::Compressed {
+            reader: Box::new(reader),
+            stream,
+            fed: 0,
+        })
+    }
+
+    fn next(&mut self) -> Option<std::result::Result<(u8, Vec<u8>), String>> {
+        match self {
+            Chunk::Plain { records, at } => {
+                if *at == records.len() {
+                    return None;
+                }
+                let left = records.len() - *at;
+                let bad = |why: String| Some(Err(format!("record in chunk: {why}")));
+                let (Some(&op), Some(len)) = (records.get(*at), le_u64(records, *at + 1)) else {
+                    *at = records.len();
+                    return bad(format!(
+                        "header cut off by the chunk's end ({left} bytes left)"
+                    ));
+                };
+                if len > (left - 9) as u64 {
+                    *at = records.len();
+                    return bad(format!(
+                        "length {len} exceeds the {} bytes left in the chunk",
+                        left - 9
+                    ));
+                }
+                let body = *at + 9..*at + 9 + len as usize;
+                *at = body.end;
+                Some(Ok(record(op, &records[body])))
+            }
+            Chunk::Compressed {
+                reader,
+                stream,
+                fed,
+            } => loop {
+                match reader.next_event()? {
+                    Err(e) => return Some(Err(e.to_string())),
+                    Ok(mcap::sans_io::LinearReadEvent::ReadRequest(n)) => {
+                        let n = n.min(stream.len() - *fed);
+                        reader.insert(n).copy_from_slice(&stream[*fed..*fed + n]);
+                        reader.notify_read(n);
+                        *fed += n;
+                    }
+                    Ok(mcap::sans_io::LinearReadEvent::Record { opcode, data }) => {
+                        return Some(Ok(record(opcode, data)));
+                    }
+                }
+            },
+        }
+    }
+}
+
 struct OpenFile {
     path: Arc<Path>,
-    reader: mcap::io::MessageReader<Counting<BufReader<File>>>,
+    records: Records,
     pos: Arc<std::sync::atomic::AtomicU64>,
     index: u64,
+    channels: mcap::read::ChannelAccumulator<'static>,
+    /// Past the data end record: the summary repeats schemas and channels, so the rest is only framed.
+    past_data_end: bool,
     types: HashMap<u16, (Arc<str>, Arc<str>)>,
+}
+
+impl OpenFile {
+    /// The next message, or `None` at the end of the file.
+    fn next_message(&mut self) -> Option<std::result::Result<RawMessage, String>> {
+        use mcap::records::op;
+        loop {
+            let (opcode, body) = match self.records.next()? {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            if self.past_data_end {
+                continue;
+            }
+            match opcode {
+                op::DATA_END if self.records.chunk.is_none() => self.past_data_end = true,
+                op::SCHEMA => {
+                    // Id, name, encoding, then the data (whose length mcap checks).
+                    if !strings_fit(&body, 2, 2, false) {
+                        return Some(Err("schema record: a string runs past the record".into()));
+                    }
+                    let added = match mcap::parse_record(opcode, &body) {
+                        Ok(mcap::records::Record::Schema { header, data }) => self
+                            .channels
+                            .add_schema(header, Cow::Owned(data.into_owned()))
+                            .map_err(|e| e.to_string()),
+                        Ok(_) => Err("schema record: not a schema".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = added {
+                        return Some(Err(e));
+                    }
+                }
+                op::CHANNEL => {
+                    // Id, schema id, topic, encoding, metadata map.
+                    if !strings_fit(&body, 4, 2, true) {
+                        return Some(Err("channel record: a string runs past the record".into()));
+                    }
+                    let added = match mcap::parse_record(opcode, &body) {
+                        Ok(mcap::records::Record::Channel(c)) => {
+                            self.channels.add_channel(c).map_err(|e| e.to_string())
+                        }
+                        Ok(_) => Err("channel record: not a channel".into()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = added {
+                        return Some(Err(e));
+                    }
+                }
+                op::MESSAGE => {
+                    // Channel id, sequence, log time, publish time, data.
+                    if body.len() < 22 {
+                        return Some(Err("message record: header cut off".into()));
+                    }
+                    let id = u16::from_le_bytes([body[0], body[1]]);
+                    let log_time = le_u64(&body, 6).unwrap_or_default();
+                    let Some(channel) = self.channels.get(id) else {
+                        return Some(Err(format!("message on unknown channel {id}")));
+                    };
+                    let (topic, type_name) = self
+                        .types
+                        .entry(id)
+                        .or_insert_with(|| {
+                            let ty = channel
+                                .schema
+                                .as_ref()
+                                .map(|s| s.name.as_str())
+                                .unwrap_or("");
+                            (Arc::from(channel.topic.as_str()), Arc::from(ty))
+                        })
+                        .clone();
+                    let mut data = body;
+                    data.drain(..22);
+                    let msg = RawMessage {
+                        topic,
+                        type_name,
+                        log_time,
+                        data,
+                        file: self.path.clone(),
+                        index: self.index,
+                    };
+                    self.index += 1;
+                    return Some(Ok(msg));
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Iterator over a bag's messages (see [`BagReader::messages`]); after an error it yields nothing.
@@ -641,7 +973,8 @@ impl Iterator for Messages {
             if self.current.is_none() {
                 let path = self.files.get(self.next_file)?.clone();
                 self.next_file += 1;
-                let file = match File::open(&path) {
+                let opened = File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f)));
+                let (file_len, file) = match opened {
                     Ok(f) => f,
                     Err(e) => {
                         self.failed = true;
@@ -655,14 +988,16 @@ impl Iterator for Messages {
                 };
                 self.current = Some(OpenFile {
                     path: path.into(),
-                    reader: mcap::io::MessageReader::new(src),
+                    records: Records::new(src, file_len),
                     pos,
                     index: 0,
+                    channels: Default::default(),
+                    past_data_end: false,
                     types: HashMap::new(),
                 });
             }
             let cur = self.current.as_mut().expect("opened above");
-            match cur.reader.next() {
+            match cur.next_message() {
                 None => {
                     self.current = None;
                     continue;
@@ -679,31 +1014,7 @@ impl Iterator for Messages {
                         format!("damaged or truncated MCAP: {e}"),
                     )));
                 }
-                Some(Ok(m)) => {
-                    let (topic, type_name) = cur
-                        .types
-                        .entry(m.channel.id)
-                        .or_insert_with(|| {
-                            let ty = m
-                                .channel
-                                .schema
-                                .as_ref()
-                                .map(|s| s.name.as_str())
-                                .unwrap_or("");
-                            (Arc::from(m.channel.topic.as_str()), Arc::from(ty))
-                        })
-                        .clone();
-                    let msg = RawMessage {
-                        topic,
-                        type_name,
-                        log_time: m.log_time,
-                        data: m.data.into_owned(),
-                        file: cur.path.clone(),
-                        index: cur.index,
-                    };
-                    cur.index += 1;
-                    return Some(Ok(msg));
-                }
+                Some(Ok(m)) => return Some(Ok(m)),
             }
         }
     }

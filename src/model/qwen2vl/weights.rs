@@ -132,3 +132,30 @@ pub fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, src: &Path) -> Result<L
     let b = tensor(vb, dim, "bias", src)?;
     Ok(LayerNorm::new(w, b, eps))
 }
+
+/// Every tensor of one safetensors file (on the CPU); the error names the file.
+pub fn read_file(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+        .map_err(|e| Error::format(path, None, format!("not a valid safetensors file: {e}")))
+}
+
+/// Tensor `key` of a map read from `path`, required to have `dims`; the error names the file and the tensor.
+pub fn get_shaped<'a>(
+    map: &'a std::collections::HashMap<String, Tensor>,
+    path: &Path,
+    key: &str,
+    dims: &[usize],
+) -> Result<&'a Tensor> {
+    let t = map
+        .get(key)
+        .ok_or_else(|| Error::format(path, Some(key.into()), "missing"))?;
+    if t.dims() != dims {
+        return Err(Error::format(
+            path,
+            Some(key.into()),
+            format!("shape {:?}, expected {dims:?}", t.dims()),
+        ));
+    }
+    Ok(t)
+}
