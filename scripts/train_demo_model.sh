@@ -7,6 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=out/demo-model
+# The crate builds with its ROS 2 glue by default: that needs env.sh (scripts/setup.sh writes it).
+if [ -f env.sh ]; then
+    # shellcheck disable=SC1091
+    source env.sh
+else
+    echo "train_demo_model.sh: no env.sh; run bash scripts/setup.sh first" >&2
+    exit 1
+fi
 cargo build --bin vlm3d
 V=target/debug/vlm3d
 if [ ! -f "$WORK/train/bag/metadata.yaml" ]; then
