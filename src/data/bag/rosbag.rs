@@ -8,9 +8,10 @@
 //! (rosbags, `ros2 bag info`) find the summary.
 //!
 //! The reader pulls bytes incrementally (mcap's sans-io reader, one whole chunk at a time): memory is bounded
-//! by the largest chunk, not the file, and no length read from the file is trusted past what the file holds,
-//! so hostile files give errors, never panics or huge allocations (`tests/bag_fuzz.rs`). Chunk CRCs are
-//! checked before a chunk's messages are yielded. On a damaged file it yields every message before the
+//! by the largest chunk, not the file, and no length read from the file is trusted past what the file holds
+//! (in a compressed chunk: past its declared uncompressed size, at most 256 MiB), so hostile files give
+//! errors, never panics or huge allocations (`tests/bag_fuzz.rs`). Chunk CRCs are checked (an uncompressed
+//! chunk's before its messages are yielded). On a damaged file it yields every message before the
 //! damaged chunk, then one error naming the file, the byte offset reached and the number of messages read.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -617,8 +618,10 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-/// Largest uncompressed size accepted for a compressed chunk (ours are uncompressed; `ros2 bag record
-/// --compression-mode message`-free zstd/lz4 bags use chunks of a few MiB).
+/// Largest declared uncompressed size accepted for a compressed chunk. The converter writes uncompressed
+/// chunks; `ros2 bag record` with a zstd / lz4 storage preset writes chunks of a few MiB (one large message
+/// alone in its chunk: tens of MiB). The second reader reserves a record's declared length before
+/// decompressing it, so a hostile size beyond this is refused rather than reserved.
 const MAX_DECOMPRESSED_CHUNK: u64 = 256 << 20;
 
 /// The records of one MCAP file in order, the ones inside chunks included, every length checked before it is
@@ -983,7 +986,11 @@ impl Iterator for Messages {
                 };
                 let pos = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let src = Counting {
-                    inner: BufReader::with_capacity(1 << 20, file),
+                    // 1 MiB reads, or fewer for a smaller file: no buffer larger than the file.
+                    inner: BufReader::with_capacity(
+                        file_len.clamp(4 << 10, 1 << 20) as usize,
+                        file,
+                    ),
                     pos: pos.clone(),
                 };
                 self.current = Some(OpenFile {
@@ -1107,6 +1114,89 @@ mod tests {
             .to_string();
         assert!(e.contains("bag_0.mcap") && e.contains("offset"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Compressed chunks (as `ros2 bag record` may write) go through the second, capped reader.
+    #[test]
+    fn compressed_chunks_are_read_and_their_damage_is_an_error() {
+        for compression in [mcap::Compression::Zstd, mcap::Compression::Lz4] {
+            let d = tmp(&format!("{compression:?}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let f = d.join("c.mcap");
+            let mut w = mcap::WriteOptions::new()
+                .profile("ros2")
+                .compression(Some(compression))
+                .chunk_size(Some(4096))
+                .create(std::io::BufWriter::new(File::create(&f).unwrap()))
+                .unwrap();
+            let def = StringMsg::definition();
+            let schema = w
+                .add_schema(StringMsg::TYPE, "ros2msg", def.as_bytes())
+                .unwrap();
+            let ch = w
+                .add_channel(schema, "/s", "cdr", &BTreeMap::new())
+                .unwrap();
+            for i in 0..300u32 {
+                let m = StringMsg {
+                    data: format!("{i:0100}"),
+                };
+                let header = mcap::records::MessageHeader {
+                    channel_id: ch,
+                    sequence: i,
+                    log_time: i as u64,
+                    publish_time: i as u64,
+                };
+                w.write_to_known_channel(&header, &m.to_cdr()).unwrap();
+            }
+            w.finish().unwrap();
+            drop(w);
+            let r = BagReader::open(&f).unwrap();
+            let got: Vec<(u64, StringMsg)> = r.typed("/s").collect::<Result<_>>().unwrap();
+            assert_eq!(got.len(), 300, "{compression:?}");
+            assert_eq!(
+                got[150],
+                (
+                    150,
+                    StringMsg {
+                        data: format!("{:0150}", 150).split_off(50),
+                    }
+                )
+            );
+
+            // A damaged byte in the middle of the second chunk's compressed records: the messages of the
+            // first chunk, then one error.
+            let mut bytes = std::fs::read(&f).unwrap();
+            let le = |b: &[u8], at: usize, n: usize| {
+                let mut w = [0u8; 8];
+                w[..n].copy_from_slice(&b[at..at + n]);
+                u64::from_le_bytes(w) as usize
+            };
+            let mut at = 8;
+            let mut seen = 0;
+            loop {
+                let body = at + 9;
+                if bytes[at] == mcap::records::op::CHUNK {
+                    seen += 1;
+                    if seen == 2 {
+                        let name = le(&bytes, body + 28, 4);
+                        let records = body + 32 + name + 8;
+                        let mid = records + le(&bytes, body + 32 + name, 8) / 2;
+                        bytes[mid] ^= 0x5a;
+                        break;
+                    }
+                }
+                at = body + le(&bytes, at + 1, 8);
+            }
+            std::fs::write(&f, &bytes).unwrap();
+            let items: Vec<_> = r.messages().collect();
+            let errors = items.iter().filter(|m| m.is_err()).count();
+            assert!(
+                errors <= 1 && items.len() < 300,
+                "{compression:?}: {}",
+                items.len()
+            );
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 
     #[test]
