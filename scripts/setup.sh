@@ -303,11 +303,11 @@ done
 # source tree, and the prefix (with numpy's headers) lives inside the repository.
 STAGE="$BUILD/vlm3d-src"
 mkdir -p "$STAGE"
-rm -rf "${STAGE:?}"/{msg,launch,config,scripts}
+rm -rf "${STAGE:?}"/{msg,launch,config,schema,scripts}
 mkdir -p "$STAGE/scripts"
-cp -a "$ROOT/package.xml" "$ROOT/CMakeLists.txt" "$ROOT/msg" "$ROOT/launch" "$ROOT/config" "$STAGE/"
+cp -a "$ROOT/package.xml" "$ROOT/CMakeLists.txt" "$ROOT/msg" "$ROOT/launch" "$ROOT/config" "$ROOT/schema" "$STAGE/"
 cp -a "$ROOT/scripts/cargo_install.cmake" "$ROOT/scripts/ros_idl_packages.txt" "$STAGE/scripts/"
-find "$STAGE/launch" "$STAGE/config" -type f -print0 | sort -z | xargs -0 cat >"$STAGE/.share-content"
+find "$STAGE/launch" "$STAGE/config" "$STAGE/schema" -type f -print0 | sort -z | xargs -0 cat >"$STAGE/.share-content"
 build_interfaces vlm3d "$STAGE" -DVLM3D_BUILD_RUST=OFF
 
 # ---------------------------------------------------------------------------------------------------------
