@@ -153,6 +153,64 @@ struct FeatureCache {
     map: HashMap<usize, (Tensor, GridThw)>,
 }
 
+/// Decodes JPEGs on a background thread (the paper's asynchronous loading): the next step's images are decoded
+/// while the current step computes.
+struct Decoder {
+    requests: std::sync::mpsc::Sender<(usize, Vec<u8>)>,
+    results: std::sync::mpsc::Receiver<(usize, std::result::Result<RgbImage, String>)>,
+    requested: std::collections::HashSet<usize>,
+    done: HashMap<usize, std::result::Result<RgbImage, String>>,
+}
+
+impl Decoder {
+    fn new() -> Self {
+        let (req_tx, req_rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+        let (res_tx, res_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (i, jpeg) in req_rx {
+                let img = image::load_from_memory(&jpeg)
+                    .map(|i| i.to_rgb8())
+                    .map_err(|e| e.to_string());
+                if res_tx.send((i, img)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            requests: req_tx,
+            results: res_rx,
+            requested: Default::default(),
+            done: HashMap::new(),
+        }
+    }
+
+    /// Queues `example`'s image unless it is already queued or decoded.
+    fn request(&mut self, example: usize, jpeg: &[u8]) {
+        if self.requested.insert(example) {
+            let _ = self.requests.send((example, jpeg.to_vec()));
+        }
+    }
+
+    /// The decoded image of `example` (decoded here when it was never requested).
+    fn take(&mut self, example: usize, jpeg: &[u8]) -> std::result::Result<RgbImage, String> {
+        if !self.requested.contains(&example) {
+            return image::load_from_memory(jpeg)
+                .map(|i| i.to_rgb8())
+                .map_err(|e| e.to_string());
+        }
+        while !self.done.contains_key(&example) {
+            match self.results.recv() {
+                Ok((i, img)) => {
+                    self.done.insert(i, img);
+                }
+                Err(_) => return Err("the decoding thread ended".into()),
+            }
+        }
+        self.requested.remove(&example);
+        self.done.remove(&example).expect("checked")
+    }
+}
+
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepMetrics {
@@ -207,6 +265,7 @@ pub struct Trainer {
     epoch: usize,
     position: usize,
     stage_steps: (usize, usize),
+    decoder: Decoder,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -358,6 +417,7 @@ impl Trainer {
             epoch,
             position,
             stage_steps,
+            decoder: Decoder::new(),
             progress: true,
         })
     }
@@ -377,14 +437,9 @@ impl Trainer {
             return Ok(f.clone());
         }
         let v = &self.views[example];
-        let img: RgbImage = image::load_from_memory(&v.image_jpeg)
-            .map_err(|e| {
-                Error::invalid(
-                    format!("image of {} / {}", v.sample_token, v.channel),
-                    e.to_string(),
-                )
-            })?
-            .to_rgb8();
+        let img: RgbImage = self.decoder.take(example, &v.image_jpeg).map_err(|e| {
+            Error::invalid(format!("image of {} / {}", v.sample_token, v.channel), e)
+        })?;
         let (mut feats, grids) = self.detector.encode_images(&[img])?;
         let f = (feats.remove(0).detach(), grids[0]);
         let bytes = f.0.elem_count() * 4;
@@ -517,6 +572,14 @@ impl Trainer {
             let mut loss_sum = 0.0;
             let mut n_ex = 0;
             let end = (self.position + self.cfg.grad_accumulation).min(micro.len());
+            // Decode the next step's images in the background while this step computes.
+            let next_end = (end + self.cfg.grad_accumulation).min(micro.len());
+            for it in micro[end..next_end].iter().flat_map(|b| b.iter()) {
+                if !self.cache.map.contains_key(&it.example) {
+                    let jpeg = &self.views[it.example].image_jpeg;
+                    self.decoder.request(it.example, jpeg);
+                }
+            }
             for batch in &micro[self.position..end] {
                 let (loss, p) = self.batch_loss(batch, &weights)?;
                 let step = self.step;
