@@ -275,6 +275,9 @@ pub struct DemoArgs {
     /// Weight precision: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Minimum confidence of a drawn and reported box (0 keeps every query's box).
+    #[arg(long, default_value_t = 0.3)]
+    pub score_threshold: f32,
 }
 
 /// Arguments of `vlm3d synth`.
@@ -532,6 +535,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = a.model {
                 opts.model = m;
             }
+            opts.score_threshold = a.score_threshold;
             opts.device = vlm3d::model::device::select_device(a.device.as_deref())?;
             opts.dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
             let r = vlm3d::demo::run_demo(&opts)?;
