@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo, run, PeerVenv};
+use common::{repo, run, DEVKIT};
 
 use serde_json::Value;
 use vlm3d::data::nuscenes::NuScenes;
@@ -18,30 +18,6 @@ use vlm3d::data::synth::render::parse_pcd_bin;
 use vlm3d::geometry::VisibilityRule;
 
 const VERSION: &str = "v1.0-mini";
-
-/// The devkit's venv. Its declared pins have no wheels for every Python, hence the `--no-deps` fallback with the
-/// packages it imports.
-const DEVKIT: PeerVenv = PeerVenv {
-    name: "devkit",
-    packages: &["nuscenes-devkit"],
-    check: "from nuscenes.nuscenes import NuScenes",
-    no_deps_fallback: Some(&[
-        "numpy",
-        "pyquaternion",
-        "Pillow",
-        "matplotlib",
-        "shapely",
-        "scipy",
-        "tqdm",
-        "cachetools",
-        "scikit-learn",
-        "opencv-python-headless",
-        "descartes",
-        "fire",
-        "pycocotools",
-        "parameterized",
-    ]),
-};
 
 fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()

@@ -7,35 +7,13 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{repo, run, PeerVenv};
+use common::{repo, run, DEVKIT};
 use serde_json::Value;
 use vlm3d::eval::{
     evaluate_bag, mean_boxes, metrics::evaluate, write_nuscenes_results, EvalOptions, EvalRun,
     Predictor,
 };
 use vlm3d::perception::Detection;
-
-const DEVKIT: PeerVenv = PeerVenv {
-    name: "devkit",
-    packages: &["nuscenes-devkit"],
-    check: "from nuscenes.nuscenes import NuScenes",
-    no_deps_fallback: Some(&[
-        "numpy",
-        "pyquaternion",
-        "Pillow",
-        "matplotlib",
-        "shapely",
-        "scipy",
-        "tqdm",
-        "cachetools",
-        "scikit-learn",
-        "opencv-python-headless",
-        "descartes",
-        "fire",
-        "pycocotools",
-        "parameterized",
-    ]),
-};
 
 /// The run's queries with each prediction replaced by its ground truth (score 1), moved `dx` m along LiDAR x.
 fn oracle(run: &EvalRun, dx: f64) -> EvalRun {

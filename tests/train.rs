@@ -10,6 +10,26 @@ use common::{fixture, scratch, small_bag as bag};
 use vlm3d::train::trainer::schedule_at;
 use vlm3d::train::{TrainConfig, Trainer};
 
+/// Bits of every decoder layer's base q_proj weight.
+fn q_proj_bits(m: &vlm3d::model::qwen2vl::Qwen2VL) -> Vec<Vec<u32>> {
+    m.text
+        .layers
+        .iter()
+        .map(|l| {
+            let w: Vec<f32> = l
+                .self_attn
+                .q_proj
+                .base()
+                .weight()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            w.iter().map(|x| x.to_bits()).collect()
+        })
+        .collect()
+}
+
 fn recipe(bag: &Path, stage1: usize, stage2: usize) -> TrainConfig {
     common::tiny_recipe(bag, stage1, stage2)
 }
@@ -21,24 +41,7 @@ fn loss_falls_and_the_base_weights_stay_bit_identical() {
     let cfg = recipe(&bag, 30, 0);
     let mut t = Trainer::new(cfg, &dir.join("run"), false).unwrap();
     t.progress = false;
-    let base_before: Vec<Vec<f32>> = t
-        .detector
-        .pipeline
-        .model
-        .text
-        .layers
-        .iter()
-        .map(|l| {
-            l.self_attn
-                .q_proj
-                .base()
-                .weight()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        })
-        .collect();
+    let base_before = q_proj_bits(&t.detector.pipeline.model);
     let s = t.run(None).unwrap();
     assert_eq!(s.steps, 30);
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
@@ -60,37 +63,13 @@ fn loss_falls_and_the_base_weights_stay_bit_identical() {
         candle_core::DType::F32,
     )
     .unwrap();
-    for (i, l) in t.detector.pipeline.model.text.layers.iter().enumerate() {
-        let now: Vec<f32> = l
-            .self_attn
-            .q_proj
-            .base()
-            .weight()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let file: Vec<f32> = fresh.model.text.layers[i]
-            .self_attn
-            .q_proj
-            .base()
-            .weight()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&now),
-            bits(&base_before[i]),
-            "layer {i} q_proj changed"
-        );
-        assert_eq!(
-            bits(&now),
-            bits(&file),
-            "layer {i} q_proj differs from the checkpoint"
-        );
-    }
+    let now = q_proj_bits(&t.detector.pipeline.model);
+    assert_eq!(now, base_before, "q_proj changed during LoRA training");
+    assert_eq!(
+        now,
+        q_proj_bits(&fresh.model),
+        "q_proj differs from the checkpoint"
+    );
     // What the trainer writes is what the detector loads.
     let det = vlm3d::model::detector::Detector::load(
         &fixture(),

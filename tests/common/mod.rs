@@ -209,3 +209,27 @@ pub fn tiny_recipe(bag: &Path, stage1: usize, stage2: usize) -> vlm3d::train::Tr
     c.max_pixels = 224 * 126;
     c
 }
+
+/// The nuscenes-devkit peer's venv. Its declared pins have no wheels for every Python, hence the `--no-deps`
+/// fallback with the packages it imports.
+pub const DEVKIT: PeerVenv = PeerVenv {
+    name: "devkit",
+    packages: &["nuscenes-devkit"],
+    check: "from nuscenes.nuscenes import NuScenes",
+    no_deps_fallback: Some(&[
+        "numpy",
+        "pyquaternion",
+        "Pillow",
+        "matplotlib",
+        "shapely",
+        "scipy",
+        "tqdm",
+        "cachetools",
+        "scikit-learn",
+        "opencv-python-headless",
+        "descartes",
+        "fire",
+        "pycocotools",
+        "parameterized",
+    ]),
+};
