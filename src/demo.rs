@@ -169,11 +169,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
     detector.pipeline.processor.config.max_pixels = opts.max_pixels;
     let images = views
         .iter()
-        .map(|v| {
-            image::load_from_memory(&v.image_jpeg)
-                .map(|i| i.to_rgb8())
-                .map_err(|e| Error::invalid(format!("{} image", v.channel), e.to_string()))
-        })
+        .map(Example::decode_image)
         .collect::<Result<Vec<_>>>()?;
     let start = std::time::Instant::now();
     let per_view = detector.detect(&images, &prompt_text)?;

@@ -6,6 +6,7 @@
 //! * [`model`]: Qwen2-VL in candle, LoRA, the box head and the [`model::detector::Detector`].
 //! * [`data`]: nuScenes tables, rosbag2 files, the synthetic world, the converter and the dataset.
 //! * [`train`]: the two-stage LoRA trainer (matching, losses, checkpoints); [`eval`]: metrics and reports.
+//! * [`runtime`]: one synchronized frame through the detector and the merge (the node's work, ROS-free).
 //! * [`demo`] and [`bench`]: the built-in demo and the benchmarks, users of the above.
 //! * `ros` (feature `ros`): the only r2r code.
 //!
@@ -20,6 +21,7 @@ pub mod model;
 pub mod perception;
 #[cfg(feature = "ros")]
 pub mod ros;
+pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -273,6 +273,7 @@ fn library_modules_depend_downwards_only() {
         ("model", 3),
         ("data", 3),
         ("train", 4),
+        ("runtime", 4),
         ("eval", 5),
         ("bench", 6),
         ("demo", 6),

@@ -1,6 +1,6 @@
 //! Checks of the ROS 2 package files the crate ships (package.xml, msg/, config/, launch/): they parse,
 //! agree with each other and with the naming conventions users' tools expect. No ROS 2 needed.
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -222,6 +222,27 @@ fn nuscenes_rig_follows_the_converter_conventions() {
     assert_eq!((rig.image_width, rig.image_height), (1600, 900));
 }
 
+/// The parameters perception_node reads, in the order of config/perception_node.param.yaml.
+const PERCEPTION_PARAMS: [&str; 17] = [
+    "rig_file",
+    "model_path",
+    "trained_path",
+    "device",
+    "dtype",
+    "max_pixels",
+    "image_transport",
+    "prompts",
+    "max_prompt_chars",
+    "score_threshold",
+    "nms_iou_threshold",
+    "max_boxes",
+    "sync_slop_s",
+    "queue_depth",
+    "output_frame",
+    "use_camera_info",
+    "diagnostics_period_s",
+];
+
 #[test]
 fn perception_params_are_ros2_parameter_yaml() {
     let doc: serde_yaml::Value =
@@ -231,83 +252,51 @@ fn perception_params_are_ros2_parameter_yaml() {
         .and_then(|n| n.get("ros__parameters"))
         .and_then(|p| p.as_mapping())
         .expect("/**: ros__parameters: mapping");
-    for key in [
-        "rig_file",
-        "model_path",
-        "score_threshold",
-        "nms_iou_threshold",
-        "max_boxes",
-        "output_frame",
-    ] {
-        assert!(params.contains_key(key), "missing parameter {key}");
+    let keys: Vec<&str> = params
+        .keys()
+        .map(|k| k.as_str().expect("parameter names are strings"))
+        .collect();
+    assert_eq!(keys, PERCEPTION_PARAMS, "the parameters the node reads");
+    // rcl_yaml_param_parser takes scalars and non-empty lists of one scalar type, nothing nested.
+    for (k, v) in params {
+        match v {
+            serde_yaml::Value::Sequence(items) => {
+                assert!(!items.is_empty(), "{k:?}: empty list");
+                let kind = |v: &serde_yaml::Value| std::mem::discriminant(v);
+                assert!(
+                    items.iter().all(|i| kind(i) == kind(&items[0])
+                        && !matches!(
+                            i,
+                            serde_yaml::Value::Sequence(_) | serde_yaml::Value::Mapping(_)
+                        )),
+                    "{k:?}: not a list of one scalar type"
+                );
+            }
+            serde_yaml::Value::Mapping(_) | serde_yaml::Value::Null => {
+                panic!("{k:?}: not a scalar or list")
+            }
+            _ => {}
+        }
     }
     let t = params["score_threshold"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&t));
+    // Empty paths: the compiled-in rig, the built-in demo model and its own adapters.
+    for k in ["rig_file", "model_path", "trained_path"] {
+        assert_eq!(params[k].as_str(), Some(""), "{k}");
+    }
+    assert!(params["max_pixels"].as_u64().unwrap() >= 56 * 56);
+    let max_chars = params["max_prompt_chars"].as_u64().unwrap() as usize;
+    let prompts = params["prompts"].as_sequence().expect("prompts: a list");
+    for p in prompts {
+        let p = p.as_str().expect("prompts are strings");
+        assert!(!p.is_empty() && p.chars().count() <= max_chars, "{p:?}");
+    }
     // The compiled-in rig is the shipped file.
     assert_eq!(&rig(), vlm3d::perception::Rig::nuscenes());
     assert_eq!(
         params["output_frame"].as_str(),
         Some(rig().lidar_frame.as_str())
     );
-}
-
-#[test]
-fn perception_launch_is_consistent() {
-    let text = read("launch/perception.launch.xml");
-    let doc = roxmltree::Document::parse(&text).expect("launch file is well-formed XML");
-    let launch = doc.root_element();
-    assert_eq!(launch.tag_name().name(), "launch");
-
-    let args: BTreeSet<&str> = child(launch, "arg")
-        .iter()
-        .map(|a| a.attribute("name").expect("arg name"))
-        .collect();
-    // Every $(var X) refers to a declared arg; every $(find-pkg-share vlm3d)/... file is shipped.
-    for attr in doc.descendants().flat_map(|n| n.attributes()) {
-        let v = attr.value();
-        for (i, _) in v.match_indices("$(var ") {
-            let name = v[i + 6..].split(')').next().unwrap();
-            assert!(
-                args.contains(name),
-                "$(var {name}) without <arg name=\"{name}\">"
-            );
-        }
-        if let Some(rest) = v.strip_prefix("$(find-pkg-share vlm3d)/") {
-            assert!(
-                root().join(rest).is_file(),
-                "launch file refers to missing {rest}"
-            );
-        }
-    }
-
-    let nodes = child(launch, "node");
-    assert_eq!(nodes.len(), 1);
-    let node = nodes[0];
-    assert_eq!(node.attribute("pkg"), Some("vlm3d"));
-    assert!(node.attribute("exec").is_some());
-    let remaps: Vec<(&str, &str)> = child(node, "remap")
-        .iter()
-        .map(|r| (r.attribute("from").unwrap(), r.attribute("to").unwrap()))
-        .collect();
-    for (from, _) in &remaps {
-        assert!(
-            from.starts_with("~/input/") || from.starts_with("~/output/"),
-            "{from}"
-        );
-    }
-    // Each camera of the rig is wired to its topics.
-    for c in rig().cameras {
-        for (suffix, topic) in [
-            ("image", &c.image_topic),
-            ("camera_info", &c.camera_info_topic),
-        ] {
-            let from = format!("~/input/{}/{suffix}", c.frame_id);
-            assert!(
-                remaps.contains(&(from.as_str(), topic.as_str())),
-                "no remap {from} -> {topic}"
-            );
-        }
-    }
 }
 
 fn schema_validator(rel: &str) -> jsonschema::Validator {
@@ -327,34 +316,89 @@ fn yaml_as_json(rel: &str) -> serde_json::Value {
 
 #[test]
 fn perception_params_validate_against_their_schema() {
-    let v = schema_validator("schema/perception_node.schema.json");
+    let rel = "schema/perception_node.schema.json";
+    let v = schema_validator(rel);
     let params = yaml_as_json("config/perception_node.param.yaml");
     let errors: Vec<String> = v.iter_errors(&params).map(|e| e.to_string()).collect();
     assert!(errors.is_empty(), "{errors:?}");
-    // The schema is not vacuous: a wrong type, an out-of-range value, an unknown key and a missing key fail.
-    for (key, bad) in [
-        ("score_threshold", serde_json::json!("high")),
-        ("score_threshold", serde_json::json!(1.5)),
-        ("max_boxes", serde_json::json!(0)),
-        ("colour", serde_json::json!("red")),
-    ] {
+    let with = |key: &str, value: &serde_json::Value| {
         let mut p = params.clone();
-        p["/**"]["ros__parameters"][key] = bad.clone();
-        assert!(!v.is_valid(&p), "{key} = {bad} accepted");
+        p["/**"]["ros__parameters"][key] = value.clone();
+        p
+    };
+    // The schema is not vacuous: wrong types, out-of-range values, unknown keys and missing keys fail.
+    use serde_json::json;
+    for (key, bad) in [
+        ("score_threshold", json!("high")),
+        ("score_threshold", json!(1.5)),
+        ("nms_iou_threshold", json!(-0.1)),
+        ("max_boxes", json!(0)),
+        ("colour", json!("red")),
+        // Replaced by `prompts`.
+        ("default_prompt", json!("Find all cars.")),
+        ("device", json!("gpu")),
+        ("device", json!("cuda:")),
+        ("device", json!("cuda:x")),
+        ("dtype", json!("f64")),
+        ("image_transport", json!("theora")),
+        ("max_pixels", json!(3135)),
+        ("max_pixels", json!(3136.5)),
+        ("prompts", json!([])),
+        ("prompts", json!([""])),
+        ("prompts", json!("Find the cars.")),
+        ("max_prompt_chars", json!(0)),
+        ("sync_slop_s", json!(0.0)),
+        ("sync_slop_s", json!(1.5)),
+        ("queue_depth", json!(0)),
+        ("queue_depth", json!(65)),
+        ("output_frame", json!("")),
+        ("use_camera_info", json!("yes")),
+        ("diagnostics_period_s", json!(0.0)),
+        ("diagnostics_period_s", json!(61.0)),
+        ("rig_file", json!(null)),
+    ] {
+        assert!(!v.is_valid(&with(key, &bad)), "{key} = {bad} accepted");
     }
-    let mut p = params.clone();
-    p["/**"]["ros__parameters"]
-        .as_object_mut()
-        .unwrap()
-        .remove("model_path");
-    assert!(!v.is_valid(&p), "missing model_path accepted");
-    // Every parameter the schema knows has a default that itself validates, and the YAML sets each of them.
-    let props = v_props("schema/perception_node.schema.json");
+    for (key, good) in [
+        ("device", json!("cuda")),
+        ("device", json!("cuda:1")),
+        ("device", json!("auto")),
+        ("dtype", json!("bf16")),
+        ("dtype", json!("f16")),
+        ("image_transport", json!("raw")),
+        ("max_pixels", json!(3136)),
+        ("prompts", json!(["Find the cars.", "Find the buses."])),
+        ("queue_depth", json!(64)),
+        ("sync_slop_s", json!(1.0)),
+        ("diagnostics_period_s", json!(60.0)),
+        ("model_path", json!("/data/qwen2-vl-2b")),
+    ] {
+        let errors: Vec<String> = v
+            .iter_errors(&with(key, &good))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{key} = {good} rejected: {errors:?}");
+    }
+    for key in PERCEPTION_PARAMS {
+        let mut p = params.clone();
+        p["/**"]["ros__parameters"]
+            .as_object_mut()
+            .unwrap()
+            .remove(key);
+        assert!(!v.is_valid(&p), "missing {key} accepted");
+    }
+    // The schema knows exactly the node's parameters; each has a default, which the YAML sets.
+    let props = v_props(rel);
+    let names: BTreeSet<&str> = props.keys().map(String::as_str).collect();
+    assert_eq!(names, PERCEPTION_PARAMS.into_iter().collect());
     for (k, spec) in &props {
-        assert!(spec.get("default").is_some(), "{k}: no default");
-        assert!(
-            params["/**"]["ros__parameters"].get(k).is_some(),
-            "{k} not in the YAML"
+        let default = spec
+            .get("default")
+            .unwrap_or_else(|| panic!("{k}: no default"));
+        assert_eq!(
+            params["/**"]["ros__parameters"].get(k),
+            Some(default),
+            "{k}: the YAML is not the schema's default"
         );
     }
 }
@@ -367,6 +411,609 @@ fn v_props(rel: &str) -> serde_json::Map<String, serde_json::Value> {
         .as_object()
         .unwrap()
         .clone()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Launch files, read the way `ros2 launch` reads them (statically: both branches of every if/unless).
+
+/// The crate's binaries: the `[[bin]]` entries of Cargo.toml and cargo's src/bin/<name>.rs and
+/// src/bin/<name>/main.rs.
+fn crate_bins() -> BTreeSet<String> {
+    let mut bins: BTreeSet<String> = toml_like::bins(&read("Cargo.toml")).0.into_iter().collect();
+    for entry in std::fs::read_dir(root().join("src/bin")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        if path.extension().is_some_and(|e| e == "rs") || path.join("main.rs").is_file() {
+            bins.insert(name);
+        }
+    }
+    bins
+}
+
+/// Packages package.xml declares at run time (`depend`, `exec_depend`).
+fn exec_deps() -> BTreeSet<String> {
+    let text = read("package.xml");
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    ["depend", "exec_depend"]
+        .iter()
+        .flat_map(|t| child(doc.root_element(), t))
+        .filter_map(|n| n.text())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+const PKG_SHARE: &str = "$(find-pkg-share vlm3d)/";
+
+/// `value` with every `$(var X)` replaced (repeatedly: a default may name another arg). Every other
+/// substitution must be `$(find-pkg-share vlm3d)`.
+fn substitute(value: &str, vars: &BTreeMap<String, String>, ctx: &str) -> String {
+    let mut v = value.to_string();
+    for _ in 0..8 {
+        let Some(i) = v.find("$(var ") else { break };
+        let end = i + v[i..]
+            .find(')')
+            .unwrap_or_else(|| panic!("{ctx}: unclosed $( in {value:?}"));
+        let name = &v[i + 6..end];
+        let with = vars.get(name).unwrap_or_else(|| {
+            panic!("{ctx}: $(var {name}) without a value (no <arg name=\"{name}\">, or no default)")
+        });
+        v = format!("{}{}{}", &v[..i], with, &v[end + 1..]);
+    }
+    for (i, _) in v.match_indices("$(") {
+        assert!(
+            v[i..].starts_with(PKG_SHARE),
+            "{ctx}: unexpected substitution in {value:?} (only $(var ...) and {PKG_SHARE})"
+        );
+    }
+    v
+}
+
+/// The files of this package that a (substituted) value names as `$(find-pkg-share vlm3d)/...`; each must exist.
+fn shared_files(value: &str, ctx: &str) -> Vec<String> {
+    value
+        .match_indices(PKG_SHARE)
+        .map(|(i, m)| {
+            let rel = value[i + m.len()..]
+                .split(char::is_whitespace)
+                .next()
+                .unwrap();
+            assert!(
+                root().join(rel).is_file(),
+                "{ctx}: refers to missing {rel} (installed from the source tree by CMakeLists.txt)"
+            );
+            rel.to_string()
+        })
+        .collect()
+}
+
+/// One `<node>` as launched.
+#[derive(Debug)]
+struct LaunchedNode {
+    ctx: String,
+    pkg: String,
+    exec: String,
+    args: String,
+    /// `<param from>` files (package-relative).
+    param_files: Vec<String>,
+    /// `<param name value>`.
+    params: Vec<(String, String)>,
+    /// `<remap from to>`.
+    remaps: Vec<(String, String)>,
+}
+
+impl LaunchedNode {
+    fn remap(&self, from: &str) -> Option<&str> {
+        self.remaps
+            .iter()
+            .find(|(f, _)| f == from)
+            .map(|(_, t)| t.as_str())
+    }
+
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What a launch file starts, its includes followed.
+#[derive(Debug, Default)]
+struct Launched {
+    nodes: Vec<LaunchedNode>,
+    /// `<executable cmd>`, split into words.
+    commands: Vec<Vec<String>>,
+    /// `<set_parameter name value>`.
+    global_params: Vec<(String, String)>,
+}
+
+/// Reads launch file `rel` with the arg values `given` (as `ros2 launch ... k:=v` or an `<include>` passes
+/// them), following `<include>`s of this package's launch files.
+fn launch(rel: &str, given: &[(&str, &str)], out: &mut Launched) {
+    let text = read(rel);
+    let doc = roxmltree::Document::parse(&text)
+        .unwrap_or_else(|e| panic!("{rel}: not well-formed XML: {e}"));
+    let top = doc.root_element();
+    assert_eq!(top.tag_name().name(), "launch", "{rel}");
+
+    // Args: declared, with defaults, overridden by what the caller gives.
+    let mut vars = BTreeMap::new();
+    let declared: BTreeSet<&str> = child(top, "arg")
+        .iter()
+        .map(|a| a.attribute("name").expect("arg name"))
+        .collect();
+    for (k, _) in given {
+        assert!(declared.contains(k), "{rel}: given {k}:=..., not an <arg>");
+    }
+    for a in child(top, "arg") {
+        let name = a.attribute("name").unwrap();
+        assert!(
+            a.attribute("description").is_some(),
+            "{rel}: arg {name} has no description"
+        );
+        let value = match given.iter().find(|(k, _)| *k == name) {
+            Some((_, v)) => v.to_string(),
+            None => {
+                let d = a.attribute("default");
+                let d = d.unwrap_or_else(|| panic!("{rel}: required arg {name} not given"));
+                substitute(d, &vars, rel)
+            }
+        };
+        vars.insert(name.to_string(), value);
+    }
+    // Every attribute anywhere: known substitutions, declared args, shipped files.
+    for n in doc.descendants().filter(|n| n.is_element()) {
+        for attr in n.attributes() {
+            let ctx = format!("{rel}: <{} {}>", n.tag_name().name(), attr.name());
+            shared_files(&substitute(attr.value(), &vars, &ctx), &ctx);
+        }
+    }
+    let sub = |v: &str, ctx: &str| substitute(v, &vars, &format!("{rel}: {ctx}"));
+
+    for e in top.children().filter(|n| n.is_element()) {
+        match e.tag_name().name() {
+            "arg" => {}
+            "set_parameter" => out.global_params.push((
+                e.attribute("name").unwrap().to_string(),
+                sub(e.attribute("value").unwrap(), "set_parameter"),
+            )),
+            "executable" => {
+                let cmd = sub(e.attribute("cmd").expect("executable cmd"), "cmd");
+                out.commands
+                    .push(cmd.split_whitespace().map(String::from).collect());
+            }
+            "include" => {
+                let file = sub(e.attribute("file").expect("include file"), "include");
+                let inner = file
+                    .strip_prefix(PKG_SHARE)
+                    .unwrap_or_else(|| panic!("{rel}: include of {file}, not of this package"));
+                assert!(inner.starts_with("launch/"), "{rel}: include {inner}");
+                let args: Vec<(String, String)> = child(e, "arg")
+                    .iter()
+                    .map(|a| {
+                        let name = a.attribute("name").unwrap();
+                        (name.to_string(), sub(a.attribute("value").unwrap(), name))
+                    })
+                    .collect();
+                for c in e.children().filter(|n| n.is_element()) {
+                    assert_eq!(c.tag_name().name(), "arg", "{rel}: in <include>");
+                }
+                let args: Vec<(&str, &str)> =
+                    args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                launch(inner, &args, out);
+            }
+            "node" => {
+                let pkg = e.attribute("pkg").expect("node pkg").to_string();
+                let exec = e.attribute("exec").expect("node exec").to_string();
+                let mut node = LaunchedNode {
+                    ctx: format!("{rel}: node {pkg}/{exec}"),
+                    pkg,
+                    exec,
+                    args: sub(e.attribute("args").unwrap_or(""), "args"),
+                    param_files: vec![],
+                    params: vec![],
+                    remaps: vec![],
+                };
+                for c in e.children().filter(|n| n.is_element()) {
+                    match c.tag_name().name() {
+                        "param" => match (c.attribute("from"), c.attribute("name")) {
+                            (Some(from), None) => {
+                                let file = sub(from, "param from");
+                                let inner = file.strip_prefix(PKG_SHARE).unwrap_or_else(|| {
+                                    panic!("{rel}: parameter file {file}, not of this package")
+                                });
+                                node.param_files.push(inner.to_string());
+                            }
+                            (None, Some(name)) => {
+                                let value = sub(c.attribute("value").expect("param value"), name);
+                                node.params.push((name.to_string(), value));
+                            }
+                            _ => panic!("{rel}: <param> needs from= or name= and value="),
+                        },
+                        "remap" => node.remaps.push((
+                            c.attribute("from").unwrap().to_string(),
+                            sub(c.attribute("to").unwrap(), "remap"),
+                        )),
+                        other => panic!("{rel}: <{other}> in <node>"),
+                    }
+                }
+                out.nodes.push(node);
+            }
+            other => panic!("{rel}: unexpected <{other}>"),
+        }
+    }
+}
+
+/// A launch parameter value as launch_ros types it (YAML; the empty string stays a string).
+fn launch_param_value(v: &str) -> serde_json::Value {
+    if v.is_empty() {
+        return serde_json::Value::String(String::new());
+    }
+    serde_yaml::from_str(v).unwrap_or_else(|e| panic!("parameter value {v:?}: {e}"))
+}
+
+/// Reads `rel` and checks what any launch file of the package must get right: nodes of this package run its
+/// parameters through the node's schema (schema/<exec>.schema.json), other packages' nodes and tools are
+/// declared in package.xml, private topics are remapped, global parameters are ROS's own. The crate's
+/// binaries are checked by [`assert_execs_are_crate_binaries`] (last, as they may land after the launch file).
+fn check_launch(rel: &str, given: &[(&str, &str)]) -> Launched {
+    let mut out = Launched::default();
+    launch(rel, given, &mut out);
+    let deps = exec_deps();
+    for node in &out.nodes {
+        let ctx = &node.ctx;
+        for (from, _) in &node.remaps {
+            assert!(
+                from.starts_with("~/input/") || from.starts_with("~/output/"),
+                "{ctx}: remap of {from}"
+            );
+        }
+        if node.pkg != env!("CARGO_PKG_NAME") {
+            assert!(
+                deps.contains(&node.pkg),
+                "{ctx}: package.xml lacks <exec_depend>{}",
+                node.pkg
+            );
+            continue;
+        }
+        let schema_rel = format!("schema/{}.schema.json", node.exec);
+        let props = v_props(&schema_rel);
+        for (name, _) in &node.params {
+            assert!(
+                props.contains_key(name),
+                "{ctx}: <param name=\"{name}\"> is not in {schema_rel}"
+            );
+        }
+        // The parameter files, overridden by the launch file's own values, pass the node's schema.
+        assert!(!node.param_files.is_empty(), "{ctx}: no parameter file");
+        let v = schema_validator(&schema_rel);
+        for file in &node.param_files {
+            let mut doc = yaml_as_json(file);
+            for (name, value) in &node.params {
+                doc["/**"]["ros__parameters"][name] = launch_param_value(value);
+            }
+            let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(
+                errors.is_empty(),
+                "{ctx}: {file} with the launch file's params: {errors:?}"
+            );
+        }
+    }
+    for cmd in &out.commands {
+        let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["ros2", "bag", ..] => {
+                assert!(
+                    deps.contains("ros2bag"),
+                    "{rel}: package.xml lacks <exec_depend>ros2bag"
+                )
+            }
+            [exe, ..] => assert!(crate_bins().contains(*exe), "{rel}: runs unknown {exe}"),
+            [] => panic!("{rel}: empty cmd"),
+        }
+    }
+    for (name, _) in &out.global_params {
+        assert!(
+            ["use_sim_time"].contains(&name.as_str()),
+            "{rel}: <set_parameter name=\"{name}\">"
+        );
+    }
+    out
+}
+
+fn assert_execs_are_crate_binaries(launched: &Launched) {
+    let bins = crate_bins();
+    for node in &launched.nodes {
+        if node.pkg == env!("CARGO_PKG_NAME") {
+            assert!(
+                bins.contains(&node.exec),
+                "{}: no binary {} (Cargo.toml [[bin]], src/bin/{}.rs or src/bin/{}/main.rs)",
+                node.ctx,
+                node.exec,
+                node.exec,
+                node.exec
+            );
+        }
+    }
+}
+
+/// The topics of a bag written by `vlm3d convert-nuscenes --config config/nuscenes_bag.yaml` for the rig.
+fn bag_topics() -> BTreeSet<String> {
+    let layout: vlm3d::data::bag::bagschema::BagLayout =
+        serde_yaml::from_str(&read("config/nuscenes_bag.yaml")).expect("config/nuscenes_bag.yaml");
+    let rig = rig();
+    let mut topics: BTreeSet<String> = rig
+        .cameras
+        .iter()
+        .flat_map(|c| {
+            [
+                layout.image_topic(&c.channel),
+                layout.info_topic(&c.channel),
+            ]
+        })
+        .collect();
+    topics.extend([
+        layout.lidar_topic(&rig.lidar.channel),
+        layout.annotations(),
+        layout.sample(),
+        layout.tf_topic.clone(),
+        layout.tf_static_topic.clone(),
+    ]);
+    topics
+}
+
+/// image_transport's name of a rig image topic: `/cam_x/image_rect_compressed` is the compressed transport of
+/// `/cam_x/image_rect`, `/cam_x/image_rect/compressed`.
+fn transport_topic(topic: &str) -> Option<String> {
+    topic
+        .strip_suffix("_compressed")
+        .map(|base| format!("{base}/compressed"))
+}
+
+/// Topics a remap may point to: the rig's (and their image_transport names), the bag's, the package's own.
+fn assert_known_topic(topic: &str, ctx: &str) {
+    let rig = rig();
+    let known = rig.cameras.iter().any(|c| {
+        topic == c.image_topic
+            || topic == c.camera_info_topic
+            || transport_topic(&c.image_topic).as_deref() == Some(topic)
+    }) || bag_topics().contains(topic)
+        || topic.strip_prefix("/vlm3d/").is_some_and(|t| !t.is_empty());
+    assert!(
+        known,
+        "{ctx}: topic {topic} is neither the rig's, the bag's nor /vlm3d/..."
+    );
+}
+
+#[test]
+fn perception_launch_is_consistent() {
+    let launched = check_launch("launch/perception.launch.xml", &[]);
+    assert!(launched.commands.is_empty() && launched.global_params.is_empty());
+    assert_eq!(launched.nodes.len(), 1);
+    let node = &launched.nodes[0];
+    assert_eq!(node.pkg, "vlm3d");
+    assert_eq!(node.exec, "perception_node");
+    assert_eq!(node.param_files, ["config/perception_node.param.yaml"]);
+    // Empty by default: the built-in demo model on the CPU, compressed images.
+    assert_eq!(node.param("model_path"), Some(""));
+    assert_eq!(node.param("trained_path"), Some(""));
+    assert_eq!(node.param("device"), Some("cpu"));
+    assert_eq!(node.param("image_transport"), Some("compressed"));
+    for (from, to) in &node.remaps {
+        assert_known_topic(to, &format!("remap {from}"));
+    }
+    // By default each camera of the rig is wired to its topics.
+    for c in rig().cameras {
+        for (suffix, topic) in [
+            ("image", &c.image_topic),
+            ("camera_info", &c.camera_info_topic),
+        ] {
+            let from = format!("~/input/{}/{suffix}", c.frame_id);
+            assert_eq!(node.remap(&from), Some(topic.as_str()), "remap {from}");
+        }
+    }
+    for (from, to) in [
+        ("~/input/prompt", "/vlm3d/prompt"),
+        ("~/output/boxes", "/vlm3d/boxes"),
+        ("~/output/detections", "/vlm3d/detections"),
+        ("~/output/markers", "/vlm3d/markers"),
+    ] {
+        assert_eq!(node.remap(from), Some(to));
+    }
+    assert_execs_are_crate_binaries(&launched);
+}
+
+/// The `old:=new` pairs after `--remap` of a `ros2 bag play` command.
+fn player_remaps(cmd: &[String]) -> Vec<(String, String)> {
+    let Some(i) = cmd.iter().position(|w| w == "--remap" || w == "-m") else {
+        return vec![];
+    };
+    cmd[i + 1..]
+        .iter()
+        .take_while(|w| !w.starts_with('-'))
+        .map(|w| {
+            let (a, b) = w.split_once(":=").unwrap_or_else(|| panic!("remap {w:?}"));
+            (a.to_string(), b.to_string())
+        })
+        .collect()
+}
+
+/// The rviz2 configuration: valid shape, the rig's LiDAR frame fixed, one Image display per camera on the
+/// topic it is played on (`played_images`, in rig order), the markers on `markers`, other topics played ones.
+fn check_rviz_config(
+    rel: &str,
+    played_images: &[String],
+    played: &BTreeSet<String>,
+    markers: &str,
+) {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let class = |d: &serde_yaml::Value| d["Class"].as_str().unwrap_or("").to_string();
+    let panels = doc["Panels"].as_sequence().expect("Panels: a list");
+    assert!(!panels.is_empty());
+    for p in panels {
+        assert!(class(p).starts_with("rviz_common/"), "{rel}: panel {p:?}");
+    }
+    let vm = &doc["Visualization Manager"];
+    assert_eq!(
+        vm["Global Options"]["Fixed Frame"].as_str(),
+        Some(rig().lidar_frame.as_str()),
+        "{rel}: Fixed Frame"
+    );
+    let view = class(&vm["Views"]["Current"]);
+    assert!(
+        view.starts_with("rviz_default_plugins/"),
+        "{rel}: view {view:?}"
+    );
+
+    let displays = vm["Displays"].as_sequence().expect("Displays: a list");
+    let mut images = vec![];
+    let mut names = BTreeSet::new();
+    let mut classes = BTreeSet::new();
+    for d in displays {
+        let c = class(d);
+        let name = d["Name"].as_str().expect("display Name");
+        assert!(names.insert(name), "{rel}: two displays named {name}");
+        let kind = c
+            .strip_prefix("rviz_default_plugins/")
+            .unwrap_or_else(|| panic!("{rel}: display class {c:?}"));
+        assert!(
+            ["Grid", "TF", "MarkerArray", "Image", "PointCloud2"].contains(&kind),
+            "{rel}: display class {c}"
+        );
+        classes.insert(kind.to_string());
+        let topic = d["Topic"]["Value"].as_str().or(d["Topic"].as_str());
+        match (kind, topic) {
+            ("Grid" | "TF", None) => {}
+            ("Image", Some(t)) => images.push(t.to_string()),
+            ("MarkerArray", Some(t)) => assert_eq!(t, markers, "{rel}: {name}"),
+            (_, Some(t)) => assert!(played.contains(t), "{rel}: {name}: {t} is not played"),
+            (_, None) => panic!("{rel}: {name}: no Topic: Value"),
+        }
+    }
+    for needed in ["Grid", "TF", "MarkerArray", "Image"] {
+        assert!(classes.contains(needed), "{rel}: no {needed} display");
+    }
+    assert_eq!(
+        images, played_images,
+        "{rel}: an Image display per camera, in rig order"
+    );
+}
+
+#[test]
+fn playback_launch_and_rviz_config_are_consistent() {
+    let bag = "out/demo/bag";
+    let rel = "launch/playback.launch.xml";
+    let launched = check_launch(rel, &[("bag", bag)]);
+    let rig = rig();
+
+    // The player: `ros2 bag play` of the bag on the bag's clock, every node on that clock.
+    assert!(!launched.commands.is_empty(), "{rel}: no player");
+    assert_eq!(
+        launched.global_params,
+        [("use_sim_time".to_string(), "true".to_string())]
+    );
+    let bag_topics = bag_topics();
+    let mut played_sets = vec![];
+    for cmd in &launched.commands {
+        assert_eq!(cmd[..4], ["ros2", "bag", "play", bag], "{rel}: {cmd:?}");
+        assert!(
+            cmd.iter().any(|w| w == "--clock"),
+            "{rel}: {cmd:?} without --clock"
+        );
+        let rate = cmd.iter().position(|w| w == "--rate" || w == "-r");
+        let rate: f64 = cmd[rate.expect("--rate") + 1]
+            .parse()
+            .expect("a number after --rate");
+        assert!(rate > 0.0);
+        let remaps = player_remaps(cmd);
+        let mut played = bag_topics.clone();
+        for (from, to) in &remaps {
+            assert!(played.remove(from), "{rel}: the bag has no {from}");
+            // Images get their image_transport name; nothing else is renamed.
+            assert_eq!(
+                Some(to),
+                transport_topic(from).as_ref(),
+                "{rel}: remap {from}:={to}"
+            );
+            assert!(rig.cameras.iter().any(|c| &c.image_topic == from));
+            played.insert(to.clone());
+        }
+        played_sets.push((remaps, played));
+    }
+    let (remaps, played) = played_sets[0].clone();
+    for other in &played_sets[1..] {
+        assert_eq!(
+            other, &played_sets[0],
+            "{rel}: players differ in what they publish"
+        );
+    }
+    let as_played = |t: &str| {
+        remaps
+            .iter()
+            .find(|(f, _)| f == t)
+            .map_or(t.to_string(), |(_, to)| to.clone())
+    };
+    let played_images: Vec<String> = rig
+        .cameras
+        .iter()
+        .map(|c| as_played(&c.image_topic))
+        .collect();
+
+    // The perception node reads what is played and publishes under /vlm3d/.
+    let perception: Vec<_> = launched.nodes.iter().filter(|n| n.pkg == "vlm3d").collect();
+    assert_eq!(perception.len(), 1, "{rel}: one perception node");
+    let node = perception[0];
+    assert_eq!(node.exec, "perception_node");
+    for (from, to) in &node.remaps {
+        assert_known_topic(to, &format!("{rel}: remap {from}"));
+        if from.starts_with("~/output/") || from == "~/input/prompt" {
+            assert!(to.starts_with("/vlm3d/"), "{rel}: {from} -> {to}");
+        } else {
+            assert!(
+                played.contains(to),
+                "{rel}: {from} -> {to}, which is not played"
+            );
+        }
+    }
+    for (c, image) in rig.cameras.iter().zip(&played_images) {
+        let f = &c.frame_id;
+        assert_eq!(
+            node.remap(&format!("~/input/{f}/image")),
+            Some(image.as_str())
+        );
+        let info = as_played(&c.camera_info_topic);
+        assert_eq!(
+            node.remap(&format!("~/input/{f}/camera_info")),
+            Some(info.as_str())
+        );
+        let transport = if image.ends_with("/compressed") || image.ends_with("_compressed") {
+            "compressed"
+        } else {
+            "raw"
+        };
+        assert_eq!(
+            node.param("image_transport"),
+            Some(transport),
+            "{rel}: {image}"
+        );
+    }
+    let markers = node.remap("~/output/markers").expect("markers remapped");
+
+    // rviz2 shows the same topics.
+    let rviz: Vec<_> = launched.nodes.iter().filter(|n| n.pkg == "rviz2").collect();
+    assert_eq!(rviz.len(), 1, "{rel}: one rviz2");
+    assert_eq!(rviz[0].exec, "rviz2");
+    let config = rviz[0]
+        .args
+        .strip_prefix("-d ")
+        .and_then(|c| c.strip_prefix(PKG_SHARE))
+        .unwrap_or_else(|| panic!("{rel}: rviz2 args {:?}", rviz[0].args));
+    assert_eq!(config, "config/vlm3d.rviz");
+    check_rviz_config(config, &played_images, &played, markers);
+
+    assert_execs_are_crate_binaries(&launched);
 }
 
 #[test]
@@ -394,45 +1041,18 @@ fn training_recipes_and_node_params_validate_against_their_schemas() {
 
 #[test]
 fn training_launch_names_what_exists() {
-    let text = read("launch/training.launch.xml");
-    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
-    let launch = doc.root_element();
-    let args: BTreeSet<&str> = child(launch, "arg")
-        .iter()
-        .map(|a| a.attribute("name").unwrap())
-        .collect();
-    for attr in doc.descendants().flat_map(|n| n.attributes()) {
-        let v = attr.value();
-        for (i, _) in v.match_indices("$(var ") {
-            let name = v[i + 6..].split(')').next().unwrap();
-            assert!(args.contains(name), "$(var {name}) undeclared");
-        }
-        if let Some(rest) = v.strip_prefix("$(find-pkg-share vlm3d)/") {
-            assert!(root().join(rest).is_file(), "missing {rest}");
-        }
-    }
-    let node = child(launch, "node")[0];
-    // The executable is one of the crate's binaries.
-    let cargo: toml_like::Bins = toml_like::bins(&read("Cargo.toml"));
-    let exec = node.attribute("exec").unwrap();
-    assert!(
-        cargo.0.contains(&exec.to_string()),
-        "no binary {exec} in Cargo.toml"
+    let launched = check_launch("launch/training.launch.xml", &[]);
+    assert!(launched.commands.is_empty() && launched.global_params.is_empty());
+    assert_eq!(launched.nodes.len(), 1);
+    let node = &launched.nodes[0];
+    assert_eq!(
+        (node.pkg.as_str(), node.exec.as_str()),
+        ("vlm3d", "training_node")
     );
-    // Every parameter it sets is one the node's schema knows.
-    let props = v_props("schema/training_node.schema.json");
-    for p in child(node, "param") {
-        if let Some(name) = p.attribute("name") {
-            assert!(props.contains_key(name), "unknown parameter {name}");
-        }
+    for (from, to) in &node.remaps {
+        assert_known_topic(to, &format!("remap {from}"));
     }
-    for r in child(node, "remap") {
-        let from = r.attribute("from").unwrap();
-        assert!(
-            from.starts_with("~/output/") || from.starts_with("~/input/"),
-            "{from}"
-        );
-    }
+    assert_execs_are_crate_binaries(&launched);
 }
 
 /// The `[[bin]]` names of Cargo.toml (a line scan: enough for this file's plain layout).

@@ -28,7 +28,7 @@ use crate::geometry::{Frame, OrientedBox3D, PinholeCamera, VisibilityRule};
 use crate::{Error, Result};
 
 /// The paper's prompt template; `{category}` is replaced by the category's prompt name.
-pub const PAPER_PROMPT: &str = "Please detect the {category} in the image and output 3D box center (x, y, z), size (length, width, height), yaw in radians.";
+pub use crate::perception::prompt::PAPER_PROMPT;
 
 /// Which scenes to yield.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -240,6 +240,20 @@ pub struct Example {
     pub boxes: Vec<LabeledBox>,
     /// Positive prompts (categories present) first, then negative ones.
     pub prompts: Vec<Prompt>,
+}
+
+impl Example {
+    /// What [`Example::decode_image`]'s errors call the image: `"CAM_FRONT image of sample <token>"`.
+    pub fn image_source(&self) -> String {
+        format!("{} image of sample {}", self.channel, self.sample_token)
+    }
+
+    /// Decodes the view's JPEG with the project's strict decoder
+    /// ([`crate::perception::image::decode_compressed`]): a truncated or corrupt image is an error naming the
+    /// channel and sample, never a partly grey picture.
+    pub fn decode_image(&self) -> Result<image::RgbImage> {
+        crate::perception::image::decode_compressed(&self.image_jpeg, "jpeg", &self.image_source())
+    }
 }
 
 fn iso_from_transform(t: &Transform) -> Option<Isometry3<f64>> {
@@ -712,5 +726,39 @@ mod tests {
             .filter(|i| is_val_scene(&format!("scene-{i:04}"), 0.2))
             .count();
         assert!((150..250).contains(&val), "{val}");
+    }
+    #[test]
+    fn example_images_decode_strictly() {
+        let img =
+            image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 77]));
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+        let jpeg = jpeg.into_inner();
+        let mut ex = Example {
+            scene_token: "scene".into(),
+            scene_name: "scene-0001".into(),
+            sample_token: "s123".into(),
+            channel: "CAM_FRONT".into(),
+            stamp_ns: 0,
+            image_jpeg: jpeg.clone(),
+            camera: PinholeCamera::from_rows(
+                [[50.0, 0.0, 32.0], [0.0, 50.0, 24.0], [0.0, 0.0, 1.0]],
+                64,
+                48,
+            )
+            .unwrap(),
+            cam_to_lidar: Isometry3::identity(),
+            lidar_to_global: Isometry3::identity(),
+            frame: Frame::Lidar,
+            boxes: vec![],
+            prompts: vec![],
+        };
+        assert_eq!(ex.decode_image().unwrap().dimensions(), (64, 48));
+        ex.image_jpeg.truncate(jpeg.len() / 2);
+        let msg = ex.decode_image().unwrap_err().to_string();
+        assert!(
+            msg.contains("CAM_FRONT image of sample s123") && msg.contains("truncated JPEG"),
+            "{msg}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use crate::data::dataset::{Dataset, DatasetConfig, Example};
 use crate::geometry::{Frame, OrientedBox3D};
 use crate::model::detector::Detector;
 use crate::perception::{merge_views, Detection, ViewDetections, ViewInput};
+use crate::runtime::{detect_prompt, StageTimes};
 use crate::{Error, Result};
 use metrics::{evaluate, Metrics, Query};
 
@@ -194,45 +195,51 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
                 let images = s
                     .views
                     .iter()
-                    .map(|v| {
-                        image::load_from_memory(&v.image_jpeg)
-                            .map(|i| i.to_rgb8())
-                            .map_err(|e| {
-                                Error::invalid(
-                                    format!("image of {} / {}", s.token, v.channel),
-                                    e.to_string(),
-                                )
-                            })
-                    })
+                    .map(Example::decode_image)
                     .collect::<Result<Vec<RgbImage>>>()?;
                 Some(det.encode_frame(&images)?)
             }
             Predictor::MeanBox(_) => None,
         };
+        let views: Vec<(&str, &nalgebra::Isometry3<f64>)> = s
+            .views
+            .iter()
+            .map(|v| (v.channel.as_str(), &v.cam_to_lidar))
+            .collect();
         for cat in categories {
-            let per_view: Vec<ViewDetections> = match (predictor, &prefix) {
-                (Predictor::Model(det), Some(prefix)) => det.detect_cached(prefix, &texts[&cat])?,
-                (Predictor::MeanBox(means), _) => (0..s.views.len())
-                    .map(|view| ViewDetections {
-                        view,
-                        frame: Frame::Camera,
-                        boxes: means
-                            .get(&cat)
-                            .map(|m| vec![Detection::new(*m, 0.5)])
-                            .unwrap_or_default(),
-                    })
-                    .collect(),
+            let merged = match (predictor, &prefix) {
+                (Predictor::Model(det), Some(prefix)) => detect_prompt(
+                    det,
+                    prefix,
+                    &texts[&cat],
+                    &views,
+                    opts.nms_iou,
+                    usize::MAX,
+                    &mut StageTimes::default(),
+                )?,
+                (Predictor::MeanBox(means), _) => {
+                    let per_view: Vec<ViewDetections> = (0..s.views.len())
+                        .map(|view| ViewDetections {
+                            view,
+                            frame: Frame::Camera,
+                            boxes: means
+                                .get(&cat)
+                                .map(|m| vec![Detection::new(*m, 0.5)])
+                                .unwrap_or_default(),
+                        })
+                        .collect();
+                    let inputs: Vec<ViewInput> = per_view
+                        .iter()
+                        .map(|vd| ViewInput {
+                            detections: vd,
+                            camera_to_lidar: views[vd.view].1,
+                            camera: views[vd.view].0,
+                        })
+                        .collect();
+                    merge_views(&inputs, opts.nms_iou, usize::MAX)?
+                }
                 _ => unreachable!("the model path always has a prefix"),
             };
-            let inputs: Vec<ViewInput> = per_view
-                .iter()
-                .map(|vd| ViewInput {
-                    detections: vd,
-                    camera_to_lidar: &s.views[vd.view].cam_to_lidar,
-                    camera: &s.views[vd.view].channel,
-                })
-                .collect();
-            let merged = merge_views(&inputs, opts.nms_iou, usize::MAX)?;
             let truth_boxes = truth
                 .get(&cat)
                 .map(|m| m.values().map(|b| b.to_box3d()).collect::<Result<Vec<_>>>())

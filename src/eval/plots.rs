@@ -760,7 +760,7 @@ mod tests {
     /// Decodes the PNG, checks its size, and returns its distinct colours.
     fn colours(path: &Path, size: (u32, u32)) -> BTreeSet<[u8; 3]> {
         assert!(path.is_file(), "{} missing", path.display());
-        let img = image::open(path).unwrap().to_rgb8();
+        let img = crate::perception::image::read_image_file(path).unwrap();
         assert_eq!(img.dimensions(), size, "{}", path.display());
         let set: BTreeSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
         assert!(set.len() > 1, "{} is blank", path.display());

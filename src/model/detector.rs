@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::box_head::{decode_box, DetectionHead, HeadOutput, DEFAULT_QUERIES};
+use super::qwen2vl::preprocess::ProcessedImages;
 use super::qwen2vl::{
     chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
 };
@@ -133,9 +134,23 @@ impl Detector {
 
     /// Vision features of all views in one vision-tower pass, split per view, with their grids.
     pub fn encode_images(&self, images: &[RgbImage]) -> Result<(Vec<Tensor>, Vec<GridThw>)> {
+        self.encode_processed(&self.preprocess(images)?)
+    }
+
+    /// The image processor's step alone (resize, normalize, patchify) on the model's device.
+    pub fn preprocess(&self, images: &[RgbImage]) -> Result<ProcessedImages> {
+        self.pipeline
+            .processor
+            .process(images, self.pipeline.model.device())
+    }
+
+    /// The vision tower on pre-processed views: features split per view, with their grids.
+    pub fn encode_processed(
+        &self,
+        processed: &ProcessedImages,
+    ) -> Result<(Vec<Tensor>, Vec<GridThw>)> {
         let model = &self.pipeline.model;
-        let processed = self.pipeline.processor.process(images, model.device())?;
-        let feats = model.encode_images(&processed)?;
+        let feats = model.encode_images(processed)?;
         let m = model.config.vision.spatial_merge_size;
         let mut out = Vec::with_capacity(processed.grids.len());
         let mut off = 0;
@@ -144,7 +159,7 @@ impl Detector {
             out.push(feats.narrow(0, off, n)?);
             off += n;
         }
-        Ok((out, processed.grids))
+        Ok((out, processed.grids.clone()))
     }
 
     fn batch_inputs(

@@ -2,6 +2,9 @@
 //!
 //! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from the library's
 //!   [`crate::perception::Detections`], and to the ecosystem's `vision_msgs/Detection3DArray`.
+//! * [`perception_node`]: the product: six cameras and standing prompts in, boxes, markers and health out.
+//! * [`params`]: typed, range-checked ROS parameters.
+//! * [`play`] and [`record`]: a rosbag2 player and recorder over r2r (`vlm3d play`, `vlm3d record`).
 //! * [`training_node`]: the trainer as a ROS 2 node (progress, diagnostics, clean stop on signals).
 //! * [`wait`]: start-up helpers that wait for discovery to match publishers and subscribers, so that a
 //!   burst of messages right after start is not lost.
@@ -9,6 +12,10 @@
 //! The message types are r2r's generated ones, e.g. [`r2r::vlm3d::msg::BoundingBox3DArray`]; they exist
 //! when the crate is built with `env.sh` sourced (see `scripts/setup.sh`).
 pub mod convert;
+pub mod params;
+pub mod perception_node;
+pub mod play;
+pub mod record;
 pub mod training_node;
 pub mod wait;
 

@@ -154,23 +154,23 @@ struct FeatureCache {
 }
 
 /// Decodes JPEGs on a background thread (the paper's asynchronous loading): the next step's images are decoded
-/// while the current step computes.
+/// while the current step computes. Decoding is the project's strict decoder
+/// ([`crate::perception::image::decode_compressed`], as in [`Example::decode_image`]).
 struct Decoder {
-    requests: std::sync::mpsc::Sender<(usize, Vec<u8>)>,
-    results: std::sync::mpsc::Receiver<(usize, std::result::Result<RgbImage, String>)>,
+    /// (example, JPEG bytes, what errors call the image)
+    requests: std::sync::mpsc::Sender<(usize, Vec<u8>, String)>,
+    results: std::sync::mpsc::Receiver<(usize, Result<RgbImage>)>,
     requested: std::collections::HashSet<usize>,
-    done: HashMap<usize, std::result::Result<RgbImage, String>>,
+    done: HashMap<usize, Result<RgbImage>>,
 }
 
 impl Decoder {
     fn new() -> Self {
-        let (req_tx, req_rx) = std::sync::mpsc::channel::<(usize, Vec<u8>)>();
+        let (req_tx, req_rx) = std::sync::mpsc::channel::<(usize, Vec<u8>, String)>();
         let (res_tx, res_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for (i, jpeg) in req_rx {
-                let img = image::load_from_memory(&jpeg)
-                    .map(|i| i.to_rgb8())
-                    .map_err(|e| e.to_string());
+            for (i, jpeg, source) in req_rx {
+                let img = crate::perception::image::decode_compressed(&jpeg, "jpeg", &source);
                 if res_tx.send((i, img)).is_err() {
                     break;
                 }
@@ -184,26 +184,31 @@ impl Decoder {
         }
     }
 
-    /// Queues `example`'s image unless it is already queued or decoded.
-    fn request(&mut self, example: usize, jpeg: &[u8]) {
+    /// Queues the image of `view` (example number `example`) unless it is already queued or decoded.
+    fn request(&mut self, example: usize, view: &Example) {
         if self.requested.insert(example) {
-            let _ = self.requests.send((example, jpeg.to_vec()));
+            let _ = self
+                .requests
+                .send((example, view.image_jpeg.clone(), view.image_source()));
         }
     }
 
-    /// The decoded image of `example` (decoded here when it was never requested).
-    fn take(&mut self, example: usize, jpeg: &[u8]) -> std::result::Result<RgbImage, String> {
+    /// The decoded image of `view` (example number `example`; decoded here when it was never requested).
+    fn take(&mut self, example: usize, view: &Example) -> Result<RgbImage> {
         if !self.requested.contains(&example) {
-            return image::load_from_memory(jpeg)
-                .map(|i| i.to_rgb8())
-                .map_err(|e| e.to_string());
+            return view.decode_image();
         }
         while !self.done.contains_key(&example) {
             match self.results.recv() {
                 Ok((i, img)) => {
                     self.done.insert(i, img);
                 }
-                Err(_) => return Err("the decoding thread ended".into()),
+                Err(_) => {
+                    return Err(Error::invalid(
+                        view.image_source(),
+                        "the decoding thread ended",
+                    ))
+                }
             }
         }
         self.requested.remove(&example);
@@ -437,9 +442,7 @@ impl Trainer {
             return Ok(f.clone());
         }
         let v = &self.views[example];
-        let img: RgbImage = self.decoder.take(example, &v.image_jpeg).map_err(|e| {
-            Error::invalid(format!("image of {} / {}", v.sample_token, v.channel), e)
-        })?;
+        let img: RgbImage = self.decoder.take(example, v)?;
         let (mut feats, grids) = self.detector.encode_images(&[img])?;
         let f = (feats.remove(0).detach(), grids[0]);
         let bytes = f.0.elem_count() * 4;
@@ -576,8 +579,7 @@ impl Trainer {
             let next_end = (end + self.cfg.grad_accumulation).min(micro.len());
             for it in micro[end..next_end].iter().flat_map(|b| b.iter()) {
                 if !self.cache.map.contains_key(&it.example) {
-                    let jpeg = &self.views[it.example].image_jpeg;
-                    self.decoder.request(it.example, jpeg);
+                    self.decoder.request(it.example, &self.views[it.example]);
                 }
             }
             for batch in &micro[self.position..end] {

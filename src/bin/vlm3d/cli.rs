@@ -353,12 +353,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 head_seed: a.head_seed,
                 ..Default::default()
             };
+            // Bad input files fail before the model loads.
+            let images = read_images(&a.common.images)?;
             let (dev, dtype) = a.common.device_dtype()?;
             let mut det = Detector::load(&a.common.model, a.trained.as_deref(), cfg, &dev, dtype)?;
             if let Some(mp) = a.common.max_pixels {
                 det.pipeline.processor.config.max_pixels = mp;
             }
-            let images = read_images(&a.common.images)?;
             let out = det.detect(&images, &a.common.prompt)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
@@ -605,14 +606,11 @@ fn load_pipeline(a: &ModelArgs) -> anyhow::Result<vlm3d::model::qwen2vl::Pipelin
     Ok(pipe)
 }
 
+/// Reads `--image` files with the strict decoder: a truncated or corrupt file is an error naming it.
 fn read_images(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<image::RgbImage>> {
     paths
         .iter()
-        .map(|p| {
-            let img = image::open(p)
-                .map_err(|e| anyhow::anyhow!("{}: cannot read image: {e}", p.display()))?;
-            Ok(img.to_rgb8())
-        })
+        .map(|p| Ok(vlm3d::perception::image::read_image_file(p)?))
         .collect()
 }
 

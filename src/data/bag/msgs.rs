@@ -175,9 +175,78 @@ pub fn full_definition(name: &str) -> String {
 /// On a type this module does not define (a programming error).
 pub fn type_hash(name: &str) -> String {
     super::typehash::rihs01(name, &|t| {
-        DEFINITIONS.iter().find(|d| d.0 == t).map(|d| d.1)
+        DEFINITIONS
+            .iter()
+            .find(|d| d.0 == t)
+            .map(|d| d.1.to_string())
     })
     .unwrap_or_else(|| panic!("no message definition for {name} or a dependency"))
+}
+
+/// The full `ros2msg` definition and RIHS01 hash of any message type: this module's own types, else the
+/// `.msg` files of a ROS 2 install (`<prefix>/share/<pkg>/msg/<Type>.msg` for each prefix, e.g. the entries
+/// of `AMENT_PREFIX_PATH`). `None` when the type or one of its dependencies is found nowhere.
+pub fn definition_and_hash(
+    type_name: &str,
+    prefixes: &[std::path::PathBuf],
+) -> Option<(String, String)> {
+    if DEFINITIONS.iter().any(|d| d.0 == type_name) {
+        return Some((full_definition(type_name), type_hash(type_name)));
+    }
+    let text_of = |t: &str| -> Option<String> {
+        let (pkg, rest) = t.split_once('/')?;
+        let ty = rest.strip_prefix("msg/")?;
+        prefixes.iter().find_map(|p| {
+            std::fs::read_to_string(
+                p.join("share")
+                    .join(pkg)
+                    .join("msg")
+                    .join(format!("{ty}.msg")),
+            )
+            .ok()
+        })
+    };
+    definition_and_hash_with(type_name, &text_of)
+}
+
+/// [`definition_and_hash`] with the type texts from `text_of`.
+fn definition_and_hash_with(
+    type_name: &str,
+    text_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<(String, String)> {
+    let own = text_of(type_name)?;
+    // Dependencies depth-first in field order, each once, as rosbag2 writes them.
+    let mut seen: Vec<String> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    fn visit(
+        t: &str,
+        text: &str,
+        text_of: &dyn Fn(&str) -> Option<String>,
+        seen: &mut Vec<String>,
+        texts: &mut Vec<String>,
+    ) -> Option<()> {
+        let pkg = t.split('/').next().unwrap_or("");
+        for dep in super::typehash::nested_types(text, pkg) {
+            if !seen.contains(&dep) {
+                let dep_text = text_of(&dep)?;
+                seen.push(dep.clone());
+                texts.push(dep_text.clone());
+                visit(&dep, &dep_text, text_of, seen, texts)?;
+            }
+        }
+        Some(())
+    }
+    visit(type_name, &own, text_of, &mut seen, &mut texts)?;
+    let mut out = own;
+    for (dep, text) in seen.iter().zip(&texts) {
+        out.push_str(DEFINITION_SEPARATOR);
+        out.push_str("\nMSG: ");
+        out.push_str(dep);
+        out.push('\n');
+        out.push_str(text);
+    }
+    let hash = super::typehash::rihs01(type_name, text_of)?;
+    Some((out, hash))
 }
 
 /// `builtin_interfaces/msg/Time`.
@@ -813,6 +882,22 @@ impl RosMessage for BoundingBox3DArrayMsg {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn definitions_from_msg_texts_equal_the_built_in_ones() {
+        let text_of = |t: &str| {
+            DEFINITIONS
+                .iter()
+                .find(|d| d.0 == t)
+                .map(|d| d.1.to_string())
+        };
+        for (name, _, _) in DEFINITIONS {
+            let (def, hash) = super::definition_and_hash_with(name, &text_of).unwrap();
+            assert_eq!(def, full_definition(name), "{name}");
+            assert_eq!(hash, type_hash(name), "{name}");
+        }
+        assert!(definition_and_hash("no_pkg/msg/Nothing", &[]).is_none());
+    }
+
     use super::*;
 
     fn roundtrip<T: RosMessage + PartialEq + std::fmt::Debug>(m: &T) {

@@ -113,8 +113,18 @@ fn description_json(type_name: &str, fields: &[Field]) -> String {
     )
 }
 
+/// The nested message types a `.msg` text of package `pkg` refers to, as full `pkg/msg/Type` names, in field
+/// order.
+pub fn nested_types(text: &str, pkg: &str) -> Vec<String> {
+    parse_fields(text, pkg)
+        .into_iter()
+        .filter(|f| !f.nested.is_empty())
+        .map(|f| f.nested)
+        .collect()
+}
+
 /// The RIHS01 hash of `type_name`, given a lookup from full type names to their own `.msg` texts.
-pub fn rihs01(type_name: &str, text_of: &dyn Fn(&str) -> Option<&'static str>) -> Option<String> {
+pub fn rihs01(type_name: &str, text_of: &dyn Fn(&str) -> Option<String>) -> Option<String> {
     let mut seen: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     let mut stack = vec![type_name.to_string()];
     while let Some(t) = stack.pop() {
@@ -122,7 +132,7 @@ pub fn rihs01(type_name: &str, text_of: &dyn Fn(&str) -> Option<&'static str>) -
             continue;
         }
         let pkg = t.split('/').next().unwrap_or("");
-        let fields = parse_fields(text_of(&t)?, pkg);
+        let fields = parse_fields(&text_of(&t)?, pkg);
         for f in &fields {
             if !f.nested.is_empty() {
                 stack.push(f.nested.clone());
