@@ -194,12 +194,24 @@ pub struct FrameStats {
     pub messages_dropped: u64,
 }
 
-/// Turns an error message into its cause: digits dropped (so "1000 bytes" and "999 bytes" group), at most 96
-/// characters.
-fn cause_of(prefix: &str, message: &str) -> String {
-    let mut c: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
-    c.truncate(96);
-    format!("{prefix}: {c}")
+/// Turns an error message into its cause: the source's own "invalid <source>: " dropped, digit runs written
+/// `#` (so "1000 bytes" and "999 bytes" group), at most 80 characters.
+fn cause_of(source: &str, message: &str) -> String {
+    let m = message
+        .strip_prefix(&format!("invalid {source}: "))
+        .unwrap_or(message);
+    let mut c = String::with_capacity(m.len());
+    for ch in m.chars() {
+        if ch.is_ascii_digit() {
+            if !c.ends_with('#') {
+                c.push('#');
+            }
+        } else {
+            c.push(ch);
+        }
+    }
+    let c: String = c.chars().take(80).collect();
+    format!("{source}: {c}")
 }
 
 fn process_job(runtime: &PerceptionRuntime, cameras: &[String], job: Job) -> WorkerOut {
@@ -999,6 +1011,10 @@ mod tests {
         assert_eq!(
             cause_of("cam_front image", "truncated JPEG: 1000 bytes"),
             cause_of("cam_front image", "truncated JPEG: 999 bytes")
+        );
+        assert_eq!(
+            cause_of("cam_front image", "invalid cam_front image: PNG size 0×0"),
+            "cam_front image: PNG size #×#"
         );
     }
 }

@@ -36,6 +36,51 @@ pub enum Command {
     Train(TrainArgs),
     /// Score a model (or the mean-box baseline) on an annotated bag: paper and nuScenes metrics, report.
     Eval(EvalArgs),
+    /// Publish a rosbag2 folder's messages with their recorded timing and /clock (for machines without
+    /// `ros2 bag play`).
+    #[cfg(feature = "ros")]
+    Play(PlayArgs),
+    /// Record topics to a rosbag2 MCAP folder (for machines without `ros2 bag record`).
+    #[cfg(feature = "ros")]
+    Record(RecordArgs),
+}
+
+/// Arguments of `vlm3d play`.
+#[cfg(feature = "ros")]
+#[derive(Debug, clap::Args)]
+pub struct PlayArgs {
+    /// The rosbag2 folder.
+    pub bag: std::path::PathBuf,
+    /// Speed factor (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// Start over at the end until stopped (Ctrl-C).
+    #[arg(long = "loop")]
+    pub looped: bool,
+    /// Only these topics (comma-separated or repeated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Do not publish /clock.
+    #[arg(long)]
+    pub no_clock: bool,
+    /// Wait until these topics have a subscriber before the first message (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub wait_for: Vec<String>,
+}
+
+/// Arguments of `vlm3d record`.
+#[cfg(feature = "ros")]
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// Output rosbag2 folder (must not exist).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Topics to record (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub topics: Vec<String>,
+    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
+    #[arg(long)]
+    pub duration: Option<f64>,
 }
 
 /// Arguments of `vlm3d eval`.
@@ -77,6 +122,18 @@ pub struct EvalArgs {
     /// The trainer's metrics log (`metrics.jsonl`): also plot the training curves.
     #[arg(long)]
     pub training_log: Option<std::path::PathBuf>,
+    /// Query every sample with exactly these categories (prompt names, comma-separated: car,pedestrian), present
+    /// or not, with the paper's prompt, instead of the present ones plus --absent-prompts absent ones; with
+    /// --recorded: score only these of the recorded prompts.
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Option<Vec<String>>,
+    /// Score a recording of the perception node (rosbag2 folder with its vlm3d/BoundingBox3DArray output, fed
+    /// --bag) instead of running a model: the same metrics on the frames it covers.
+    #[arg(long, conflicts_with_all = ["model", "trained", "baseline", "baseline_bag"])]
+    pub recorded: Option<std::path::PathBuf>,
+    /// The recording's boxes topic (default: its one topic of type vlm3d/msg/BoundingBox3DArray).
+    #[arg(long, requires = "recorded")]
+    pub boxes_topic: Option<String>,
 }
 
 /// Arguments of `vlm3d train`.
@@ -278,6 +335,16 @@ pub struct DemoArgs {
     /// Minimum confidence of a drawn and reported box (0 keeps every query's box).
     #[arg(long, default_value_t = 0.3)]
     pub score_threshold: f32,
+    /// The offline pipeline instead (one sample through the detector in this process, `bev.png`); without
+    /// the `ros` feature the demo is always offline.
+    #[arg(long)]
+    pub offline: bool,
+    /// Playback speed of the bag into the perception node (1 = real time, 2 Hz samples).
+    #[arg(long, default_value_t = 0.5)]
+    pub rate: f64,
+    /// Key frames (samples) of the synthetic scene (default: 10 for the node, 2 offline).
+    #[arg(long)]
+    pub samples: Option<usize>,
 }
 
 /// Arguments of `vlm3d synth`.
@@ -328,6 +395,50 @@ pub fn init_logging(default_filter: &str) {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "ros")]
+        Command::Play(a) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+            }
+            let mut opts = vlm3d::ros::play::PlayOptions::new(&a.bag);
+            opts.rate = a.rate;
+            opts.looped = a.looped;
+            opts.topics = a.topics;
+            opts.clock = !a.no_clock;
+            opts.wait_for = a.wait_for;
+            opts.stop = Some(stop);
+            let r = vlm3d::ros::play::play(&opts)?;
+            let total: u64 = r.published.values().sum();
+            eprintln!(
+                "played {total} messages on {} topics in {:.1} s ({} pass(es))",
+                r.published.len(),
+                r.seconds,
+                r.passes
+            );
+            Ok(())
+        }
+        #[cfg(feature = "ros")]
+        Command::Record(a) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+            }
+            let r = vlm3d::ros::record::record(&vlm3d::ros::record::RecordOptions {
+                out: a.out,
+                topics: a.topics,
+                duration: a.duration.map(std::time::Duration::from_secs_f64),
+                stop,
+            })?;
+            for (t, n) in &r.messages {
+                eprintln!("{t}: {n} messages");
+            }
+            for t in &r.never_seen {
+                eprintln!("{t}: never published");
+            }
+            eprintln!("bag: {}", r.bag.display());
+            Ok(())
+        }
         Command::Info => {
             println!("vlm3d {}", env!("CARGO_PKG_VERSION"));
             println!(
@@ -436,30 +547,41 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ConvertNuscenes(args) => run_convert(args),
         Command::Eval(a) => {
             use vlm3d::eval::{evaluate_bag, mean_boxes, write_report, EvalOptions, Predictor};
-            let model = a.model.unwrap_or_else(vlm3d::demo::default_model_dir);
-            let device = vlm3d::model::device::select_device(a.device.as_deref())?;
-            let mut det = vlm3d::model::detector::Detector::load(
-                &model,
-                a.trained.as_deref(),
-                vlm3d::model::detector::DetectorConfig {
-                    score_threshold: a.score_threshold,
-                    ..Default::default()
-                },
-                &device,
-                candle_core::DType::F32,
-            )?;
-            det.pipeline.processor.config.max_pixels = a.max_pixels;
             let opts = EvalOptions {
                 bag: a.bag.clone(),
                 nms_iou: a.nms_iou,
                 absent_prompts: a.absent_prompts,
+                categories: a.categories.clone(),
             };
-            let run = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
+            let (name, run) = match &a.recorded {
+                Some(rec) => {
+                    let r =
+                        vlm3d::eval::evaluate_recording(rec, &opts, a.boxes_topic.as_deref())?;
+                    println!("{}", r.coverage());
+                    (rec.display().to_string(), r.run)
+                }
+                None => {
+                    let model = a.model.clone().unwrap_or_else(vlm3d::demo::default_model_dir);
+                    let device = vlm3d::model::device::select_device(a.device.as_deref())?;
+                    let mut det = vlm3d::model::detector::Detector::load(
+                        &model,
+                        a.trained.as_deref(),
+                        vlm3d::model::detector::DetectorConfig {
+                            score_threshold: a.score_threshold,
+                            ..Default::default()
+                        },
+                        &device,
+                        candle_core::DType::F32,
+                    )?;
+                    det.pipeline.processor.config.max_pixels = a.max_pixels;
+                    let run = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
+                    (model.display().to_string(), run)
+                }
+            };
             std::fs::create_dir_all(&a.out)?;
             let rp = a.out.join("results_nusc.json");
             vlm3d::eval::write_nuscenes_results(&rp, &run)?;
             println!("wrote {}", rp.display());
-            let name = model.display().to_string();
             let mut results = vec![(name.as_str(), &run.metrics, run.queries.as_slice())];
             let base;
             match a.baseline.as_deref() {
@@ -532,9 +654,53 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             },
         )?),
         Command::Demo(a) => {
+            // The perception node on the synthetic bag (vlm3d::ros::node_demo), then its summary table.
+            #[cfg(feature = "ros")]
+            if !a.offline {
+                let mut opts = vlm3d::ros::node_demo::NodeDemoOptions::new(&a.out);
+                if let Some(m) = a.model {
+                    opts.model = m;
+                }
+                if let Some(n) = a.samples {
+                    opts.samples = n;
+                }
+                opts.rate = a.rate;
+                opts.score_threshold = f64::from(a.score_threshold);
+                opts.device = a.device.unwrap_or_else(|| "auto".into());
+                opts.dtype = a.dtype;
+                let r = vlm3d::ros::node_demo::run_node_demo(&opts)?;
+                println!(
+                    "perception_node, model {}, prompts: {}",
+                    opts.model.display(),
+                    r.prompts.join(" | ")
+                );
+                println!("{}", r.summary.markdown());
+                if let Some(p) = &r.picture {
+                    println!(
+                        "demo.png: frame {:.3} s (sample {}): {} true and {} predicted boxes",
+                        p.stamp_ns as f64 / 1e9,
+                        p.sample_token,
+                        p.truth,
+                        p.predicted
+                    );
+                }
+                if opts.model == vlm3d::demo::default_model_dir() {
+                    println!("(the demo model is a tiny Qwen2-VL with random base weights and trained adapters and head: it runs every stage but localizes poorly; see README, Evaluation)");
+                }
+                for p in &r.outputs {
+                    println!("wrote {}", p.display());
+                }
+                println!("{:.1} s wall", r.wall_s);
+                return Ok(());
+            }
+            #[cfg(not(feature = "ros"))]
+            let _ = (a.offline, a.rate);
             let mut opts = vlm3d::demo::DemoOptions::new(&a.out);
             if let Some(m) = a.model {
                 opts.model = m;
+            }
+            if let Some(n) = a.samples {
+                opts.samples = n;
             }
             opts.score_threshold = a.score_threshold;
             opts.device = vlm3d::model::device::select_device(a.device.as_deref())?;
