@@ -239,6 +239,7 @@ const PERCEPTION_PARAMS: [&str; 17] = [
     "sync_slop_s",
     "queue_depth",
     "output_frame",
+    "tf_wait_s",
     "use_camera_info",
     "diagnostics_period_s",
 ];
@@ -353,6 +354,7 @@ fn perception_params_validate_against_their_schema() {
         ("queue_depth", json!(65)),
         ("output_frame", json!("")),
         ("use_camera_info", json!("yes")),
+        ("tf_wait_s", json!(-1.0)),
         ("diagnostics_period_s", json!(0.0)),
         ("diagnostics_period_s", json!(61.0)),
         ("rig_file", json!(null)),
@@ -1019,7 +1021,11 @@ fn playback_launch_and_rviz_config_are_consistent() {
 #[test]
 fn training_recipes_and_node_params_validate_against_their_schemas() {
     let v = schema_validator("schema/train.schema.json");
-    for rel in ["config/train.yaml", "config/train_demo.yaml"] {
+    for rel in [
+        "config/train.yaml",
+        "config/train_demo.yaml",
+        "config/train_holdout.yaml",
+    ] {
         let doc = yaml_as_json(rel);
         let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{rel}: {errors:?}");

@@ -70,7 +70,10 @@ impl Params {
     pub fn non_empty(&self, key: &str, default: &str) -> Result<String> {
         let s = self.string(key, default)?;
         if s.trim().is_empty() {
-            return Err(bad(key, "must not be empty".into()));
+            return Err(bad(
+                key,
+                "required, must not be empty (set it in the params file or with -p)".into(),
+            ));
         }
         Ok(s)
     }

@@ -82,6 +82,8 @@ pub struct PerceptionNodeParams {
     pub queue_depth: usize,
     /// Frame of the published boxes.
     pub output_frame: String,
+    /// How long the first frames wait for `/tf_static` before the rig's extrinsics are used, seconds.
+    pub tf_wait_s: f64,
     /// Check image sizes against `CameraInfo`.
     pub use_camera_info: bool,
     /// Reporting interval of `/diagnostics`, seconds.
@@ -116,6 +118,7 @@ impl PerceptionNodeParams {
             sync_slop_s: p.number("sync_slop_s", 0.05, 0.0, 1.0, true)?,
             queue_depth: p.integer("queue_depth", 4, 1, 64)? as usize,
             output_frame: p.non_empty("output_frame", "lidar_top")?,
+            tf_wait_s: p.number("tf_wait_s", 1.0, 0.0, 60.0, false)?,
             use_camera_info: p.bool("use_camera_info", true)?,
             diagnostics_period_s: p.number("diagnostics_period_s", 1.0, 0.0, 60.0, true)?,
         })
@@ -533,6 +536,9 @@ pub fn run_perception_node() -> Result<()> {
         per_camera: vec![0; cameras.len()],
         newest_stamp: vec![None; cameras.len()],
         sets_at_last_tick: 0,
+        tf_received: false,
+        first_set_at: None,
+        held: None,
         rig,
         cameras,
         params,
@@ -565,6 +571,9 @@ pub fn run_perception_node() -> Result<()> {
                 _ = stop_check.tick() => {
                     if stop.load(Ordering::Relaxed) {
                         break;
+                    }
+                    if let Some(job) = state.tf_grace_over() {
+                        state.submit(job, &job_tx);
                     }
                 }
             }
@@ -602,6 +611,12 @@ struct State {
     per_camera: Vec<u64>,
     newest_stamp: Vec<Option<i64>>,
     sets_at_last_tick: u64,
+    /// Whether a `/tf_static` message has arrived.
+    tf_received: bool,
+    /// When the first complete set formed (the `/tf_static` grace period starts).
+    first_set_at: Option<Instant>,
+    /// The newest set held back while waiting for `/tf_static`.
+    held: Option<Job>,
 }
 
 impl State {
@@ -652,7 +667,7 @@ impl State {
                     );
                     return None;
                 }
-                Some(Job {
+                let job = Job {
                     set,
                     prompts: Arc::clone(&self.prompts),
                     camera_to_output: self.extrinsics.clone(),
@@ -662,7 +677,19 @@ impl State {
                         vec![None; self.cameras.len()]
                     },
                     completed_at: Instant::now(),
-                })
+                };
+                // Extrinsics from /tf_static, when published, beat the rig's nominal ones: the first frames
+                // wait a little for it (latched messages may arrive after the first images).
+                let since = *self.first_set_at.get_or_insert_with(Instant::now);
+                if !self.tf_received
+                    && since.elapsed() < Duration::from_secs_f64(self.params.tf_wait_s)
+                {
+                    if self.held.replace(job).is_some() {
+                        self.sets_dropped += 1;
+                    }
+                    return None;
+                }
+                Some(job)
             }
             Input::Info(i, info) => {
                 if info.width == 0 || info.height == 0 {
@@ -721,10 +748,42 @@ impl State {
                         ),
                     }
                 }
+                self.tf_received = true;
                 self.update_extrinsics();
-                None
+                self.release_held()
             }
         }
+    }
+
+    /// The set held back for `/tf_static`, with the extrinsics known now.
+    fn release_held(&mut self) -> Option<Job> {
+        let mut job = self.held.take()?;
+        if self.extrinsics.is_empty() {
+            self.errors.report(
+                "transforms",
+                format!(
+                    "no transform from every camera to {}",
+                    self.params.output_frame
+                ),
+            );
+            return None;
+        }
+        job.camera_to_output = self.extrinsics.clone();
+        Some(job)
+    }
+
+    /// Releases a held set once the `/tf_static` grace period is over (the rig's extrinsics then).
+    fn tf_grace_over(&mut self) -> Option<Job> {
+        let since = self.first_set_at?;
+        if self.held.is_none() || since.elapsed() < Duration::from_secs_f64(self.params.tf_wait_s) {
+            return None;
+        }
+        r2r::log_warn!(
+            &self.name,
+            "no /tf_static within tf_wait_s = {} s: using the rig's extrinsics",
+            self.params.tf_wait_s
+        );
+        self.release_held()
     }
 
     fn submit(&mut self, job: Job, tx: &std::sync::mpsc::SyncSender<Job>) {

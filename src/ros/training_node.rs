@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::std_msgs::msg::{Header, String as StringMsg};
-use r2r::{Context, Node, ParameterValue, QosProfile};
+use r2r::{Context, Node, QosProfile};
+
+use super::params::Params;
 
 use crate::train::trainer::StepMetrics;
 use crate::train::{TrainConfig, TrainSummary, Trainer};
@@ -32,50 +34,16 @@ impl TrainingNodeParams {
     /// Reads the parameters the node was started with; a missing required one or a wrong type is an error that
     /// names it.
     pub fn from_node(node: &Node) -> Result<Self> {
-        let params = node
-            .params
-            .lock()
-            .map_err(|_| Error::Ros("parameter table poisoned".into()))?;
-        let string = |k: &str| -> Result<String> {
-            match params.get(k).map(|p| &p.value) {
-                Some(ParameterValue::String(s)) if !s.is_empty() => Ok(s.clone()),
-                Some(ParameterValue::String(_)) | None | Some(ParameterValue::NotSet) => {
-                    Err(Error::invalid(
-                        format!("parameter {k}"),
-                        "required (a path); set it in the params file or with -p",
-                    ))
-                }
-                Some(other) => Err(Error::invalid(
-                    format!("parameter {k}"),
-                    format!("{other:?} is not a string"),
-                )),
-            }
-        };
-        let resume = match params.get("resume").map(|p| &p.value) {
-            None | Some(ParameterValue::NotSet) => false,
-            Some(ParameterValue::Bool(b)) => *b,
-            Some(other) => {
-                return Err(Error::invalid(
-                    "parameter resume",
-                    format!("{other:?} is not a bool"),
-                ))
-            }
-        };
-        let max_steps = match params.get("max_steps").map(|p| &p.value) {
-            None | Some(ParameterValue::NotSet) => 0,
-            Some(ParameterValue::Integer(n)) if *n >= 0 => *n as usize,
-            Some(other) => {
-                return Err(Error::invalid(
-                    "parameter max_steps",
-                    format!("{other:?} is not an integer ≥ 0"),
-                ))
-            }
-        };
+        Self::from_params(&Params::of(node)?)
+    }
+
+    /// The parameters from a snapshot (checked as the schema states).
+    pub fn from_params(p: &Params) -> Result<Self> {
         Ok(Self {
-            config_file: PathBuf::from(string("config_file")?),
-            out_dir: PathBuf::from(string("out_dir")?),
-            resume,
-            max_steps,
+            config_file: PathBuf::from(p.non_empty("config_file", "")?),
+            out_dir: PathBuf::from(p.non_empty("out_dir", "")?),
+            resume: p.bool("resume", false)?,
+            max_steps: p.integer("max_steps", 0, 0, i64::MAX)? as usize,
         })
     }
 }
