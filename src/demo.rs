@@ -9,6 +9,10 @@
 //! to localize well (see the README's evaluation table); the demo shows that every stage runs and how the
 //! outputs look. Point `--model` at a real checkpoint folder (with `adapter/` and `head.safetensors` from
 //! training) for real detections.
+//!
+//! The ROS 2 demo (`vlm3d demo` with the `ros` feature: the perception node on this module's synthetic bag,
+//! `crate::ros::node_demo`) shares [`prepare_demo_bag`] and draws through the ROS-free [`picture`] and
+//! [`summary`] modules.
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -22,6 +26,10 @@ use crate::model::detector::{Detector, DetectorConfig};
 use crate::perception::{merge_views, Detection, ViewInput};
 use crate::{Error, Result};
 
+pub mod frames;
+pub mod picture;
+pub mod summary;
+
 /// Settings of [`run_demo`].
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -33,6 +41,8 @@ pub struct DemoOptions {
     pub width: u32,
     /// Synthetic image size.
     pub height: u32,
+    /// Key frames (samples) in the synthetic scene; the demo runs the first.
+    pub samples: usize,
     /// Seed of the synthetic scene and of the untrained head.
     pub seed: u64,
     /// Upper bound on pixels per view given to the image processor.
@@ -55,6 +65,7 @@ impl DemoOptions {
             model: default_model_dir(),
             width: 640,
             height: 360,
+            samples: 2,
             seed: 7,
             max_pixels: 448 * 252,
             nms_iou: 0.3,
@@ -75,6 +86,77 @@ pub fn default_model_dir() -> PathBuf {
     } else {
         root.join("tests/fixtures/qwen2vl_tiny")
     }
+}
+
+/// What synthetic data the demos make: one scene of `samples` key frames (2 Hz), six cameras.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DemoData {
+    /// Key frames in the scene.
+    pub samples: usize,
+    /// Seed of the synthetic scene.
+    pub seed: u64,
+    /// Image width, pixels.
+    pub width: u32,
+    /// Image height, pixels.
+    pub height: u32,
+}
+
+/// The nuScenes table version the demo data is written as.
+const DEMO_VERSION: &str = "v1.0-mini";
+
+/// Writes the demo's synthetic nuScenes-format scene to `out/nuscenes/` and converts it to the rosbag2 folder
+/// `out/bag/` (no LiDAR clouds: the camera pipeline does not use them), returning the bag's path. Both are
+/// reused when `out/demo_data.json` says they were made with the same `data`; otherwise (other settings, an
+/// interrupted run, outputs of an older version) they are made afresh.
+pub fn prepare_demo_bag(out: &Path, data: &DemoData) -> Result<PathBuf> {
+    if data.samples == 0 {
+        return Err(Error::invalid("demo samples", "0 (at least one is needed)"));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let dataroot = out.join("nuscenes");
+    let bag = out.join("bag");
+    let stamp = out.join("demo_data.json");
+    let made_with: Option<DemoData> = std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if made_with.as_ref() == Some(data) && bag.join("metadata.yaml").is_file() {
+        return Ok(bag);
+    }
+    // The stamp goes first, so an interrupted run is redone.
+    let _ = std::fs::remove_file(&stamp);
+    for dir in [&dataroot, &bag] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    tracing::info!(
+        "demo: writing a synthetic nuScenes-format scene ({} samples, {}×{}) to {}",
+        data.samples,
+        data.width,
+        data.height,
+        dataroot.display()
+    );
+    let cfg = SynthConfig {
+        scenes: 1,
+        samples_per_scene: data.samples,
+        seed: data.seed,
+        width: data.width,
+        height: data.height,
+        version: DEMO_VERSION.into(),
+        progress: true,
+        ..Default::default()
+    };
+    generate(&dataroot, &cfg)?;
+    tracing::info!("demo: converting to rosbag2 at {}", bag.display());
+    let mut copts = ConvertOptions::new(&bag);
+    copts.progress = true;
+    copts.force = true;
+    copts.lidar = false;
+    convert_nuscenes(&dataroot, DEMO_VERSION, &copts)?;
+    let json = serde_json::to_string_pretty(data)
+        .map_err(|e| Error::invalid("demo data stamp", e.to_string()))?;
+    std::fs::write(&stamp, json).map_err(|e| Error::io(&stamp, e))?;
+    Ok(bag)
 }
 
 /// What the demo did.
@@ -98,34 +180,15 @@ pub struct DemoReport {
 
 /// Runs the demo (see the module docs). Steps whose outputs exist are reused, so a second run is quick.
 pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let dataroot = opts.out.join("nuscenes");
-    let version = "v1.0-mini";
-    if !dataroot.join(version).join("scene.json").exists() {
-        tracing::info!(
-            "demo: writing a synthetic nuScenes-format scene to {}",
-            dataroot.display()
-        );
-        let cfg = SynthConfig {
-            scenes: 1,
-            samples_per_scene: 2,
+    let bag = prepare_demo_bag(
+        &opts.out,
+        &DemoData {
+            samples: opts.samples,
             seed: opts.seed,
             width: opts.width,
             height: opts.height,
-            version: version.into(),
-            progress: true,
-            ..Default::default()
-        };
-        generate(&dataroot, &cfg)?;
-    }
-    let bag = opts.out.join("bag");
-    if !bag.join("metadata.yaml").exists() {
-        tracing::info!("demo: converting to rosbag2 at {}", bag.display());
-        let mut copts = ConvertOptions::new(&bag);
-        copts.progress = true;
-        copts.force = true;
-        convert_nuscenes(&dataroot, version, &copts)?;
-    }
+        },
+    )?;
 
     // The first sample's six cameras, boxes in the LiDAR frame.
     let cfg = DatasetConfig {

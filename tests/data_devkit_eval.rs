@@ -74,6 +74,7 @@ fn the_devkit_evaluates_our_results_file_as_we_do() {
         bag: bag.clone(),
         nms_iou: 0.3,
         absent_prompts: 0,
+        categories: None,
     };
     let base = evaluate_bag(&Predictor::MeanBox(mean_boxes(&bag).unwrap()), &opts).unwrap();
     let mut unshifted: Option<Value> = None;

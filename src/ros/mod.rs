@@ -5,6 +5,7 @@
 //! * [`perception_node`]: the product: six cameras and standing prompts in, boxes, markers and health out.
 //! * [`params`]: typed, range-checked ROS parameters.
 //! * [`play`] and [`record`]: a rosbag2 player and recorder over r2r (`vlm3d play`, `vlm3d record`).
+//! * [`node_demo`]: `vlm3d demo`: the perception node on the built-in synthetic bag, played and recorded.
 //! * [`training_node`]: the trainer as a ROS 2 node (progress, diagnostics, clean stop on signals).
 //! * [`wait`]: start-up helpers that wait for discovery to match publishers and subscribers, so that a
 //!   burst of messages right after start is not lost.
@@ -12,6 +13,7 @@
 //! The message types are r2r's generated ones, e.g. [`r2r::vlm3d::msg::BoundingBox3DArray`]; they exist
 //! when the crate is built with `env.sh` sourced (see `scripts/setup.sh`).
 pub mod convert;
+pub mod node_demo;
 pub mod params;
 pub mod perception_node;
 pub mod play;

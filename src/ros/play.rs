@@ -30,8 +30,13 @@ pub struct PlayOptions {
     pub clock: bool,
     /// Before the first message, wait until each of these topics has a subscriber (at most `wait_timeout`).
     pub wait_for: Vec<String>,
+    /// Subscribers each `wait_for` topic needs (e.g. 2: a node and a recorder).
+    pub min_subscribers: usize,
     /// Longest wait for `wait_for`.
     pub wait_timeout: Duration,
+    /// Pause after the subscribers matched and before the first message (like `ros2 bag play --delay`): a
+    /// publisher sees a match before a best-effort subscriber is ready to receive.
+    pub delay: Duration,
     /// Stop when this returns true (checked between messages).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -46,7 +51,9 @@ impl PlayOptions {
             topics: Vec::new(),
             clock: true,
             wait_for: Vec::new(),
+            min_subscribers: 1,
             wait_timeout: Duration::from_secs(60),
+            delay: Duration::ZERO,
             stop: None,
         }
     }
@@ -126,7 +133,17 @@ pub fn play(opts: &PlayOptions) -> Result<PlayReport> {
             })?;
         publishers.insert(m.name.clone(), p);
     }
-    wait_for_subscribers(&mut node, &publishers, &opts.wait_for, opts.wait_timeout)?;
+    wait_for_subscribers(
+        &mut node,
+        &publishers,
+        &opts.wait_for,
+        opts.min_subscribers.max(1),
+        opts.wait_timeout,
+    )?;
+    let go = Instant::now() + opts.delay;
+    while Instant::now() < go {
+        node.spin_once(Duration::from_millis(10));
+    }
     let mut report = PlayReport::default();
     let stopped = || {
         opts.stop
@@ -180,12 +197,13 @@ fn finish(mut report: PlayReport, start: Instant) -> PlayReport {
     report
 }
 
-/// Spins until the publisher of every topic in `topics` is matched by a subscriber in another process, or fails
+/// Spins until the publisher of every topic in `topics` is matched by at least `min` subscribers, or fails
 /// naming the unmatched ones after `timeout`.
 fn wait_for_subscribers(
     node: &mut Node,
     publishers: &BTreeMap<String, PublisherUntyped>,
     topics: &[String],
+    min: usize,
     timeout: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -193,7 +211,7 @@ fn wait_for_subscribers(
         let mut missing = Vec::new();
         for t in topics {
             let matched = match publishers.get(t) {
-                Some(p) => p.get_inter_process_subscription_count()? > 0,
+                Some(p) => p.get_inter_process_subscription_count()? >= min,
                 None => {
                     return Err(Error::invalid(
                         format!("--wait-for {t}"),
@@ -210,7 +228,7 @@ fn wait_for_subscribers(
         }
         if Instant::now() >= deadline {
             return Err(Error::Ros(format!(
-                "no subscriber on {} after {timeout:?}",
+                "fewer than {min} subscriber(s) on {} after {timeout:?}",
                 missing.join(", ")
             )));
         }

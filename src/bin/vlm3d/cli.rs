@@ -17,7 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the version and the compiled-in features.
     Info,
-    /// Run the whole offline pipeline on built-in data and the built-in tiny model (synth → bag → detect).
+    /// The built-in demo: perception_node with the demo model, the synthetic bag played into it, its output
+    /// recorded and drawn (`--offline`: the same detector in-process, without ROS).
     Demo(DemoArgs),
     /// Convert a nuScenes version (tables + samples/) to a rosbag2 folder (MCAP, CDR).
     ConvertNuscenes(ConvertArgs),
@@ -66,6 +67,12 @@ pub struct PlayArgs {
     /// Wait until these topics have a subscriber before the first message (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub wait_for: Vec<String>,
+    /// Subscribers each `--wait-for` topic needs (e.g. 2: a node and a recorder).
+    #[arg(long, default_value_t = 1)]
+    pub wait_subscribers: usize,
+    /// Seconds to wait after the subscribers matched, before the first message.
+    #[arg(long, default_value_t = 0.0)]
+    pub delay: f64,
 }
 
 /// Arguments of `vlm3d record`.
@@ -134,6 +141,14 @@ pub struct EvalArgs {
     /// The recording's boxes topic (default: its one topic of type vlm3d/msg/BoundingBox3DArray).
     #[arg(long, requires = "recorded")]
     pub boxes_topic: Option<String>,
+    /// Open set: categories held out of training (prompt names, comma-separated: "construction vehicle,trailer"),
+    /// reported apart from the seen ones (report.md, metrics.json, open_set.png). Default: the
+    /// `holdout_categories` of --holdout-from, else of --trained's train_config.yaml when it has some.
+    #[arg(long, value_delimiter = ',')]
+    pub holdout: Option<Vec<String>>,
+    /// Read the held-out categories from this training recipe (YAML) or training output folder.
+    #[arg(long, conflicts_with = "holdout")]
+    pub holdout_from: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `vlm3d train`.
@@ -342,9 +357,9 @@ pub struct DemoArgs {
     /// Playback speed of the bag into the perception node (1 = real time, 2 Hz samples).
     #[arg(long, default_value_t = 0.5)]
     pub rate: f64,
-    /// Key frames (samples) of the synthetic scene (default: 10 for the node, 2 offline).
-    #[arg(long)]
-    pub samples: Option<usize>,
+    /// Key frames (samples) of the synthetic scene (2 Hz); the offline demo runs the first.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
 }
 
 /// Arguments of `vlm3d synth`.
@@ -377,6 +392,10 @@ pub struct SynthArgs {
     /// Also write non-key frames (sweeps): cameras at 12 Hz, LIDAR_TOP at 20 Hz.
     #[arg(long)]
     pub sweeps: bool,
+    /// Give trailers, construction vehicles and bicycles surface patterns of their own (the open-set recipe's
+    /// held-out categories; off keeps existing seeds' output unchanged).
+    #[arg(long)]
+    pub distinct_looks: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -407,6 +426,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             opts.topics = a.topics;
             opts.clock = !a.no_clock;
             opts.wait_for = a.wait_for;
+            opts.min_subscribers = a.wait_subscribers;
+            opts.delay = std::time::Duration::try_from_secs_f64(a.delay)
+                .map_err(|e| anyhow::anyhow!("--delay {}: {e}", a.delay))?;
             opts.stop = Some(stop);
             let r = vlm3d::ros::play::play(&opts)?;
             let total: u64 = r.published.values().sum();
@@ -546,7 +568,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ConvertNuscenes(args) => run_convert(args),
         Command::Eval(a) => {
-            use vlm3d::eval::{evaluate_bag, mean_boxes, write_report, EvalOptions, Predictor};
+            use vlm3d::eval::{
+                evaluate_bag, mean_boxes, write_report_open_set, EvalOptions, Predictor,
+            };
+            let holdout = match (&a.holdout, &a.holdout_from, &a.trained) {
+                (Some(h), _, _) => vlm3d::train::prompts::normalize_categories(h, "--holdout")?,
+                (None, Some(from), _) => vlm3d::train::config::holdout_of(from)?,
+                (None, None, Some(t))
+                    if t.join(vlm3d::train::config::TRAIN_CONFIG_FILE).is_file() =>
+                {
+                    vlm3d::train::config::holdout_of(t)?
+                }
+                _ => Vec::new(),
+            };
+            if !holdout.is_empty() {
+                println!("open set: held-out (unseen) categories {holdout:?}");
+            }
             let opts = EvalOptions {
                 bag: a.bag.clone(),
                 nms_iou: a.nms_iou,
@@ -555,13 +592,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (name, run) = match &a.recorded {
                 Some(rec) => {
-                    let r =
-                        vlm3d::eval::evaluate_recording(rec, &opts, a.boxes_topic.as_deref())?;
+                    let r = vlm3d::eval::evaluate_recording(rec, &opts, a.boxes_topic.as_deref())?;
                     println!("{}", r.coverage());
                     (rec.display().to_string(), r.run)
                 }
                 None => {
-                    let model = a.model.clone().unwrap_or_else(vlm3d::demo::default_model_dir);
+                    let model = a
+                        .model
+                        .clone()
+                        .unwrap_or_else(vlm3d::demo::default_model_dir);
                     let device = vlm3d::model::device::select_device(a.device.as_deref())?;
                     let mut det = vlm3d::model::detector::Detector::load(
                         &model,
@@ -587,13 +626,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             match a.baseline.as_deref() {
                 None => {}
                 Some("mean-box") => {
-                    let means = mean_boxes(a.baseline_bag.as_deref().unwrap_or(&a.bag))?;
+                    let mut means = mean_boxes(a.baseline_bag.as_deref().unwrap_or(&a.bag))?;
+                    // A closed-set baseline knows no held-out category.
+                    means.retain(|c, _| !holdout.contains(c));
                     base = evaluate_bag(&Predictor::MeanBox(means), &opts)?;
                     results.push(("mean-box baseline", &base.metrics, base.queries.as_slice()));
                 }
                 Some(o) => anyhow::bail!("unknown --baseline {o:?} (mean-box)"),
             }
-            for p in write_report(&a.out, &a.bag, &results)? {
+            for p in write_report_open_set(&a.out, &a.bag, &results, &holdout)? {
                 println!("wrote {}", p.display());
             }
             let bars = a.out.join("categories.png");
@@ -661,13 +702,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(m) = a.model {
                     opts.model = m;
                 }
-                if let Some(n) = a.samples {
-                    opts.samples = n;
-                }
+                opts.samples = a.samples;
                 opts.rate = a.rate;
-                opts.score_threshold = f64::from(a.score_threshold);
+                // As typed (0.3, not the f32's 0.30000001192092896).
+                opts.score_threshold = a
+                    .score_threshold
+                    .to_string()
+                    .parse()
+                    .unwrap_or(f64::from(a.score_threshold));
                 opts.device = a.device.unwrap_or_else(|| "auto".into());
                 opts.dtype = a.dtype;
+                // Ctrl-C / SIGTERM: stop the node and the recorder, and summarize what was recorded.
+                let interrupt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                    signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupt))?;
+                }
+                opts.interrupt = Some(interrupt);
                 let r = vlm3d::ros::node_demo::run_node_demo(&opts)?;
                 println!(
                     "perception_node, model {}, prompts: {}",
@@ -691,6 +741,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("wrote {}", p.display());
                 }
                 println!("{:.1} s wall", r.wall_s);
+                if r.interrupted {
+                    anyhow::bail!("interrupted (the summary covers what was recorded)");
+                }
                 return Ok(());
             }
             #[cfg(not(feature = "ros"))]
@@ -699,9 +752,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = a.model {
                 opts.model = m;
             }
-            if let Some(n) = a.samples {
-                opts.samples = n;
-            }
+            opts.samples = a.samples;
             opts.score_threshold = a.score_threshold;
             opts.device = vlm3d::model::device::select_device(a.device.as_deref())?;
             opts.dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
@@ -740,6 +791,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 objects_per_scene: a.objects,
                 version: a.version,
                 sweeps: a.sweeps,
+                distinct_looks: a.distinct_looks,
                 progress: !a.quiet,
                 ..Default::default()
             };
