@@ -223,7 +223,7 @@ fn nuscenes_rig_follows_the_converter_conventions() {
 }
 
 /// The parameters perception_node reads, in the order of config/perception_node.param.yaml.
-const PERCEPTION_PARAMS: [&str; 17] = [
+const PERCEPTION_PARAMS: [&str; 18] = [
     "rig_file",
     "model_path",
     "trained_path",

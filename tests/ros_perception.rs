@@ -431,7 +431,7 @@ fn setup(name: &str) -> (PathBuf, PathBuf, Sample) {
 #[test]
 fn node_publishes_the_offline_boxes_in_the_lidar_frame() {
     let (dir, _bag, s) = setup("ros_perception_boxes");
-    let prompts = vec![paper_prompt("car"), paper_prompt("pedestrian")];
+    let prompts = [paper_prompt("car"), paper_prompt("pedestrian")];
     let node = Node::start("boxes", &dir, &prompts[..1]);
     let mut peer = Peer::start();
     wire(&mut peer, &node);
@@ -449,7 +449,7 @@ fn node_publishes_the_offline_boxes_in_the_lidar_frame() {
     let ok = peer.until(Duration::from_secs(120), |g| {
         boxes_at(g, &bt, stamp).len() >= 2
             && boxes_at(g, &dt, stamp).len() >= 2
-            && g.get(&mt).is_some_and(|m| m.len() >= 1)
+            && g.get(&mt).is_some_and(|m| !m.is_empty())
     });
     assert!(ok, "no outputs; node log:\n{}", node.log_text());
 
@@ -967,7 +967,7 @@ fn assert_json_close_tol(a: &Value, b: &Value, path: &str, tol: f64) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             assert!(
-                (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                (x - y).abs() <= tol * x.abs().max(y.abs()).max(1.0),
                 "{path}: {x} vs {y}"
             );
         }
