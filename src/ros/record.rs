@@ -118,7 +118,13 @@ pub fn record(opts: &RecordOptions) -> Result<RecordReport> {
                 counts.insert(topic.clone(), 0);
             }
         }
-        node.spin_once(Duration::from_millis(5));
+        if subs.is_empty() {
+            // rcl reports an empty wait set as an error (and rcutils then warns when the next error
+            // overwrites it): nothing to wait on yet.
+            std::thread::sleep(Duration::from_millis(5));
+        } else {
+            node.spin_once(Duration::from_millis(5));
+        }
         for (id, topic, stream) in &mut subs {
             while let Some(Some(data)) = stream.next().now_or_never() {
                 writer.write_raw(*id, now_ns(), &data)?;
