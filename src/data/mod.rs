@@ -7,6 +7,8 @@
 //! * [`synth`]: the synthetic world (a nuScenes-like scene generator) and its renderer (camera JPEGs, LiDAR).
 //! * [`convert`]: nuScenes folder → rosbag2 bag.
 //! * [`dataset`]: bag → per-camera training examples (image, prompts, visible boxes in the configured frame).
+//! * [`augment`]: training-time flip, crop-and-scale and colour jitter that keep image, camera and boxes consistent.
+pub mod augment;
 pub mod bag;
 pub mod convert;
 pub mod dataset;

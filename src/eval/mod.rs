@@ -2,7 +2,11 @@
 //! LiDAR → BEV NMS path the node uses (or a per-category mean-box baseline through the same merge), for the
 //! categories present in the sample plus absent ones, scored by [`metrics`]; `metrics.json` and `report.md`.
 pub mod metrics;
+pub mod openset;
 pub mod plots;
+pub mod recorded;
+
+pub use recorded::{evaluate_recording, RecordedRun};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +39,23 @@ pub struct EvalOptions {
     pub nms_iou: f64,
     /// Prompts for absent categories per sample.
     pub absent_prompts: usize,
+    /// Query every sample with exactly these categories (prompt names such as `car`, as
+    /// [`crate::data::dataset::prompt_name`] gives them), present or not, with the paper's prompt text, instead of
+    /// the categories present plus `absent_prompts` absent ones. The way to score what a perception node with
+    /// these standing prompts publishes ([`evaluate_recording`]).
+    pub categories: Option<Vec<String>>,
+}
+
+impl EvalOptions {
+    /// The defaults of `vlm3d eval` (NMS 0.3, two absent categories per sample) on `bag`.
+    pub fn new(bag: impl Into<PathBuf>) -> Self {
+        Self {
+            bag: bag.into(),
+            nms_iou: 0.3,
+            absent_prompts: 2,
+            categories: None,
+        }
+    }
 }
 
 /// One sample's views.
@@ -143,28 +164,33 @@ pub struct EvalRun {
     pub classes: BTreeMap<String, Option<&'static str>>,
 }
 
-/// Scores `predictor` on every sample of the bag.
-pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun> {
-    let all = samples(&opts.bag)?;
-    let mut classes: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
-    for s in &all {
+/// Prompt name → nuScenes detection class, over every category with ground truth in some view of `all`.
+fn classes_of(all: &[SampleViews]) -> BTreeMap<String, Option<&'static str>> {
+    let mut classes = BTreeMap::new();
+    for s in all {
         for v in &s.views {
             for p in &v.prompts {
-                let cat = p.boxes.first().map(|&b| v.boxes[b].category.as_str());
-                if let Some(c) = cat {
-                    classes.insert(p.category.clone(), detection_name(c));
+                if let Some(&b) = p.boxes.first() {
+                    classes.insert(p.category.clone(), detection_name(&v.boxes[b].category));
                 }
             }
         }
     }
-    let bar = crate::data::progress_bar(
-        true,
-        all.len() as u64,
-        "eval [{bar:30}] {pos}/{len} samples ETA {eta}",
-    );
-    let mut queries = Vec::new();
-    for s in &all {
-        // Categories present (their prompt text and ground truth, each instance once) and absent ones.
+    classes
+}
+
+/// One sample's ground truth per category and the categories it is queried with.
+struct SampleTruth {
+    /// Prompt text of each category a view's prompts name.
+    texts: BTreeMap<String, String>,
+    /// Category → instance → box (LiDAR frame): every instance any view sees, once.
+    truth: BTreeMap<String, BTreeMap<String, OrientedBox3D>>,
+    /// Categories the views prompt as absent (and no view sees), sorted, without repeats.
+    absent: Vec<String>,
+}
+
+impl SampleTruth {
+    fn new(s: &SampleViews) -> Self {
         let mut texts: BTreeMap<String, String> = BTreeMap::new();
         let mut truth: BTreeMap<String, BTreeMap<String, OrientedBox3D>> = BTreeMap::new();
         let mut absent: Vec<String> = Vec::new();
@@ -188,8 +214,60 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
         absent.retain(|c| !truth.contains_key(c));
         absent.sort();
         absent.dedup();
-        absent.truncate(opts.absent_prompts);
-        let categories: Vec<String> = truth.keys().cloned().chain(absent).collect();
+        Self {
+            texts,
+            truth,
+            absent,
+        }
+    }
+
+    /// The (category, prompt text) pairs the sample is queried with: `opts.categories` with the paper's prompt
+    /// when set, else the categories present and then the first `opts.absent_prompts` absent ones.
+    fn queried(&self, opts: &EvalOptions) -> Vec<(String, String)> {
+        match &opts.categories {
+            Some(cats) => cats
+                .iter()
+                .map(|c| (c.clone(), crate::perception::prompt::paper_prompt(c)))
+                .collect(),
+            None => self
+                .truth
+                .keys()
+                .chain(self.absent.iter().take(opts.absent_prompts))
+                .map(|c| (c.clone(), self.texts[c].clone()))
+                .collect(),
+        }
+    }
+
+    /// The ground-truth boxes of `category` (empty when the sample has none).
+    fn boxes(&self, category: &str) -> Result<Vec<crate::geometry::Box3D>> {
+        self.truth
+            .get(category)
+            .map(|m| m.values().map(|b| b.to_box3d()).collect::<Result<Vec<_>>>())
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+}
+
+/// Every sample's token with its LiDAR → global pose, in bag order.
+fn poses_of(all: &[SampleViews]) -> Vec<(String, nalgebra::Isometry3<f64>)> {
+    all.iter()
+        .map(|s| (s.token.clone(), s.views[0].lidar_to_global))
+        .collect()
+}
+
+/// Scores `predictor` on every sample of the bag.
+pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun> {
+    recorded::check_categories(opts)?;
+    let all = samples(&opts.bag)?;
+    let classes = classes_of(&all);
+    let bar = crate::data::progress_bar(
+        true,
+        all.len() as u64,
+        "eval [{bar:30}] {pos}/{len} samples ETA {eta}",
+    );
+    let mut queries = Vec::new();
+    for s in &all {
+        let truth = SampleTruth::new(s);
         let prefix = match predictor {
             Predictor::Model(det) => {
                 let images = s
@@ -206,12 +284,12 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
             .iter()
             .map(|v| (v.channel.as_str(), &v.cam_to_lidar))
             .collect();
-        for cat in categories {
+        for (cat, text) in truth.queried(opts) {
             let merged = match (predictor, &prefix) {
                 (Predictor::Model(det), Some(prefix)) => detect_prompt(
                     det,
                     prefix,
-                    &texts[&cat],
+                    &text,
                     &views,
                     opts.nms_iou,
                     usize::MAX,
@@ -240,15 +318,9 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
                 }
                 _ => unreachable!("the model path always has a prefix"),
             };
-            let truth_boxes = truth
-                .get(&cat)
-                .map(|m| m.values().map(|b| b.to_box3d()).collect::<Result<Vec<_>>>())
-                .transpose()?
-                .unwrap_or_default();
             queries.push(Query {
                 sample: s.token.clone(),
-                category: cat.clone(),
-                truth: truth_boxes,
+                truth: truth.boxes(&cat)?,
                 predicted: merged
                     .boxes
                     .into_iter()
@@ -257,6 +329,7 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
                         ..d
                     })
                     .collect(),
+                category: cat,
             });
         }
         bar.inc(1);
@@ -265,10 +338,7 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
     Ok(EvalRun {
         metrics: evaluate(&queries)?,
         queries,
-        samples: all
-            .iter()
-            .map(|s| (s.token.clone(), s.views[0].lidar_to_global))
-            .collect(),
+        samples: poses_of(&all),
         classes,
     })
 }
@@ -326,6 +396,9 @@ struct Report<'a> {
     samples: usize,
     queries: usize,
     metrics: &'a Metrics,
+    /// Seen and held-out categories apart (with a hold-out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    open_set: Option<&'a openset::OpenSetSplit>,
 }
 
 /// Writes `metrics.json` and `report.md` for one or more named results into `out`.
@@ -334,10 +407,31 @@ pub fn write_report(
     bag: &Path,
     results: &[(&str, &Metrics, &[Query])],
 ) -> Result<Vec<PathBuf>> {
+    write_report_open_set(out, bag, results, &[])
+}
+
+/// [`write_report`] for a model trained with `holdout` categories (prompt names) held out: when it is not empty,
+/// each result also gets its seen and unseen categories scored apart ([`openset`]): an `open_set` entry in
+/// `metrics.json`, two tables in `report.md`, and `open_set.png` (grouped bars seen vs unseen).
+pub fn write_report_open_set(
+    out: &Path,
+    bag: &Path,
+    results: &[(&str, &Metrics, &[Query])],
+    holdout: &[String],
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let splits: Vec<Option<openset::OpenSetSplit>> = results
+        .iter()
+        .map(|(_, _, q)| {
+            (!holdout.is_empty())
+                .then(|| openset::split(q, holdout))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
     let json: Vec<Report> = results
         .iter()
-        .map(|(name, m, q)| Report {
+        .zip(&splits)
+        .map(|((name, m, q), split)| Report {
             name,
             bag,
             samples: q
@@ -347,6 +441,7 @@ pub fn write_report(
                 .len(),
             queries: q.len(),
             metrics: m,
+            open_set: split.as_ref(),
         })
         .collect();
     let jp = out.join("metrics.json");
@@ -375,8 +470,22 @@ pub fn write_report(
             ));
         }
     }
+    let named: Vec<(&str, &openset::OpenSetSplit)> = results
+        .iter()
+        .zip(&splits)
+        .filter_map(|((name, _, _), s)| Some((*name, s.as_ref()?)))
+        .collect();
+    for (name, s) in &named {
+        md.push_str(&openset::markdown(name, s));
+    }
     md.push_str("\nRules: see `src/eval/metrics.rs` (Hungarian matching at 3D IoU ≥ 0.25 per sample and prompt; nuScenes centre-distance AP as the devkit computes it).\n");
     let mp = out.join("report.md");
     std::fs::write(&mp, md).map_err(|e| Error::io(&mp, e))?;
-    Ok(vec![jp, mp])
+    let mut written = vec![jp, mp];
+    if !named.is_empty() {
+        let pp = out.join("open_set.png");
+        plots::open_set_bars(&pp, &named)?;
+        written.push(pp);
+    }
+    Ok(written)
 }

@@ -6,6 +6,7 @@
 //! * [`pr_curves`]: precision–recall at one centre-distance threshold, all categories pooled, one curve per
 //!   predictor; the points come from [`pr_curve`], which matches as `metrics::evaluate` does for AP.
 //! * [`training_curves`]: the loss terms and the learning rate of the trainer's `metrics.jsonl` against step.
+//! * [`open_set_bars`]: mIoU, mAP and Acc@0.25 of the seen and the held-out (unseen) categories.
 //!
 //! Text is rasterised by `ab_glyph` from the DejaVu Sans bytes embedded in the binary
 //! (`assets/fonts/DejaVuSans.ttf`, licence beside it), so no fontconfig or system font is needed. Empty inputs
@@ -24,6 +25,7 @@ use plotters::style::{register_font, FontStyle};
 use serde::Deserialize;
 
 use super::metrics::{CategoryMetrics, Metrics, Query};
+use super::openset::OpenSetSplit;
 use crate::{Error, Result};
 
 /// DejaVu Sans (Bitstream Vera licence, `assets/fonts/LICENSE-DejaVu.txt`).
@@ -718,6 +720,129 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Open set: seen vs unseen.
+
+/// Size of the open-set plot, pixels.
+const OPEN_SET_SIZE: (u32, u32) = (1000, 700);
+
+/// A summary number of a [`Metrics`].
+type MetricOf = fn(&Metrics) -> f64;
+
+/// Grouped bars of mIoU, nuScenes mAP and Acc@0.25 for the seen and the unseen (held-out) categories, one colour
+/// per (predictor, side) (`results`: name and split, e.g. the model and the mean-box baseline). Writes a PNG.
+pub fn open_set_bars(path: &Path, results: &[(&str, &OpenSetSplit)]) -> Result<()> {
+    let metrics: [(&str, MetricOf); 3] = [
+        ("mIoU", |m| m.miou),
+        ("nuScenes mAP", |m| m.nusc_map),
+        ("Acc@0.25", |m| m.acc_25),
+    ];
+    let held = results
+        .first()
+        .map(|(_, s)| s.holdout.join(", "))
+        .unwrap_or_default();
+    let title = format!("Open set: seen vs held-out (unseen) categories [{held}]");
+    render(path, OPEN_SET_SIZE, |root| {
+        let body = root.titled(&title, (FONT, 22))?;
+        let n = metrics.len();
+        let centres: Vec<f64> = (0..n).map(|i| i as f64 + 0.5).collect();
+        let y_ticks: Vec<f64> = (0..=5).map(|k| k as f64 * 0.2).collect();
+        let mut chart = ChartBuilder::on(&body)
+            .caption(
+                "Each side scored on its own categories (paper's prompt; IoU ≥ 0.25 Hungarian, nuScenes AP)",
+                (FONT, 16),
+            )
+            .margin(12)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                Ticked::new(0.0..n as f64, centres),
+                Ticked::new(0.0..1.3, y_ticks),
+            )?;
+        let x_fmt = |x: &f64| {
+            metrics
+                .get(x.max(0.0) as usize)
+                .map(|m| m.0.to_string())
+                .unwrap_or_default()
+        };
+        let y_fmt = |y: &f64| format!("{y:.1}");
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_desc("metric")
+            .y_desc("score (unitless, 0–1)")
+            .x_label_formatter(&x_fmt)
+            .y_label_formatter(&y_fmt)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .draw()?;
+        let series = results.len() * 2;
+        let slot = 0.8 / series.max(1) as f64;
+        let value_style =
+            TextStyle::from((FONT, 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+        for (k, (name, s)) in results.iter().enumerate() {
+            for (side, (label, m)) in [("seen", &s.seen), ("unseen", &s.unseen)]
+                .into_iter()
+                .enumerate()
+            {
+                let j = 2 * k + side;
+                let c = colour(j);
+                let cats = m.categories.values().filter(|c| c.truth > 0).count();
+                let bars: Vec<(f64, f64, f64)> = metrics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, f))| {
+                        let x0 = i as f64 + 0.1 + j as f64 * slot;
+                        let v = f(m);
+                        (
+                            x0,
+                            x0 + slot * 0.9,
+                            if v.is_finite() {
+                                v.clamp(0.0, 1.0)
+                            } else {
+                                0.0
+                            },
+                        )
+                    })
+                    .collect();
+                chart
+                    .draw_series(
+                        bars.iter()
+                            .map(|&(x0, x1, v)| Rectangle::new([(x0, 0.0), (x1, v)], c.filled())),
+                    )?
+                    .label(format!(
+                        "{name}: {label} ({cats} categor{} with ground truth)",
+                        if cats == 1 { "y" } else { "ies" }
+                    ))
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled())
+                    });
+                chart.draw_series(bars.iter().map(|&(x0, x1, v)| {
+                    Text::new(
+                        format!("{v:.2}"),
+                        ((x0 + x1) / 2.0, v + 0.01),
+                        value_style.clone(),
+                    )
+                }))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        if results.is_empty() {
+            note(
+                &chart.plotting_area().strip_coord_spec(),
+                "no predictor results",
+            )?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,5 +1139,22 @@ mod tests {
         assert_eq!(fmt_num(6.000000000000001e-5), "6e-5");
         assert_eq!(fmt_num(123456.0), "1.23e5");
         assert_eq!(fmt_num(0.0), "0");
+    }
+
+    #[test]
+    fn open_set_bars_show_both_sides_of_each_predictor() {
+        let d = tmp("open-set");
+        let split = crate::eval::openset::split(&hand_queries(), &["pedestrian".into()]).unwrap();
+        let p = d.join("open_set.png");
+        open_set_bars(&p, &[("model", &split), ("mean-box baseline", &split)]).unwrap();
+        let set = colours(&p, OPEN_SET_SIZE);
+        for k in 0..4 {
+            let c = colour(k);
+            assert!(set.contains(&[c.0, c.1, c.2]), "series {k} not drawn");
+        }
+        let empty = d.join("empty.png");
+        open_set_bars(&empty, &[]).unwrap();
+        colours(&empty, OPEN_SET_SIZE);
+        done(&d);
     }
 }

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::prompts::PromptConfig;
+pub use crate::data::augment::AugmentConfig;
 use crate::geometry::Frame;
 use crate::model::lora::{LoraConfig, ATTENTION_MODULES};
 use crate::{Error, Result};
@@ -98,7 +100,49 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Most megabytes of cached vision features (the frozen tower's output is computed once per image).
     pub feature_cache_mb: usize,
+    /// Categories (prompt names such as `construction vehicle`, or nuScenes names) that never reach training:
+    /// no prompt names them and their boxes are no target (the open-set protocol, [`super::prompts`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdout_categories: Vec<String>,
+    /// Prompt variety in training: paraphrase templates, synonyms, multi-category prompts (default: the paper's
+    /// prompt only).
+    #[serde(default, skip_serializing_if = "PromptConfig::is_default")]
+    pub prompts: PromptConfig,
+    /// Image augmentations of training examples (default: none).
+    #[serde(default, skip_serializing_if = "is_default_augment")]
+    pub augment: AugmentConfig,
 }
+
+fn is_default_augment(a: &AugmentConfig) -> bool {
+    *a == AugmentConfig::default()
+}
+
+/// What [`holdout_of`] reads: the `holdout_categories` of a recipe, whatever else it holds.
+#[derive(Deserialize)]
+struct HoldoutOnly {
+    #[serde(default)]
+    holdout_categories: Vec<String>,
+}
+
+/// The held-out categories (prompt names) of a training recipe file, or of a training output folder (its
+/// `train_config.yaml`, which the trainer writes).
+pub fn holdout_of(path: &Path) -> Result<Vec<String>> {
+    let file = if path.is_dir() {
+        path.join(TRAIN_CONFIG_FILE)
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let h: HoldoutOnly =
+        serde_yaml::from_str(&text).map_err(|e| Error::format(&file, None, e.to_string()))?;
+    super::prompts::normalize_categories(
+        &h.holdout_categories,
+        &format!("{}: holdout_categories", file.display()),
+    )
+}
+
+/// The recipe a training run writes into its output folder.
+pub const TRAIN_CONFIG_FILE: &str = "train_config.yaml";
 
 fn bad(key: &str, why: impl Into<String>) -> Error {
     Error::invalid(format!("training config key `{key}`"), why)
@@ -186,7 +230,19 @@ impl TrainConfig {
                 }
             }
         }
+        let holdout = self.holdout()?;
+        self.prompts.validate(&holdout)?;
+        self.augment.validate()?;
         Ok(())
+    }
+
+    /// The held-out categories as prompt names (nuScenes names mapped by
+    /// [`crate::data::dataset::prompt_name`]); an unknown name is an error naming `holdout_categories`.
+    pub fn holdout(&self) -> Result<Vec<String>> {
+        super::prompts::normalize_categories(
+            &self.holdout_categories,
+            "training config key `holdout_categories`",
+        )
     }
 
     /// The adapters' PEFT configuration.
@@ -246,5 +302,45 @@ mod tests {
         c.stage2.epochs = Some(1);
         c.stage2.steps = Some(1);
         assert!(c.validate().unwrap_err().to_string().contains("stage2"));
+        let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
+        c.holdout_categories = vec!["trialer".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("holdout_categories"));
+        let e = serde_yaml::from_str::<TrainConfig>(&format!(
+            "{SHIPPED}\naugment: {{flip: 0.5, mirror: 1}}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mirror"), "{e}");
+    }
+
+    #[test]
+    fn the_holdout_example_recipe_holds_out_four_categories() {
+        let c: TrainConfig =
+            serde_yaml::from_str(include_str!("../../config/train_holdout.yaml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.holdout().unwrap(),
+            ["construction vehicle", "trailer", "barrier", "bicycle"]
+        );
+        assert!(c.augment.is_active() && c.prompts.multi_category > 0.0);
+        // The defaults leave the shipped recipe's text unchanged (old checkpoints' recipes compare equal).
+        let shipped: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
+        let text = serde_yaml::to_string(&shipped).unwrap();
+        assert!(
+            !text.contains("holdout") && !text.contains("augment") && !text.contains("prompts")
+        );
+        let dir = std::env::temp_dir().join(format!("vlm3d-holdout-of-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(TRAIN_CONFIG_FILE),
+            serde_yaml::to_string(&c).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(holdout_of(&dir).unwrap(), c.holdout().unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

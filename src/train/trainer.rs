@@ -2,6 +2,11 @@
 //! (the vision tower frozen, its features computed once per image and cached), the box head, the matched
 //! two-stage loss; AdamW with warm-up and a cosine or constant schedule per stage, gradient clipping and
 //! accumulation; a metrics log (JSON lines), checkpoints and resume.
+//!
+//! Open-set training and variety: held-out categories are removed from the views as they load
+//! ([`super::prompts::apply_holdout`]); each training item's prompt (template, synonyms, several categories) and
+//! each view's augmentation (flip, crop and scale, colour jitter: [`crate::data::augment`]) are drawn from the seed,
+//! the epoch and the item ([`Trainer::assemble`]), so a resumed run draws the same.
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,9 +20,12 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, TrainState};
-use super::config::{Schedule, TrainConfig};
+use super::config::{Schedule, TrainConfig, TRAIN_CONFIG_FILE};
 use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
-use crate::data::dataset::{Dataset, DatasetConfig, Example};
+use super::prompts::{apply_holdout, choose, training_vocabulary};
+use crate::data::augment::{apply_boxes, apply_image, Augmentation};
+use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
+use crate::geometry::VisibilityRule;
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::GridThw;
 use crate::{Error, Result};
@@ -29,6 +37,26 @@ pub struct Item {
     pub example: usize,
     /// Index of the prompt in that view's prompts.
     pub prompt: usize,
+}
+
+/// A training item as a batch feeds it: the prompt drawn for it, the view's augmentation this epoch, and the
+/// target boxes (of the augmented view, in the recipe's frame).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingExample {
+    /// The item.
+    pub item: Item,
+    /// The prompt text.
+    pub text: String,
+    /// The categories (prompt names) the prompt asks for.
+    pub categories: Vec<String>,
+    /// The words it uses for them (prompt names or synonyms).
+    pub words: Vec<String>,
+    /// The augmentation of the view's image and boxes (the same for every item of the view in an epoch).
+    pub augmentation: Augmentation,
+    /// Target boxes [x, y, z, l, w, h, yaw] in the recipe's frame.
+    pub targets: Vec<[f64; 7]>,
+    /// nuScenes category of each target.
+    pub target_categories: Vec<String>,
 }
 
 /// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
@@ -147,10 +175,18 @@ impl AdamW {
 }
 
 /// Vision features of the frozen tower, computed once per image and kept within a memory budget.
+///
+/// Keyed by (view, epoch): without augmentation the epoch part is always 0, so a view is encoded once per run.
+/// With augmentation the image fed to the tower is the view's augmented one, drawn per (view, epoch) and shared
+/// by the view's prompts in that epoch, so its features are keyed by the epoch too and never served for the
+/// original image or another epoch's augmentation; the cache then holds one epoch at a time (cleared when the
+/// epoch changes), which still saves the tower's work for every prompt of a view after the first.
 struct FeatureCache {
     budget: usize,
     used: usize,
-    map: HashMap<usize, (Tensor, GridThw)>,
+    /// The epoch the entries belong to (with augmentation).
+    epoch: usize,
+    map: HashMap<(usize, usize), (Tensor, GridThw)>,
 }
 
 /// Decodes JPEGs on a background thread (the paper's asynchronous loading): the next step's images are decoded
@@ -263,6 +299,10 @@ pub struct Trainer {
     pub detector: Detector,
     views: Vec<Example>,
     items: Vec<Item>,
+    /// Held-out categories (prompt names).
+    holdout: Vec<String>,
+    /// The dataset's visibility rule (augmented views drop the boxes it no longer sees).
+    visibility: VisibilityRule,
     cache: FeatureCache,
     embedding: BoxEmbedding,
     opt: AdamW,
@@ -288,9 +328,12 @@ impl Trainer {
     /// `out/checkpoints` (a fresh run when there is none).
     pub fn new(cfg: TrainConfig, out: &Path, resume: bool) -> Result<Self> {
         cfg.validate()?;
+        let holdout = cfg.holdout()?;
         let cfg_text =
             serde_yaml::to_string(&cfg).map_err(|e| Error::invalid("config", e.to_string()))?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        // The recipe beside the trained parts: `vlm3d eval --trained OUT` reads the held-out categories from it.
+        write_synced(&out.join(TRAIN_CONFIG_FILE), cfg_text.as_bytes())?;
         let device = Device::Cpu;
         // The base checkpoint only: training starts from a fresh head (drawn from the seed) and fresh adapters.
         let pipeline = crate::model::qwen2vl::Pipeline::load(&cfg.model, &device, DType::F32)?;
@@ -305,16 +348,32 @@ impl Trainer {
         )?;
         detector.pipeline.processor.config.max_pixels = cfg.max_pixels;
 
-        // Examples: every camera view of the training bags, each with its prompts.
+        // Examples: every camera view of the training bags, each with its prompts; held-out categories are
+        // neither negatives (the vocabulary leaves them out) nor positives or targets (removed per view).
         let dcfg = DatasetConfig {
             target_frame: cfg.frame,
             keep_empty: true,
             max_negatives: cfg.max_negatives,
+            vocabulary: if holdout.is_empty() {
+                Vec::new()
+            } else {
+                training_vocabulary(&holdout)
+            },
             ..Default::default()
         };
+        let visibility = dcfg.visibility;
         let mut views = Vec::new();
+        let mut held_boxes = 0;
         for ex in Dataset::new(cfg.train_bags.clone(), dcfg) {
-            views.push(ex?);
+            let mut ex = ex?;
+            held_boxes += apply_holdout(&mut ex, &holdout);
+            views.push(ex);
+        }
+        if !holdout.is_empty() {
+            tracing::info!(
+                "held out {holdout:?}: {held_boxes} boxes removed from {} views",
+                views.len()
+            );
         }
         if views.is_empty() {
             return Err(Error::invalid(
@@ -408,6 +467,7 @@ impl Trainer {
             cache: FeatureCache {
                 budget: cfg.feature_cache_mb << 20,
                 used: 0,
+                epoch: 0,
                 map: HashMap::new(),
             },
             embedding: BoxEmbedding::new(&device)?,
@@ -417,6 +477,8 @@ impl Trainer {
             detector,
             views,
             items,
+            holdout,
+            visibility,
             opt,
             step,
             epoch,
@@ -437,20 +499,126 @@ impl Trainer {
         self.stage_steps
     }
 
-    fn features(&mut self, example: usize) -> Result<(Tensor, GridThw)> {
-        if let Some(f) = self.cache.map.get(&example) {
+    /// The loaded training views (held-out categories removed).
+    pub fn views(&self) -> &[Example] {
+        &self.views
+    }
+
+    /// The held-out categories (prompt names).
+    pub fn holdout(&self) -> &[String] {
+        &self.holdout
+    }
+
+    /// The feature cache's key of view `example` now (see [`FeatureCache`]).
+    fn cache_key(&self, example: usize) -> (usize, usize) {
+        if self.cfg.augment.is_active() {
+            (example, self.epoch)
+        } else {
+            (example, 0)
+        }
+    }
+
+    /// Vision features of view `example` with its augmentation `aug` of the current epoch.
+    fn features(&mut self, example: usize, aug: &Augmentation) -> Result<(Tensor, GridThw)> {
+        let key = self.cache_key(example);
+        if self.cfg.augment.is_active() && self.cache.epoch != self.epoch {
+            // Another epoch's augmented images: never reused.
+            self.cache.map.clear();
+            self.cache.used = 0;
+            self.cache.epoch = self.epoch;
+        }
+        if let Some(f) = self.cache.map.get(&key) {
             return Ok(f.clone());
         }
         let v = &self.views[example];
-        let img: RgbImage = self.decoder.take(example, v)?;
+        let mut img: RgbImage = self.decoder.take(example, v)?;
+        if !aug.is_identity() {
+            img = apply_image(&img, aug)?;
+        }
         let (mut feats, grids) = self.detector.encode_images(&[img])?;
         let f = (feats.remove(0).detach(), grids[0]);
         let bytes = f.0.elem_count() * 4;
         if self.cache.used + bytes <= self.cache.budget {
             self.cache.used += bytes;
-            self.cache.map.insert(example, f.clone());
+            self.cache.map.insert(key, f.clone());
         }
         Ok(f)
+    }
+
+    /// A seeded RNG for one draw of (`what`, epoch, view, prompt): independent of the order items are visited.
+    fn rng_for(
+        &self,
+        what: &str,
+        epoch: usize,
+        example: usize,
+        prompt: usize,
+    ) -> rand_chacha::ChaCha8Rng {
+        let key = format!("{what}/{}/{epoch}/{example}/{prompt}", self.cfg.seed);
+        rand_chacha::ChaCha8Rng::seed_from_u64(fnv1a64(key.as_bytes()))
+    }
+
+    /// The augmentation of view `example` in `epoch` (identity when the recipe augments nothing).
+    pub fn augmentation(&self, example: usize, epoch: usize) -> Augmentation {
+        if !self.cfg.augment.is_active() {
+            return Augmentation::default();
+        }
+        let cam = &self.views[example].camera;
+        self.cfg.augment.draw(
+            &mut self.rng_for("augment", epoch, example, 0),
+            cam.width(),
+            cam.height(),
+        )
+    }
+
+    /// What training item `item` feeds the model in `epoch`: its prompt (drawn from the recipe's templates,
+    /// synonyms and multi-category probability), the view's augmentation and the target boxes that remain in the
+    /// augmented view. This is the only way a batch gets its prompts and targets.
+    pub fn assemble(&self, item: Item, epoch: usize) -> Result<TrainingExample> {
+        let v = &self.views[item.example];
+        let choice = choose(
+            &self.cfg.prompts,
+            &v.prompts,
+            item.prompt,
+            &mut self.rng_for("prompt", epoch, item.example, item.prompt),
+        );
+        let augmentation = self.augmentation(item.example, epoch);
+        let boxes = if augmentation.is_geometric() {
+            let picked: Vec<_> = choice.boxes.iter().map(|&b| v.boxes[b].clone()).collect();
+            apply_boxes(
+                &picked,
+                v.frame,
+                &v.cam_to_lidar,
+                &v.camera,
+                &augmentation,
+                self.visibility,
+            )?
+            .into_iter()
+            .flatten()
+            .collect()
+        } else {
+            choice
+                .boxes
+                .iter()
+                .map(|&b| v.boxes[b].clone())
+                .collect::<Vec<_>>()
+        };
+        Ok(TrainingExample {
+            item,
+            text: choice.text,
+            categories: choice.categories,
+            words: choice.words,
+            augmentation,
+            targets: boxes.iter().map(|b| b.params(self.cfg.frame)).collect(),
+            target_categories: boxes.into_iter().map(|b| b.category).collect(),
+        })
+    }
+
+    /// Every micro-batch of `epoch` as the run loop feeds it (its order, then [`Trainer::assemble`]).
+    pub fn epoch_batches(&self, epoch: usize) -> Result<Vec<Vec<TrainingExample>>> {
+        self.order(epoch)
+            .chunks(self.cfg.batch_size)
+            .map(|b| b.iter().map(|&it| self.assemble(it, epoch)).collect())
+            .collect()
     }
 
     /// The epoch's example order (a permutation drawn from the seed and the epoch, so a resumed run sees the same).
@@ -468,19 +636,14 @@ impl Trainer {
         let mut total: Option<Tensor> = None;
         let mut parts = [0.0; 3];
         for it in batch {
-            let (feat, grid) = self.features(it.example)?;
+            let ex = self.assemble(*it, self.epoch)?;
+            let (feat, grid) = self.features(it.example, &ex.augmentation)?;
             let v = &self.views[it.example];
-            let p = &v.prompts[it.prompt];
-            let targets: Vec<[f64; 7]> = p
-                .boxes
-                .iter()
-                .map(|&b| v.boxes[b].params(self.cfg.frame))
-                .collect();
             let states = self
                 .detector
-                .query_states(&[feat], &[grid], &p.text, true)?;
+                .query_states(&[feat], &[grid], &ex.text, true)?;
             let out = self.detector.head_forward(&states.squeeze(0)?)?;
-            let l = two_stage_loss(&out, &targets, self.cfg.frame, weights, &self.embedding)?;
+            let l = two_stage_loss(&out, &ex.targets, self.cfg.frame, weights, &self.embedding)?;
             for (k, (name, val)) in [
                 ("MSE", l.mse),
                 ("1 - IoU", l.iou_loss),
@@ -494,7 +657,7 @@ impl Trainer {
                         "training",
                         format!(
                             "step {}: the {name} loss is {val} on sample {} / {} ({:?})",
-                            self.step, v.sample_token, v.channel, p.text
+                            self.step, v.sample_token, v.channel, ex.text
                         ),
                     ));
                 }
@@ -578,7 +741,7 @@ impl Trainer {
             // Decode the next step's images in the background while this step computes.
             let next_end = (end + self.cfg.grad_accumulation).min(micro.len());
             for it in micro[end..next_end].iter().flat_map(|b| b.iter()) {
-                if !self.cache.map.contains_key(&it.example) {
+                if !self.cache.map.contains_key(&self.cache_key(it.example)) {
                     self.decoder.request(it.example, &self.views[it.example]);
                 }
             }

@@ -49,6 +49,10 @@ pub struct SynthConfig {
     pub sweeps: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Give trailers, construction vehicles and bicycles surface patterns of their own (by default they share
+    /// the car's and the motorcycle's patterns and differ by colour and shape only; off keeps every existing
+    /// seed's bytes). The open-set recipe's held-out categories then each look unlike any trained one.
+    pub distinct_looks: bool,
 }
 
 impl Default for SynthConfig {
@@ -65,6 +69,7 @@ impl Default for SynthConfig {
             jpeg_quality: 90,
             sweeps: false,
             progress: false,
+            distinct_looks: false,
         }
     }
 }
@@ -210,9 +215,12 @@ const KINDS: [Kind; 12] = [
     },
 ];
 
-/// The surface pattern of a category.
-fn style_of(category: &str) -> Style {
+/// The surface pattern of a category; `distinct` gives trailers, construction vehicles and bicycles their own.
+fn style_of(category: &str, distinct: bool) -> Style {
     match category {
+        "vehicle.trailer" if distinct => Style::Trailer,
+        "vehicle.construction" if distinct => Style::Construction,
+        "vehicle.bicycle" if distinct => Style::Bicycle,
         "vehicle.motorcycle" | "vehicle.bicycle" => Style::Cycle,
         c if c.starts_with("vehicle.") => Style::Vehicle,
         c if c.starts_with("human.") => Style::Pedestrian,
@@ -912,7 +920,7 @@ fn capture<'a>(
         .map(|o| Solid {
             bbox: o.bbox(time),
             color: o.kind.color,
-            style: style_of(o.kind.name),
+            style: style_of(o.kind.name, cfg.distinct_looks),
             reflectivity: o.kind.reflectivity,
         })
         .collect();
@@ -1085,5 +1093,33 @@ mod tests {
         assert_eq!(visibility_token(&[c(50, 25), c(50, 25)]), "2");
         assert_eq!(visibility_token(&[c(100, 70)]), "3");
         assert_eq!(visibility_token(&[c(100, 100), c(0, 0)]), "4");
+    }
+
+    #[test]
+    fn distinct_looks_are_opt_in_and_unlike_the_trained_patterns() {
+        // Off: every category keeps its old pattern (existing seeds' bytes do not change).
+        for k in &KINDS {
+            let old = match k.name {
+                "vehicle.motorcycle" | "vehicle.bicycle" => Style::Cycle,
+                c if c.starts_with("vehicle.") => Style::Vehicle,
+                c if c.starts_with("human.") => Style::Pedestrian,
+                "movable_object.trafficcone" => Style::Cone,
+                "movable_object.barrier" => Style::Barrier,
+                _ => Style::Plain,
+            };
+            assert_eq!(style_of(k.name, false), old, "{}", k.name);
+        }
+        // On: the held-out categories of config/train_holdout.yaml each have a pattern no other category has.
+        for held in [
+            "vehicle.trailer",
+            "vehicle.construction",
+            "vehicle.bicycle",
+            "movable_object.barrier",
+        ] {
+            let s = style_of(held, true);
+            for k in KINDS.iter().filter(|k| k.name != held) {
+                assert_ne!(style_of(k.name, true), s, "{held} looks like {}", k.name);
+            }
+        }
     }
 }

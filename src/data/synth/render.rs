@@ -39,6 +39,14 @@ pub enum Style {
     Cone,
     /// Red and white stripes across the barrier's long side.
     Barrier,
+    /// Trailer: no windows, dark wheel band, vertical panel ribs along its length (`SynthConfig::distinct_looks`).
+    Trailer,
+    /// Construction vehicle: dark wheel band, black diagonal hazard stripes on the lower body, windows only in a
+    /// cab at the front (`SynthConfig::distinct_looks`).
+    Construction,
+    /// Bicycle: two dark wheels at the ends of the lower half, a thin frame in the base colour between them and
+    /// a dark saddle and handlebar strip on top (`SynthConfig::distinct_looks`).
+    Bicycle,
 }
 
 impl Style {
@@ -55,6 +63,21 @@ impl Style {
             Style::Cone if l[2] < -0.44 => [0.10, 0.10, 0.10],
             Style::Cone if !top && (l[2] - 0.05).abs() < 0.1 => [0.95, 0.95, 0.95],
             Style::Barrier if ((l[1] + 0.5) * 6.0).floor() as i64 % 2 == 1 => [0.80, 0.10, 0.08],
+            Style::Trailer if !top && l[2] < -0.32 => [0.08, 0.08, 0.09],
+            Style::Trailer if ((l[0] + 0.5) * 12.0).floor() as i64 % 2 == 1 => {
+                base.map(|c| c * 0.72)
+            }
+            Style::Construction if !top && l[2] < -0.3 => [0.08, 0.08, 0.09],
+            Style::Construction
+                if !top && l[2] < 0.0 && ((l[0] + l[2] + 2.0) * 7.0).floor() as i64 % 2 == 1 =>
+            {
+                [0.05, 0.05, 0.05]
+            }
+            Style::Construction if !top && l[0] > 0.2 && l[2] > 0.1 && l[2] < 0.4 => {
+                [0.16, 0.21, 0.28]
+            }
+            Style::Bicycle if l[2] < 0.0 && l[0].abs() > 0.22 => [0.06, 0.06, 0.07],
+            Style::Bicycle if l[2] > 0.38 => [0.12, 0.12, 0.12],
             _ => base,
         }
     }
