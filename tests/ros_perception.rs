@@ -783,28 +783,17 @@ fn node_reports_bad_input_and_keeps_working() {
 
 /// A one-scene synthetic bag (4 samples 0.5 s apart, 224×126 views, no LiDAR).
 fn one_scene_bag(dir: &Path) -> PathBuf {
-    use vlm3d::data::convert::{convert_nuscenes, ConvertOptions};
-    use vlm3d::data::synth::{generate, SynthConfig};
-    let data = dir.join("nuscenes");
-    generate(
-        &data,
-        &SynthConfig {
+    common::synth_bag(
+        dir,
+        vlm3d::data::synth::SynthConfig {
             scenes: 1,
             samples_per_scene: 4,
             seed: 23,
             width: 224,
             height: 126,
-            progress: false,
             ..Default::default()
         },
     )
-    .unwrap();
-    let bag = dir.join("bag");
-    let mut o = ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
-    bag
 }
 
 fn vlm3d_cmd(domain: &str) -> Command {

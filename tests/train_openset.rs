@@ -18,27 +18,19 @@ const HOLDOUT: [&str; 4] = ["construction vehicle", "trailer", "barrier", "bicyc
 
 /// A synthetic bag with every held-out category in view (seed checked by the control run below).
 fn bag(dir: &Path) -> PathBuf {
-    use vlm3d::data::convert::{convert_nuscenes, ConvertOptions};
-    use vlm3d::data::synth::{generate, SynthConfig};
-    let data = dir.join("nuscenes");
-    let cfg = SynthConfig {
-        scenes: 2,
-        samples_per_scene: 2,
-        objects_per_scene: 40,
-        seed: 2,
-        width: 224,
-        height: 126,
-        distinct_looks: true,
-        progress: false,
-        ..Default::default()
-    };
-    generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
-    bag
+    common::synth_bag(
+        dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 2,
+            samples_per_scene: 2,
+            objects_per_scene: 40,
+            seed: 2,
+            width: 224,
+            height: 126,
+            distinct_looks: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn recipe(bag: &Path) -> TrainConfig {

@@ -8,23 +8,18 @@
 //! the rest are clipped to the image. Text is rasterised from the DejaVu Sans bytes embedded in the binary
 //! (`assets/fonts/DejaVuSans.ttf`, as `crate::eval::plots` does), so no system font is needed.
 use std::path::Path;
-use std::sync::OnceLock;
 
 use image::RgbImage;
 use nalgebra::{Isometry3, Point3};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle};
 
 use crate::geometry::{Box3D, PinholeCamera};
 use crate::perception::markers::BOX_EDGES;
 use crate::{Error, Result};
 
-/// DejaVu Sans (Bitstream Vera licence, `assets/fonts/LICENSE-DejaVu.txt`).
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-/// The family the embedded font is registered under (plotters' default family, as in `crate::eval::plots`).
-const FONT: &str = "sans-serif";
+use crate::eval::plots::{ensure_font, save_png, FONT};
 
 /// Corners closer than this in front of a camera (metres along its optical axis) are behind it for drawing.
 pub const NEAR_M: f64 = 0.1;
@@ -158,18 +153,6 @@ pub fn clip_segment(a: [f64; 2], b: [f64; 2], w: f64, h: f64) -> Option<[[f64; 2
     Some([at(t0), at(t1)])
 }
 
-fn ensure_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    if *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "picture font",
-            "the embedded DejaVuSans.ttf does not parse",
-        ))
-    }
-}
-
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
@@ -228,20 +211,7 @@ pub fn draw_demo_picture(path: &Path, picture: &DemoPicture) -> Result<()> {
             .and_then(|()| root.present().map_err(Into::into));
         drawn.map_err(|e| Error::invalid("demo picture", format!("{}: {e}", path.display())))?;
     }
-    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| {
-        Error::invalid(
-            "demo picture",
-            format!("{}: buffer does not match {w}×{h}", path.display()),
-        )
-    })?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    img.save_with_format(path, image::ImageFormat::Png)
-        .map_err(|e| match e {
-            image::ImageError::IoError(io) => Error::io(path, io),
-            e => Error::invalid("demo picture", format!("{}: {e}", path.display())),
-        })
+    save_png(path, (w, h), buf, "demo picture")
 }
 
 fn draw_overlays(

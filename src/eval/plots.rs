@@ -32,7 +32,7 @@ use crate::{Error, Result};
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// The family every text style here names; the embedded font is registered under it (it is also plotters'
 /// default family, so mesh and legend text without an explicit font find it too).
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 
 /// Series colours (matplotlib's tab10): the first predictor blue, the second orange, …
 const PALETTE: [RGBColor; 8] = [
@@ -58,7 +58,8 @@ fn colour(k: usize) -> RGBColor {
     PALETTE[k % PALETTE.len()]
 }
 
-fn ensure_font() -> Result<()> {
+/// Registers the embedded font under [`FONT`] (once per process); every picture the crate draws calls it first.
+pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     if *REGISTERED.get_or_init(|| register_font(FONT, FontStyle::Normal, FONT_BYTES).is_ok()) {
         Ok(())
@@ -90,9 +91,14 @@ fn render(
         })();
         drawn.map_err(plot_err)?;
     }
+    save_png(path, (w, h), buf, "plot")
+}
+
+/// Writes an RGB8 buffer of `w`×`h` to `path` as PNG (its folder created); `what` names the picture in errors.
+pub fn save_png(path: &Path, (w, h): (u32, u32), buf: Vec<u8>, what: &str) -> Result<()> {
     let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| {
         Error::invalid(
-            "plot",
+            what,
             format!("{}: buffer does not match {w}×{h}", path.display()),
         )
     })?;
@@ -102,7 +108,7 @@ fn render(
     img.save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| match e {
             image::ImageError::IoError(io) => Error::io(path, io),
-            e => Error::invalid("plot", format!("{}: {e}", path.display())),
+            e => Error::invalid(what, format!("{}: {e}", path.display())),
         })
 }
 

@@ -169,19 +169,28 @@ impl PeerVenv<'_> {
 
 /// A small annotated synthetic bag (2 scenes × 2 samples, 224×126 views, no LiDAR) in `dir/bag`.
 pub fn small_bag(dir: &Path) -> PathBuf {
+    synth_bag(
+        dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 2,
+            samples_per_scene: 2,
+            seed: 11,
+            width: 224,
+            height: 126,
+            ..Default::default()
+        },
+    )
+}
+
+/// The synthetic nuScenes set of `cfg` in `dir/nuscenes`, converted without LiDAR to the bag `dir/bag`.
+pub fn synth_bag(dir: &Path, cfg: vlm3d::data::synth::SynthConfig) -> PathBuf {
     use vlm3d::data::convert::{convert_nuscenes, ConvertOptions};
-    use vlm3d::data::synth::{generate, SynthConfig};
     let data = dir.join("nuscenes");
-    let cfg = SynthConfig {
-        scenes: 2,
-        samples_per_scene: 2,
-        seed: 11,
-        width: 224,
-        height: 126,
+    let cfg = vlm3d::data::synth::SynthConfig {
         progress: false,
-        ..Default::default()
+        ..cfg
     };
-    generate(&data, &cfg).unwrap();
+    vlm3d::data::synth::generate(&data, &cfg).unwrap();
     let bag = dir.join("bag");
     let mut o = ConvertOptions::new(&bag);
     o.lidar = false;
