@@ -384,7 +384,8 @@ pub fn run_perception_node() -> Result<()> {
     }
     let ctx = Context::create()?;
     let mut node = Node::create(ctx, "perception_node", "")?;
-    let name = node.name()?;
+    // Logs and /diagnostics name the node by its full name: several may run in one graph.
+    let name = node.fully_qualified_name()?;
     let params = PerceptionNodeParams::from_params(&Params::of(&node)?)?;
     let rig = if params.rig_file.is_empty() {
         Rig::nuscenes().clone()
