@@ -93,6 +93,24 @@ fn table(title: &str, m: &Metrics, missing: &[String]) -> String {
     md
 }
 
+/// The seen / unseen summary of several predictors as one Markdown table (what `vlm3d eval` prints): per
+/// predictor and side the categories with ground truth, nuScenes mAP, Acc@0.25, mIoU and F1.
+pub fn summary_table(rows: &[(&str, &OpenSetSplit)]) -> String {
+    let mut md = String::from(
+        "| predictor | categories | with truth | nuScenes mAP | Acc@0.25 | mIoU | F1 |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (name, s) in rows {
+        for (side, m) in [("seen", &s.seen), ("unseen (held out)", &s.unseen)] {
+            let with_truth = m.categories.values().filter(|c| c.truth > 0).count();
+            md.push_str(&format!(
+                "| {name} | {side} | {with_truth} | {:.4} | {:.4} | {:.4} | {:.4} |\n",
+                m.nusc_map, m.acc_25, m.miou, m.f1
+            ));
+        }
+    }
+    md
+}
+
 /// The two tables (seen, unseen) of one predictor for `report.md`.
 pub fn markdown(name: &str, s: &OpenSetSplit) -> String {
     let mut md = format!(
@@ -162,5 +180,13 @@ mod tests {
         );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["unseen"]["categories"]["trailer"]["truth"], 1);
+        let t = summary_table(&[("model", &s)]);
+        // Seen: car (truth 2, all matched) and bus (no truth); unseen: trailer (missed).
+        assert!(t.contains("| model | seen | 1 | "), "{t}");
+        assert!(t.contains("| 1.0000 | 1.0000 |"), "{t}");
+        assert!(
+            t.contains("| model | unseen (held out) | 1 | 0.0000 | 0.0000 | 0.0000 | 0.0000 |"),
+            "{t}"
+        );
     }
 }

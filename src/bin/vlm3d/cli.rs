@@ -614,7 +614,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     )?;
                     det.pipeline.processor.config.max_pixels = a.max_pixels;
                     let run = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
-                    (model.display().to_string(), run)
+                    // The trained parts name the model when they come from elsewhere.
+                    let name = match &a.trained {
+                        Some(t) => format!("{} + {}", model.display(), t.display()),
+                        None => model.display().to_string(),
+                    };
+                    (name, run)
                 }
             };
             std::fs::create_dir_all(&a.out)?;
@@ -658,6 +663,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .next()
                     .unwrap_or("")
             );
+            if !holdout.is_empty() {
+                let splits = results
+                    .iter()
+                    .map(|(n, _, q)| Ok((*n, vlm3d::eval::openset::split(q, &holdout)?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let rows: Vec<(&str, &vlm3d::eval::openset::OpenSetSplit)> =
+                    splits.iter().map(|(n, s)| (*n, s)).collect();
+                println!(
+                    "\nseen and unseen categories (held out of training: {}):\n\n{}",
+                    holdout.join(", "),
+                    vlm3d::eval::openset::summary_table(&rows)
+                );
+            }
             Ok(())
         }
         Command::Train(a) => {
