@@ -553,9 +553,31 @@ fn linear_ticks(range: &Range<f64>, n: usize) -> Vec<f64> {
     (first..=last).map(|k| k as f64 * step).collect()
 }
 
+/// Steps per moving-average window of a training log of `n` steps: 1 (no smoothing) up to 100 steps, then about
+/// a fiftieth of the log.
+fn smoothing_window(n: usize) -> usize {
+    if n <= 100 {
+        1
+    } else {
+        (n / 50).max(2)
+    }
+}
+
+/// Centred moving average over `window` values (shorter at the ends).
+fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
+    let half = window / 2;
+    (0..values.len())
+        .map(|i| {
+            let a = i.saturating_sub(half);
+            let b = (i + window - half).min(values.len());
+            values[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect()
+}
+
 /// Plots the loss terms (total, embedding MSE, 1 − IoU3D, confidence BCE) against the optimizer step, on a log
 /// scale when every value is positive, above the learning rate, from the trainer's `metrics.jsonl`. Writes a PNG
-/// to `path`; a malformed line is an [`Error::Format`] naming it.
+/// to `path`; a long log is drawn faint with a moving average on top; a malformed line is an [`Error::Format`] naming it.
 pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
     let rows = read_log(metrics_jsonl)?;
     let name = metrics_jsonl
@@ -660,16 +682,40 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
             .draw()?;
         for (k, (label, f)) in terms.iter().enumerate() {
             let c = colour(k);
-            let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, to_y(f(r)))).collect();
+            let values: Vec<f64> = rows.iter().map(f).collect();
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .zip(&values)
+                .map(|(r, v)| (r.step as f64, to_y(*v)))
+                .collect();
             if markers {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
             }
-            chart
-                .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-                .label(*label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
+            // A long noisy log: the raw steps thin and faint (wide zigzag lines grow miter spikes), and a
+            // moving average on top, which is what the eye should follow.
+            let window = smoothing_window(rows.len());
+            let (raw_style, label) = if window > 1 {
+                (
+                    c.mix(0.25).stroke_width(1),
+                    format!("{label} (mean of {window} steps)"),
+                )
+            } else {
+                (c.stroke_width(2), label.to_string())
+            };
+            let series = chart.draw_series(LineSeries::new(pts.clone(), raw_style))?;
+            let series = if window > 1 {
+                let smooth: Vec<(f64, f64)> = moving_average(&values, window)
+                    .into_iter()
+                    .zip(&pts)
+                    .map(|(v, p)| (p.0, to_y(v)))
+                    .collect();
+                chart.draw_series(LineSeries::new(smooth, c.stroke_width(2)))?
+            } else {
+                series
+            };
+            series.label(label).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+            });
         }
         chart
             .configure_series_labels()
@@ -1162,5 +1208,14 @@ mod tests {
         open_set_bars(&empty, &[]).unwrap();
         colours(&empty, OPEN_SET_SIZE);
         done(&d);
+    }
+
+    #[test]
+    fn moving_average_is_centred_and_short_at_the_ends() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(super::moving_average(&v, 1), v.to_vec());
+        assert_eq!(super::moving_average(&v, 3), vec![1.5, 2.0, 3.0, 4.0, 4.5]);
+        assert_eq!(super::smoothing_window(100), 1);
+        assert_eq!(super::smoothing_window(1280), 25);
     }
 }
