@@ -386,7 +386,8 @@ pub fn run_perception_node() -> Result<()> {
     let mut node = Node::create(ctx, "perception_node", "")?;
     // Logs and /diagnostics name the node by its full name: several may run in one graph.
     let name = node.fully_qualified_name()?;
-    let params = PerceptionNodeParams::from_params(&Params::of(&node)?)?;
+    let given = Params::of(&node)?;
+    let params = PerceptionNodeParams::from_params(&given)?;
     let rig = if params.rig_file.is_empty() {
         Rig::nuscenes().clone()
     } else {
@@ -480,7 +481,7 @@ pub fn run_perception_node() -> Result<()> {
         diagnostics: node.create_publisher("/diagnostics", qos)?,
     };
     // The node's ROS clock follows /clock when the standard `use_sim_time` parameter is set (bag playback).
-    if Params::of(&node)?.bool("use_sim_time", false)? {
+    if given.bool("use_sim_time", false)? {
         node.get_time_source().enable_sim_time(&mut node)?;
     }
     let clock = node.get_ros_clock();
@@ -659,13 +660,7 @@ impl State {
                     }
                 };
                 if self.extrinsics.is_empty() {
-                    self.errors.report(
-                        "transforms",
-                        format!(
-                            "no transform from every camera to {} (none on /tf_static and the rig's LiDAR frame is {})",
-                            self.params.output_frame, self.rig.lidar_frame
-                        ),
-                    );
+                    self.report_missing_transforms();
                     return None;
                 }
                 let job = Job {
@@ -756,17 +751,21 @@ impl State {
         }
     }
 
+    fn report_missing_transforms(&mut self) {
+        self.errors.report(
+            "transforms",
+            format!(
+                "no transform from every camera to {} (none on /tf_static and the rig's LiDAR frame is {})",
+                self.params.output_frame, self.rig.lidar_frame
+            ),
+        );
+    }
+
     /// The set held back for `/tf_static`, with the extrinsics known now.
     fn release_held(&mut self) -> Option<Job> {
         let mut job = self.held.take()?;
         if self.extrinsics.is_empty() {
-            self.errors.report(
-                "transforms",
-                format!(
-                    "no transform from every camera to {}",
-                    self.params.output_frame
-                ),
-            );
+            self.report_missing_transforms();
             return None;
         }
         job.camera_to_output = self.extrinsics.clone();

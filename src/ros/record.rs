@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{FutureExt, Stream, StreamExt};
+use r2r::qos::DurabilityPolicy;
 use r2r::{Context, Node, QosProfile};
 
 use crate::data::bag::msgs::definition_and_hash;
@@ -100,7 +101,12 @@ pub fn record(opts: &RecordOptions) -> Result<RecordReport> {
                 };
                 let Some(ty) = types.first() else { continue };
                 let (definition, hash) = definition_and_hash(ty, &prefixes).unwrap_or_default();
-                let latched = topic == "/tf_static" || topic.ends_with("/input/prompt");
+                // Latched when a publisher offers it so (e.g. /tf_static): the subscription then gets what
+                // was published before it existed, as `ros2 bag record` does.
+                let latched = node
+                    .get_publishers_info_by_topic(topic, false)?
+                    .iter()
+                    .any(|p| matches!(p.qos_profile.durability, DurabilityPolicy::TransientLocal));
                 let qos = if latched {
                     QosProfile::default().transient_local().keep_last(1)
                 } else {

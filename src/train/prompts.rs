@@ -469,27 +469,19 @@ mod tests {
              width, height), yaw in radians."
         );
         // The same seed draws the same prompts.
-        let a: Vec<_> = (0..20)
-            .map(|k| {
-                choose(
-                    &cfg,
-                    &prompts,
-                    k % 3,
-                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(k as u64),
-                )
-            })
-            .collect();
-        let b: Vec<_> = (0..20)
-            .map(|k| {
-                choose(
-                    &cfg,
-                    &prompts,
-                    k % 3,
-                    &mut rand_chacha::ChaCha8Rng::seed_from_u64(k as u64),
-                )
-            })
-            .collect();
-        assert_eq!(a, b);
+        let draw = || -> Vec<_> {
+            (0..20)
+                .map(|k| {
+                    choose(
+                        &cfg,
+                        &prompts,
+                        k % 3,
+                        &mut rand_chacha::ChaCha8Rng::seed_from_u64(k as u64),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(draw(), draw());
     }
 
     #[test]
