@@ -740,8 +740,14 @@ fn demo_picture(
         .position(|f| f.sample_token == frame.sample_token)
         .unwrap_or(0);
     let truth = frame.truth_of(categories);
+    // A new user should not read the built-in model's misplaced boxes as a broken pipeline.
+    let caveat = if opts.model == crate::demo::default_model_dir() {
+        " (the built-in tiny demo model: every stage runs, it does not localize yet)"
+    } else {
+        ""
+    };
     let title = format!(
-        "perception_node on the synthetic demo bag: prompts \"{}\"; model {}",
+        "perception_node on the synthetic demo bag: prompts \"{}\"; model {}{caveat}",
         categories.join("\", \""),
         short_path(&opts.model)
     );
