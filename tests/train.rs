@@ -203,3 +203,89 @@ fn bad_recipes_and_bags_are_refused_by_name() {
     assert!(e.contains("no-such-bag"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every tensor of a safetensors file, as raw bytes by name.
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let data = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn full_finetuning_trains_every_weight_resumes_and_loads() {
+    let dir = scratch("train-full");
+    let bag = bag(&dir);
+    let mut cfg = recipe(&bag, 4, 2);
+    cfg.finetune = vlm3d::train::config::Finetune::Full;
+    cfg.train_vision = true;
+    let run = |out: &str, resume: bool, max: Option<usize>| {
+        let mut t = Trainer::new(cfg.clone(), &dir.join(out), resume).unwrap();
+        t.progress = false;
+        t.run(max).unwrap();
+        t
+    };
+    let whole = run("whole", false, None);
+    // Stopped after 3 steps (a checkpoint is written), then resumed in a new trainer.
+    run("split", false, Some(3));
+    run("split", true, None);
+    let base = tensors(&fixture().join("model.safetensors"));
+    let trained = tensors(&dir.join("whole/model.safetensors"));
+    assert_eq!(
+        base.keys().collect::<Vec<_>>(),
+        trained.keys().collect::<Vec<_>>(),
+        "the fine-tuned file is a whole checkpoint"
+    );
+    for (name, bytes) in &base {
+        // The vision tower's and the decoder's weights all train (every one gets a gradient).
+        assert_ne!(&trained[name], bytes, "{name} did not change");
+    }
+    assert!(!dir.join("whole/adapter").exists(), "no adapters in full mode");
+    assert_eq!(
+        trained,
+        tensors(&dir.join("split/model.safetensors")),
+        "resumed weights differ from the uninterrupted run's"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("whole/head.safetensors")).unwrap(),
+        std::fs::read(dir.join("split/head.safetensors")).unwrap()
+    );
+    // What the trainer holds is what `Detector::load` reads back (the base folder's config and tokenizer).
+    let det = vlm3d::model::detector::Detector::load(
+        &fixture(),
+        Some(&dir.join("whole")),
+        whole.detector.config.clone(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let a = det.detect(std::slice::from_ref(&img), "car").unwrap();
+    let b = whole.detector.detect(&[img], "car").unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|v| !v.boxes.is_empty()));
+    for (va, vb) in a.iter().zip(&b) {
+        assert_eq!(va.boxes.len(), vb.boxes.len());
+        for (da, db) in va.boxes.iter().zip(&vb.boxes) {
+            for (x, y) in da.bbox.iter().zip(&db.bbox) {
+                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_vision_tower_trains_only_with_full_finetuning() {
+    let text = std::fs::read_to_string(common::repo().join("config/train.yaml")).unwrap();
+    let mut cfg: TrainConfig = serde_yaml::from_str(&text).unwrap();
+    cfg.train_vision = true;
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("train_vision"), "{e}");
+    cfg.train_vision = false;
+    cfg.device = Some("gpu".into());
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("`device`") && e.contains("gpu"), "{e}");
+}

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 pub struct TrainBenchRow {
     /// Model size.
     pub model: &'static str,
+    /// Where it ran (`cpu`, `cuda:0`).
+    pub device: String,
     /// Examples (view, prompt) per step.
     pub batch: usize,
     /// Median seconds per optimizer step.
@@ -39,6 +41,7 @@ pub fn run(
     width: usize,
     height: usize,
     prompt_tokens: usize,
+    dev: &Device,
 ) -> Result<TrainBenchRow> {
     if batch == 0 || steps == 0 {
         return Err(Error::invalid(
@@ -47,7 +50,7 @@ pub fn run(
         ));
     }
     reset_peak_rss();
-    let dev = Device::Cpu;
+    let dev = dev.clone();
     let mut det = random_detector(which, width * height, &dev, DType::F32)?;
     let mut vars = det.pipeline.model.attach_lora(&LoraConfig::default())?;
     vars.extend(det.head.vars());
@@ -87,6 +90,8 @@ pub fn run(
             .map(|(_, v)| grads.get(v.as_tensor()).cloned())
             .collect();
         opt.step(&g, 1e-4)?;
+        // A GPU queues work: the step is done when the device is.
+        dev.synchronize()?;
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
@@ -94,6 +99,7 @@ pub fn run(
     let step_s = super::median(times);
     Ok(TrainBenchRow {
         model: which.name(),
+        device: crate::model::device::describe(&dev),
         batch,
         step_s,
         examples_per_s: batch as f64 / step_s,
@@ -104,12 +110,12 @@ pub fn run(
 /// Formats rows as a markdown table.
 pub fn table(rows: &[TrainBenchRow]) -> String {
     let mut s = String::from(
-        "| model | examples/step | s/step (median) | examples/s | peak RSS MiB |\n|---|---|---|---|---|\n",
+        "| model | device | examples/step | s/step (median) | examples/s | peak RSS MiB |\n|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.3} | {:.2} | {:.0} |\n",
-            r.model, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
+            "| {} | {} | {} | {:.3} | {:.2} | {:.0} |\n",
+            r.model, r.device, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
         ));
     }
     s

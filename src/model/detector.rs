@@ -12,6 +12,7 @@ use super::box_head::{decode_box, DetectionHead, HeadOutput, DEFAULT_QUERIES};
 use super::qwen2vl::preprocess::ProcessedImages;
 use super::qwen2vl::{
     chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
+    Qwen2VL,
 };
 use crate::geometry::Frame;
 use crate::perception::ViewDetections;
@@ -85,7 +86,8 @@ impl Detector {
     }
 
     /// Loads a checkpoint folder and, when present, `adapter/` (PEFT LoRA, merged at load) and `head.safetensors`
-    /// from `trained` (or the checkpoint folder itself when `None`).
+    /// from `trained` (or the checkpoint folder itself when `None`). A `model.safetensors` in `trained` (a fully
+    /// fine-tuned run) replaces the checkpoint's weights; the configuration and tokenizer stay the checkpoint's.
     pub fn load(
         dir: &Path,
         trained: Option<&Path>,
@@ -93,8 +95,14 @@ impl Detector {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let mut pipeline = Pipeline::load(dir, device, dtype)?;
         let t = trained.unwrap_or(dir);
+        let tuned = t.join("model.safetensors");
+        let mut pipeline = if trained.is_some() && tuned.exists() {
+            let (model, _) = Qwen2VL::load_with(dir, &[tuned], device, dtype, None)?;
+            Pipeline::with_model(dir, model)?
+        } else {
+            Pipeline::load(dir, device, dtype)?
+        };
         if t.join("adapter").join("adapter_config.json").exists() {
             pipeline.model.load_lora(&t.join("adapter"))?;
             pipeline.model.merge_lora()?;

@@ -50,6 +50,31 @@ pub fn select_device(spec: Option<&str>) -> Result<Device> {
     Ok(device)
 }
 
+/// Checks the spelling of a device request (`cpu`, `auto`, `cuda`, `cuda:N`) without opening a device, so a
+/// recipe's typo is reported when it loads.
+pub fn check_device_name(spec: &str) -> Result<()> {
+    let s = spec.trim();
+    let ok = matches!(s, "cpu" | "auto" | "cuda")
+        || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "device",
+            format!("{spec:?} is not a device (cpu, auto, cuda, cuda:N)"),
+        ))
+    }
+}
+
+/// [`select_device`] for a request that may say `auto` (the first GPU when there is one, else the CPU).
+pub fn select_device_auto(spec: &str) -> Result<Device> {
+    check_device_name(spec)?;
+    match spec.trim() {
+        "auto" => select_device(None),
+        s => select_device(Some(s)),
+    }
+}
+
 /// The floating-point type for `f32`, `bf16` or `f16`.
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s.trim() {

@@ -53,6 +53,23 @@ pub enum Schedule {
     Constant,
 }
 
+/// Which weights of the VLM train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetune {
+    /// LoRA adapters on the decoder's attention, the base frozen (the paper).
+    #[default]
+    Lora,
+    /// Every decoder weight (and with `train_vision` the vision tower's): for small models trained from scratch.
+    Full,
+}
+
+impl Finetune {
+    fn is_default(&self) -> bool {
+        *self == Self::Lora
+    }
+}
+
 /// The whole recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +128,16 @@ pub struct TrainConfig {
     /// Image augmentations of training examples (default: none).
     #[serde(default, skip_serializing_if = "is_default_augment")]
     pub augment: AugmentConfig,
+    /// `lora` (the paper, default) or `full` fine-tuning of the decoder.
+    #[serde(default, skip_serializing_if = "Finetune::is_default")]
+    pub finetune: Finetune,
+    /// With `finetune: full`, the vision tower and merger train too (no feature cache then).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub train_vision: bool,
+    /// Where training runs: `cpu` (default, deterministic), `cuda`, `cuda:N` or `auto`; `vlm3d train --device`
+    /// overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 fn is_default_augment(a: &AugmentConfig) -> bool {
@@ -229,6 +256,16 @@ impl TrainConfig {
                     return Err(bad(&format!("{name}.{k}"), format!("{v} (must be ≥ 0)")));
                 }
             }
+        }
+        if self.train_vision && self.finetune != Finetune::Full {
+            return Err(bad(
+                "train_vision",
+                "the vision tower trains only with `finetune: full` (no LoRA on the vision tower)",
+            ));
+        }
+        if let Some(d) = &self.device {
+            crate::model::device::check_device_name(d)
+                .map_err(|e| bad("device", e.to_string()))?;
         }
         let holdout = self.holdout()?;
         self.prompts.validate(&holdout)?;

@@ -13,21 +13,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, TrainState};
-use super::config::{Schedule, TrainConfig, TRAIN_CONFIG_FILE};
+use super::config::{Finetune, Schedule, TrainConfig, TRAIN_CONFIG_FILE};
 use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
 use super::prompts::{apply_holdout, choose, training_vocabulary};
 use crate::data::augment::{apply_boxes, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
 use crate::geometry::VisibilityRule;
 use crate::model::detector::{Detector, DetectorConfig};
-use crate::model::qwen2vl::GridThw;
+use crate::model::qwen2vl::{GridThw, Qwen2VL};
+
+/// The fully fine-tuned weights' file in a run's output and checkpoints (the checkpoint's own name).
+pub const FULL_WEIGHTS: &str = "model.safetensors";
 use crate::{Error, Result};
 
 /// One training example: a camera view and one of its prompts.
@@ -311,6 +314,8 @@ pub struct Trainer {
     position: usize,
     stage_steps: (usize, usize),
     decoder: Decoder,
+    /// Full fine-tuning: the base checkpoint's weight files and the weights that train, by checkpoint name.
+    tuned: Option<(Vec<PathBuf>, Vec<(String, Var)>)>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -334,9 +339,40 @@ impl Trainer {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         // The recipe beside the trained parts: `vlm3d eval --trained OUT` reads the held-out categories from it.
         write_synced(&out.join(TRAIN_CONFIG_FILE), cfg_text.as_bytes())?;
-        let device = Device::Cpu;
-        // The base checkpoint only: training starts from a fresh head (drawn from the seed) and fresh adapters.
-        let pipeline = crate::model::qwen2vl::Pipeline::load(&cfg.model, &device, DType::F32)?;
+        let device =
+            crate::model::device::select_device_auto(cfg.device.as_deref().unwrap_or("cpu"))?;
+        let ckpt_root = out.join("checkpoints");
+        let found = if resume {
+            latest_checkpoint(&ckpt_root)?
+        } else {
+            None
+        };
+        // The base checkpoint only: training starts from a fresh head (drawn from the seed) and fresh adapters;
+        // full fine-tuning loads the weights it trains as variables (a resumed run: the checkpoint's weights).
+        let (pipeline, tuned) = if cfg.finetune == Finetune::Full {
+            let base_files = crate::model::qwen2vl::weights::safetensors_files(&cfg.model)?;
+            let files = match &found {
+                Some((dir, _)) => vec![dir.join(FULL_WEIGHTS)],
+                None => base_files.clone(),
+            };
+            let vision = cfg.train_vision;
+            let trainable = move |name: &str| {
+                let is_vision = name.starts_with("visual.") || name.starts_with("model.visual.");
+                !name.starts_with("lm_head.") && (vision || !is_vision)
+            };
+            let (model, vars) = Qwen2VL::load_with(
+                &cfg.model,
+                &files,
+                &device,
+                DType::F32,
+                Some(Box::new(trainable)),
+            )?;
+            let pipeline = crate::model::qwen2vl::Pipeline::with_model(&cfg.model, model)?;
+            (pipeline, Some((base_files, vars)))
+        } else {
+            let pipeline = crate::model::qwen2vl::Pipeline::load(&cfg.model, &device, DType::F32)?;
+            (pipeline, None)
+        };
         let mut detector = Detector::new(
             pipeline,
             DetectorConfig {
@@ -414,21 +450,19 @@ impl Trainer {
         let stage_steps = (len(&cfg.stage1), len(&cfg.stage2));
 
         let lora_cfg = cfg.lora_config();
-        let ckpt_root = out.join("checkpoints");
-        let found = if resume {
-            latest_checkpoint(&ckpt_root)?
-        } else {
-            None
-        };
         let (lora_vars, state) = match &found {
             Some((dir, state)) => {
                 if state.config != cfg_text {
                     tracing::warn!("resuming {} with a changed config", dir.display());
                 }
-                let (_, vars) = detector.pipeline.model.load_lora(&dir.join("adapter"))?;
+                let vars = match &tuned {
+                    Some(_) => Vec::new(),
+                    None => detector.pipeline.model.load_lora(&dir.join("adapter"))?.1,
+                };
                 detector.head.load(&dir.join("head.safetensors"))?;
                 (vars, Some(state.clone()))
             }
+            None if tuned.is_some() => (Vec::new(), None),
             None => {
                 let vars = detector.pipeline.model.attach_lora(&lora_cfg)?;
                 // Seeded A (PEFT's Kaiming-uniform bound), so a run is reproducible from its seed.
@@ -446,6 +480,9 @@ impl Trainer {
             }
         };
         let mut all = lora_vars;
+        if let Some((_, vars)) = &tuned {
+            all.extend(vars.iter().cloned());
+        }
         all.extend(detector.head.vars());
         let mut opt = AdamW::new(all, cfg.weight_decay)?;
         let (step, epoch, position) = match (&found, &state) {
@@ -485,6 +522,7 @@ impl Trainer {
             position,
             stage_steps,
             decoder: Decoder::new(),
+            tuned,
             progress: true,
         })
     }
@@ -520,6 +558,17 @@ impl Trainer {
 
     /// Vision features of view `example` with its augmentation `aug` of the current epoch.
     fn features(&mut self, example: usize, aug: &Augmentation) -> Result<(Tensor, GridThw)> {
+        if self.cfg.train_vision {
+            // The tower trains: its features are part of the graph, never cached.
+            let v = &self.views[example];
+            let mut img: RgbImage = self.decoder.take(example, v)?;
+            if !aug.is_identity() {
+                img = apply_image(&img, aug)?;
+            }
+            let p = self.detector.preprocess(&[img])?;
+            let f = self.detector.pipeline.model.encode_images_t(&p, true)?;
+            return Ok((f, p.grids[0]));
+        }
         let key = self.cache_key(example);
         if self.cfg.augment.is_active() && self.cache.epoch != self.epoch {
             // Another epoch's augmented images: never reused.
@@ -673,6 +722,20 @@ impl Trainer {
         Ok((total, parts))
     }
 
+    /// The VLM's trained part into `dir`: `adapter/` (LoRA) or the whole fine-tuned `model.safetensors`.
+    fn save_vlm(&self, dir: &Path) -> Result<()> {
+        match &self.tuned {
+            Some((files, vars)) => {
+                Qwen2VL::save_full(files, vars, &dir.join(FULL_WEIGHTS))
+            }
+            None => self
+                .detector
+                .pipeline
+                .model
+                .save_lora(&dir.join("adapter"), &self.cfg.lora_config()),
+        }
+    }
+
     fn checkpoint(&self) -> Result<PathBuf> {
         let state = TrainState {
             step: self.step,
@@ -681,12 +744,8 @@ impl Trainer {
             config: self.cfg_text.clone(),
             files: Default::default(),
         };
-        let lora = self.cfg.lora_config();
         write_checkpoint(&self.out.join("checkpoints"), state, |d| {
-            self.detector
-                .pipeline
-                .model
-                .save_lora(&d.join("adapter"), &lora)?;
+            self.save_vlm(d)?;
             self.detector.head.save(&d.join("head.safetensors"))?;
             candle_core::safetensors::save(&self.opt.state(), d.join("optimizer.safetensors"))?;
             write_synced(&d.join("config.yaml"), self.cfg_text.as_bytes())
@@ -824,12 +883,19 @@ impl Trainer {
         }
         bar.finish_and_clear();
         self.checkpoint()?;
-        let lora = self.cfg.lora_config();
         // The trained parts at the top of the output folder: `vlm3d detect --trained OUT`, `Detector::load`.
-        self.detector
-            .pipeline
-            .model
-            .save_lora(&self.out.join("adapter"), &lora)?;
+        // A stale part of another mode's earlier run there would be loaded too: removed.
+        let stale = if self.tuned.is_some() {
+            self.out.join("adapter")
+        } else {
+            self.out.join(FULL_WEIGHTS)
+        };
+        if stale.is_dir() {
+            std::fs::remove_dir_all(&stale).map_err(|e| Error::io(&stale, e))?;
+        } else if stale.exists() {
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
+        self.save_vlm(&self.out)?;
         self.detector
             .head
             .save(&self.out.join("head.safetensors"))?;

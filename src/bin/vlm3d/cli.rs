@@ -166,6 +166,9 @@ pub struct TrainArgs {
     /// Stop after this many more optimizer steps (a checkpoint is written).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Where to train (`cpu`, `cuda`, `cuda:N`, `auto`); overrides the recipe's `device`.
+    #[arg(long)]
+    pub device: Option<String>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -253,7 +256,7 @@ pub struct BenchArgs {
     /// Timed detections per row; the table shows medians (use ≥ 10 on a GPU).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Time LoRA training steps instead (examples/s, peak memory; CPU, f32).
+    /// Time LoRA training steps instead (examples/s, peak host memory; f32, on --device).
     #[arg(long)]
     pub train: bool,
     /// With --train: examples per step.
@@ -506,6 +509,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 o => anyhow::bail!("unknown --models {o} (tiny, 2b, all)"),
             };
             if a.train {
+                let device = vlm3d::model::device::select_device(a.device.as_deref())?;
                 let mut rows = Vec::new();
                 for m in &models {
                     let r = vlm3d::bench::train::run(
@@ -515,6 +519,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         a.width,
                         a.height,
                         a.prompt_tokens,
+                        &device,
                     )?;
                     eprintln!("{} training step {:.2}s", r.model, r.step_s);
                     rows.push(r);
@@ -679,7 +684,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(a) => {
-            let cfg = vlm3d::train::TrainConfig::load(&a.config)?;
+            let mut cfg = vlm3d::train::TrainConfig::load(&a.config)?;
+            if let Some(d) = a.device {
+                cfg.device = Some(d);
+                cfg.validate()?;
+            }
             let mut t = vlm3d::train::Trainer::new(cfg, &a.out, a.resume)?;
             t.progress = !a.no_progress;
             let (s1, s2) = t.stage_steps();
@@ -694,8 +703,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     m.step, m.loss, m.mse, m.iou_loss, m.confidence
                 );
             }
+            let vlm = if s.trained.join("model.safetensors").exists() {
+                "model.safetensors (fine-tuned weights)"
+            } else {
+                "adapter/"
+            };
             println!(
-                "wrote {} (adapter/, head.safetensors, metrics.jsonl, checkpoints/)",
+                "wrote {} ({vlm}, head.safetensors, metrics.jsonl, checkpoints/)",
                 s.trained.display()
             );
             Ok(())

@@ -13,7 +13,7 @@ pub mod weights;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder};
 
 pub use adapters::peft_module_name;
@@ -120,6 +120,67 @@ impl Qwen2VL {
         Self::from_var_builder(config, vb, dir)
     }
 
+    /// Loads `config.json` from `dir` and the weights from `files` (a fine-tuned `model.safetensors` beside the
+    /// base checkpoint's configuration), optionally with the weights whose full names `trainable` accepts as
+    /// [`Var`]s (full fine-tuning), which are returned with their checkpoint names.
+    pub fn load_with(
+        dir: &Path,
+        files: &[std::path::PathBuf],
+        device: &Device,
+        dtype: DType,
+        trainable: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.exists() {
+            return Err(Error::format(
+                dir,
+                None,
+                "config.json missing: not a checkpoint folder",
+            ));
+        }
+        let config = Config::from_file(&cfg_path)?;
+        let files = if files.is_empty() {
+            weights::safetensors_files(dir)?
+        } else {
+            files.to_vec()
+        };
+        let inner = weights::var_builder(&files, dtype, device)?;
+        let Some(trainable) = trainable else {
+            return Ok((Self::from_var_builder(config, inner, &files[0])?, Vec::new()));
+        };
+        let (backend, vars) = weights::TrainableBackend::new(inner, trainable);
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
+        let model = Self::from_var_builder(config, vb, &files[0])?;
+        let vars = vars
+            .lock()
+            .map(|v| v.clone())
+            .map_err(|_| Error::invalid("trainable weights", "lock poisoned"))?;
+        Ok((model, vars))
+    }
+
+    /// Writes a whole checkpoint's weights to `path`: every tensor of this model's source `files`, with those
+    /// named in `trained` replaced by their current values (a fully fine-tuned model, loadable by
+    /// [`Qwen2VL::load_with`] or by transformers beside the base `config.json`).
+    pub fn save_full(
+        files: &[std::path::PathBuf],
+        trained: &[(String, Var)],
+        path: &Path,
+    ) -> Result<()> {
+        let mut all = std::collections::HashMap::new();
+        for f in files {
+            all.extend(weights::read_file(f)?);
+        }
+        for (name, v) in trained {
+            let src = all
+                .get(name)
+                .ok_or_else(|| Error::invalid("fine-tuned weight", format!("{name} is not in the checkpoint")))?;
+            let t = v.as_tensor().to_device(&Device::Cpu)?.to_dtype(src.dtype())?;
+            all.insert(name.clone(), t);
+        }
+        candle_core::safetensors::save(&all, path)?;
+        Ok(())
+    }
+
     /// Builds the model from a [`VarBuilder`] holding Hugging Face tensor names; `src` names the source in errors.
     pub fn from_var_builder(config: Config, vb: VarBuilder, src: &Path) -> Result<Self> {
         // Accept both the 4.x names (`model.`, `visual.`) and the 5.x module paths (`model.language_model.`, `model.visual.`).
@@ -174,6 +235,12 @@ impl Qwen2VL {
     /// Vision features of several images in one pass: `[sum merged tokens, hidden]`.
     pub fn encode_images(&self, images: &ProcessedImages) -> Result<Tensor> {
         self.vision.forward(&images.pixel_values, &images.grids)
+    }
+
+    /// [`Qwen2VL::encode_images`]; with `diff` through gradient-capable ops (training the vision tower).
+    pub fn encode_images_t(&self, images: &ProcessedImages, diff: bool) -> Result<Tensor> {
+        self.vision
+            .forward_t(&images.pixel_values, &images.grids, diff)
     }
 
     /// Token embeddings `[seq, hidden]` with the `<|image_pad|>` rows replaced, in order, by `image_features`.

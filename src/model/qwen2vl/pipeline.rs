@@ -39,7 +39,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// Loads a checkpoint folder (config.json, safetensors, tokenizer.json, preprocessor_config.json).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let model = Qwen2VL::load(dir, device, dtype)?;
+        Self::with_model(dir, Qwen2VL::load(dir, device, dtype)?)
+    }
+
+    /// A loaded network with the tokenizer and image processor of checkpoint folder `dir`.
+    pub fn with_model(dir: &Path, model: Qwen2VL) -> Result<Self> {
         let tpath = dir.join("tokenizer.json");
         if !tpath.exists() {
             return Err(Error::format(dir, None, "tokenizer.json missing"));

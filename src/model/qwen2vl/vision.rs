@@ -6,7 +6,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
-use crate::model::cpu::fused::{quick_gelu, segment_attention};
+use crate::model::cpu::fused::{quick_gelu, segment_attention, segment_attention_unfused};
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::linear_xwt;
 use crate::{Error, Result};
@@ -36,15 +36,29 @@ impl Block {
         cos: &Tensor,
         sin: &Tensor,
         cu: &[usize],
+        diff: bool,
     ) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x)?;
+        let h = norm(&self.norm1, x, diff)?;
         // Rotary embedding, scores and weighted values per image and head in one fused op (candle's ops
-        // off the f32 CPU path); the vision tower is frozen, so no gradient is needed here.
-        let o = segment_attention(&linear_2d(&self.qkv, &h)?, cos, sin, cu, self.num_heads)?;
+        // off the f32 CPU path, and when the tower trains: the fused op has no backward pass).
+        let qkv = linear_2d(&self.qkv, &h)?;
+        let o = if diff {
+            segment_attention_unfused(&qkv, cos, sin, cu, self.num_heads)?
+        } else {
+            segment_attention(&qkv, cos, sin, cu, self.num_heads)?
+        };
         let x = (x + linear_2d(&self.proj, &o)?)?;
-        let h = self.norm2.forward(&x)?;
+        let h = norm(&self.norm2, &x, diff)?;
         let h = linear_2d(&self.fc2, &quick_gelu(&linear_2d(&self.fc1, &h)?)?)?;
         x + h
+    }
+}
+
+/// A LayerNorm; with `diff` in candle's differentiable ops (its fused kernel has no backward pass).
+fn norm(ln: &LayerNorm, x: &Tensor, diff: bool) -> candle_core::Result<Tensor> {
+    match (diff, ln.bias()) {
+        (true, Some(b)) => candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32),
+        _ => ln.forward(x),
     }
 }
 
@@ -140,6 +154,11 @@ impl VisionModel {
 
     /// Encodes the patches of several images in one pass: `[sum patches, C*T*P*P]` → `[sum merged tokens, hidden]`.
     pub fn forward(&self, pixel_values: &Tensor, grids: &[GridThw]) -> Result<Tensor> {
+        self.forward_t(pixel_values, grids, false)
+    }
+
+    /// [`VisionModel::forward`]; with `diff` only gradient-capable ops are used (training the tower).
+    pub fn forward_t(&self, pixel_values: &Tensor, grids: &[GridThw], diff: bool) -> Result<Tensor> {
         let n: usize = grids.iter().map(GridThw::patches).sum();
         let m2 = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
         for g in grids {
@@ -173,11 +192,9 @@ impl VisionModel {
         }
         let mut x = x;
         for b in &self.blocks {
-            x = b.forward(&x, &cos, &sin, &cu)?;
+            x = b.forward(&x, &cos, &sin, &cu, diff)?;
         }
-        let x = self
-            .ln_q
-            .forward(&x)?
+        let x = norm(&self.ln_q, &x, diff)?
             .reshape((n / m2, self.cfg.embed_dim * m2))?;
         let x = linear_2d(&self.mlp2, &linear_2d(&self.mlp0, &x)?.gelu_erf()?)?;
         Ok(x)

@@ -159,3 +159,86 @@ pub fn get_shaped<'a>(
     }
     Ok(t)
 }
+
+/// A [`VarBuilder`] backend for full fine-tuning: it reads tensors from an inner builder (the checkpoint) and
+/// turns those whose full name `trainable` accepts into [`candle_core::Var`]s, which it records, so the model's
+/// ordinary loading code builds a network whose chosen weights carry gradients.
+pub struct TrainableBackend {
+    inner: VarBuilder<'static>,
+    trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    vars: std::sync::Arc<std::sync::Mutex<Vec<(String, candle_core::Var)>>>,
+}
+
+impl TrainableBackend {
+    /// Wraps `inner`; the returned list fills as the model loads.
+    #[allow(clippy::type_complexity)]
+    pub fn new(
+        inner: VarBuilder<'static>,
+        trainable: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> (
+        Self,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, candle_core::Var)>>>,
+    ) {
+        let vars = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        (
+            Self {
+                inner,
+                trainable: Box::new(trainable),
+                vars: vars.clone(),
+            },
+            vars,
+        )
+    }
+
+    fn wrap(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
+        if !(self.trainable)(name) {
+            return Ok(t);
+        }
+        let mut vars = self
+            .vars
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("trainable weights: lock poisoned".into()))?;
+        // A tensor read twice (tied weights) stays one variable.
+        if let Some((_, v)) = vars.iter().find(|(n, _)| n == name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let v = candle_core::Var::from_tensor(&t)?;
+        vars.push((name.to_string(), v.clone()));
+        Ok(v.as_tensor().clone())
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for TrainableBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self
+            .inner
+            .get_unchecked_dtype(name, dtype)?
+            .to_device(dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "shape mismatch for {name}, got {:?}, expected {s:?}",
+                t.shape()
+            );
+        }
+        self.wrap(name, t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self
+            .inner
+            .get_unchecked_dtype(name, dtype)?
+            .to_device(dev)?;
+        self.wrap(name, t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
