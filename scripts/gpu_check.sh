@@ -4,8 +4,9 @@
 #   bash scripts/gpu_check.sh prepare   # here: CUDA toolchain from wheels, cuda build of vlm3d and the detector
 #                                       # tests, stripped and xz-compressed into .gpu/ (git-ignored, < 64 MiB)
 #   then one device call (the `device` tool), carrying .gpu/:
-#   bash scripts/gpu_check.sh device    # there: CUDA vs CPU parity test, `vlm3d bench` on the GPU (bf16, f32),
-#                                       # PyTorch/transformers on the same GPU, GPU memory peaks; all into $OUT
+#   bash scripts/gpu_check.sh device    # there: CUDA vs CPU parity (forward, one training step), `vlm3d bench
+#                                       # --train` and `vlm3d bench` on the GPU, `vlm3d train` on cuda vs cpu,
+#                                       # GPU memory peaks; all into $OUT
 #
 # The first `prepare` compiles candle's CUDA kernels: about 28 minutes on 2 cores (../shared/notes/cuda-build.md);
 # later runs reuse the target folder ($VLM3D_CUDA_TARGET, default ~/.cache/vlm3d/cuda-target).
@@ -36,7 +37,6 @@ for l in sys.stdin:
         strip -o "/tmp/${pair##*:}" "${pair%%:*}"
         xz -T2 -6 -c "/tmp/${pair##*:}" > "$G/${pair##*:}.xz"
     done
-    cp "$ROOT/scripts/bench_hf_qwen2vl.py" "$G/"
     du -sh "$G"
     echo "next: a device call with carry [\".gpu\"] running: bash scripts/gpu_check.sh device"
 }
@@ -56,23 +56,49 @@ device() {
         chmod +x "/tmp/$b"
     done
     /tmp/vlm3d-cuda info
-    echo "== parity: tiny fixture on CUDA (f32, bf16) vs CPU"
-    (cd "$ROOT" && /tmp/model_detector-cuda cuda_matches_cpu_on_the_fixture --nocapture) || echo "PARITY FAILED"
+    echo "== parity: tiny fixture on CUDA (f32, bf16) vs CPU; one full fine-tuning step's loss and gradients"
+    (cd "$ROOT" && /tmp/model_detector-cuda cuda_ --nocapture --test-threads 1) || echo "PARITY FAILED"
     peak() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "/tmp/smi_$1" & SMI=$!; }
     stop() { kill "$SMI" 2>/dev/null; wait "$SMI" 2>/dev/null || true
         echo "$1 GPU memory peak MiB: $(sort -n "/tmp/smi_$1" | tail -n 1)" | tee -a "$OUT/peaks.txt"; }
+    echo "== vlm3d bench --train (LoRA step), cuda f32"
+    peak train-tiny
+    /tmp/vlm3d-cuda bench --train --models tiny --batch 4 --repeat 10 --device cuda | tee "$OUT/train_bench_tiny.md"
+    stop train-tiny
+    peak train-2b
+    /tmp/vlm3d-cuda bench --train --models 2b --batch 1 --repeat 5 --device cuda | tee "$OUT/train_bench_2b.md"
+    stop train-2b
     for dtype in bf16 f32; do
-        echo "== vlm3d bench, Qwen2-VL-2B dims, cuda $dtype"
+        echo "== vlm3d bench (forward), Qwen2-VL-2B dims, cuda $dtype"
         peak "vlm3d-$dtype"
         /tmp/vlm3d-cuda bench --models 2b --views 1,6 --device cuda --dtype "$dtype" --warmup 3 --repeat 10 |
             tee "$OUT/vlm3d_bench_$dtype.md"
         stop "vlm3d-$dtype"
-        echo "== PyTorch/transformers (sdpa), cuda $dtype"
-        peak "torch-$dtype"
-        $PY "$G/bench_hf_qwen2vl.py" --models 2b --views 1,6 --device cuda --dtype "$dtype" |
-            tee "$OUT/torch_bench_$dtype.md" || echo "PyTorch side failed"
-        stop "torch-$dtype"
     done
+    echo "== vlm3d train on the GPU: the demo recipe's data (seed 100), full fine-tuning with the vision tower"
+    local W=/tmp/gpu-train
+    rm -rf "$W" && mkdir -p "$W"
+    /tmp/vlm3d-cuda synth --out "$W/nuscenes" --scenes 8 --samples-per-scene 10 --width 448 --height 252 --seed 100 --quiet
+    /tmp/vlm3d-cuda convert-nuscenes --dataroot "$W/nuscenes" --out "$W/bag" --no-lidar --force --no-progress > /dev/null
+    sed -e "s#^model: .*#model: $ROOT/tests/fixtures/qwen2vl_tiny#; s#^train_bags: .*#train_bags: [$W/bag]#" \
+        "$ROOT/config/train_demo.yaml" > "$W/recipe.yaml"
+    for dev in cuda cpu; do
+        peak "train-$dev"
+        /tmp/vlm3d-cuda train --config "$W/recipe.yaml" --out "$W/run-$dev" --device "$dev" --max-steps 60 --no-progress \
+            2>&1 | tail -n 3
+        stop "train-$dev"
+        cp "$W/run-$dev/metrics.jsonl" "$OUT/train_metrics_$dev.jsonl"
+    done
+    python3 - "$OUT" <<'PY'
+import json, statistics, sys
+out = sys.argv[1]
+rows = {d: [json.loads(l) for l in open(f"{out}/train_metrics_{d}.jsonl")] for d in ("cuda", "cpu")}
+for d, r in rows.items():
+    eps = statistics.median(x["examples_per_s"] for x in r[5:])
+    print(f"{d}: {len(r)} steps, median {eps:.1f} examples/s, loss step 1 {r[0]['loss']:.6f}, last {r[-1]['loss']:.6f}")
+d = max(abs(a["loss"] - b["loss"]) for a, b in zip(rows["cuda"][:5], rows["cpu"][:5]))
+print(f"first 5 steps: largest |loss cuda - loss cpu| = {d:.3e}")
+PY
 }
 
 case "$mode" in

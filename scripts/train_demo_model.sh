@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Trains the demo model: the committed tiny Qwen2-VL with LoRA adapters and a box head trained by `vlm3d train`
-# (config/train_demo.yaml) on synthetic scenes, assembled into models/demo/ (base checkpoint files + adapter/ +
-# head.safetensors). The held-out evaluation set uses another seed.
+# Trains the demo model: the committed tiny Qwen2-VL trained by `vlm3d train` (config/train_demo.yaml) on synthetic
+# scenes, assembled into models/demo/ (the base checkpoint's files, its weights replaced by the fine-tuned ones when
+# the recipe fine-tunes fully, else adapter/, and head.safetensors). The held-out evaluation set uses another seed.
 #
-#   bash scripts/train_demo_model.sh [--resume]      # after: bash scripts/setup.sh && source env.sh
+#   bash scripts/train_demo_model.sh [--resume] [--device cuda]   # after: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=out/demo-model
@@ -33,6 +33,11 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json g
     cp "tests/fixtures/qwen2vl_tiny/$f" models/demo/ 2>/dev/null || true
 done
 rm -rf models/demo/adapter
-cp -r "$WORK/run/adapter" models/demo/adapter
+if [ -f "$WORK/run/model.safetensors" ]; then
+    # Full fine-tuning: the trained weights are the demo checkpoint's own.
+    cp "$WORK/run/model.safetensors" models/demo/model.safetensors
+else
+    cp -r "$WORK/run/adapter" models/demo/adapter
+fi
 cp "$WORK/run/head.safetensors" models/demo/head.safetensors
 du -sh models/demo

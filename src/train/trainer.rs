@@ -139,7 +139,9 @@ impl AdamW {
         let c2 = 1.0 - b2.powi(self.t as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = &grads[i] else { continue };
-            let g = g.to_dtype(DType::F32)?;
+            // A variable's gradient keeps its backward graph (candle detaches only intermediate nodes'):
+            // moments built from it would hold every step's activations alive.
+            let g = g.to_dtype(DType::F32)?.detach();
             self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
             self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
@@ -811,8 +813,9 @@ impl Trainer {
                 let grads: GradStore = loss.backward()?;
                 for (i, (_, var)) in self.opt.vars.iter().enumerate() {
                     if let Some(g) = grads.get(var.as_tensor()) {
+                        let g = g.detach();
                         sums[i] = Some(match sums[i].take() {
-                            None => g.clone(),
+                            None => g,
                             Some(s) => (s + g)?,
                         });
                     }
