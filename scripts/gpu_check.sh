@@ -10,7 +10,6 @@
 #
 # The first `prepare` compiles candle's CUDA kernels: about 28 minutes on 2 cores (../shared/notes/cuda-build.md);
 # later runs reuse the target folder ($VLM3D_CUDA_TARGET, default ~/.cache/vlm3d/cuda-target).
-# Status: written in a session without a device; not yet run end to end.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 G="$ROOT/.gpu"
@@ -82,6 +81,8 @@ device() {
     /tmp/vlm3d-cuda convert-nuscenes --dataroot "$W/nuscenes" --out "$W/bag" --no-lidar --force --no-progress > /dev/null
     sed -e "s#^model: .*#model: $ROOT/tests/fixtures/qwen2vl_tiny#; s#^train_bags: .*#train_bags: [$W/bag]#" \
         "$ROOT/config/train_demo.yaml" > "$W/recipe.yaml"
+    # Full fine-tuning with the vision tower: the heaviest graph the trainer builds.
+    grep -q '^finetune:' "$W/recipe.yaml" || printf 'finetune: full\ntrain_vision: true\n' >> "$W/recipe.yaml"
     for dev in cuda cpu; do
         peak "train-$dev"
         /tmp/vlm3d-cuda train --config "$W/recipe.yaml" --out "$W/run-$dev" --device "$dev" --max-steps 60 --no-progress \
