@@ -40,7 +40,8 @@ for l in sys.stdin:
     echo "next: a device call with carry [\".gpu\"] running: bash scripts/gpu_check.sh device"
 }
 
-device() {
+# There: the CUDA runtime libraries on the library path and the carried binaries unpacked into /tmp.
+unpack() {
     OUT="${OUT:-/tmp/gpu-out}"
     mkdir -p "$OUT"
     exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -54,6 +55,40 @@ device() {
             "$G/$b.xz" "/tmp/$b"
         chmod +x "/tmp/$b"
     done
+}
+
+# There: candidate demo-model recipes trained side by side on the one GPU (the tiny model leaves it mostly idle),
+# each a whole schedule; their trained parts and logs come back in $OUT/<name>/ to be scored here with
+# `vlm3d eval` on the held-out seed. Candidates: the recipe in config/train_demo.yaml (`demo`) and variants of it.
+sweep() {
+    unpack
+    VLM3D_BIN=/tmp/vlm3d-cuda DEMO_WORK=/tmp/demo-model DEMO_DATA_ONLY=1 bash "$ROOT/scripts/train_demo_model.sh"
+    local pids=() name
+    for spec in "demo:" "theta10k:base_rope_theta=10000" "flip:augment: {flip: 0.5}"; do
+        name="${spec%%:*}"
+        mkdir -p "/tmp/sweep/$name"
+        sed -n '1,$p' "/tmp/demo-model/recipe.yaml" > "/tmp/sweep/$name/recipe.yaml"
+        case "${spec#*:}" in
+            base_rope_theta=10000) sed -i "s#^model: .*#model: $ROOT/tests/fixtures/qwen2vl_tiny#" "/tmp/sweep/$name/recipe.yaml" ;;
+            "") ;;
+            *) echo "${spec#*:}" >> "/tmp/sweep/$name/recipe.yaml" ;;
+        esac
+        (timeout 420 /tmp/vlm3d-cuda train --config "/tmp/sweep/$name/recipe.yaml" --out "/tmp/sweep/$name/run" \
+            --device cuda --no-progress > "/tmp/sweep/$name/train.log" 2>&1; echo "rc=$?" >> "/tmp/sweep/$name/train.log") &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    for d in /tmp/sweep/*/; do
+        name=$(basename "$d")
+        mkdir -p "$OUT/$name"
+        tail -n 3 "$d/train.log"
+        cp "$d/recipe.yaml" "$d/train.log" "$OUT/$name/"
+        cp "$d/run/metrics.jsonl" "$d/run/head.safetensors" "$d/run/model.safetensors" "$OUT/$name/" 2>/dev/null || true
+    done
+}
+
+device() {
+    unpack
     /tmp/vlm3d-cuda info
     echo "== parity: tiny fixture on CUDA (f32, bf16) vs CPU; one full fine-tuning step's loss and gradients"
     (cd "$ROOT" && /tmp/model_detector-cuda cuda_ --nocapture --test-threads 1) || echo "PARITY FAILED"
@@ -105,5 +140,6 @@ PY
 case "$mode" in
     prepare) prepare ;;
     device) device ;;
-    *) echo "usage: bash scripts/gpu_check.sh prepare|device" >&2; exit 2 ;;
+    sweep) sweep ;;
+    *) echo "usage: bash scripts/gpu_check.sh prepare|device|sweep" >&2; exit 2 ;;
 esac
