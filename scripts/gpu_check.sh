@@ -64,7 +64,9 @@ sweep() {
     unpack
     VLM3D_BIN=/tmp/vlm3d-cuda DEMO_WORK=/tmp/demo-model DEMO_DATA_ONLY=1 bash "$ROOT/scripts/train_demo_model.sh"
     local pids=() name
-    for spec in "demo:" "theta10k:base_rope_theta=10000" "flip:augment: {flip: 0.5}"; do
+    local specs=("demo:" "theta10k:base_rope_theta=10000" "flip:augment: {flip: 0.5}")
+    [ -n "${SWEEP_ONLY:-}" ] && specs=("$SWEEP_ONLY:")
+    for spec in "${specs[@]}"; do
         name="${spec%%:*}"
         mkdir -p "/tmp/sweep/$name"
         sed -n '1,$p' "/tmp/demo-model/recipe.yaml" > "/tmp/sweep/$name/recipe.yaml"
@@ -73,16 +75,20 @@ sweep() {
             "") ;;
             *) echo "${spec#*:}" >> "/tmp/sweep/$name/recipe.yaml" ;;
         esac
-        (timeout 420 /tmp/vlm3d-cuda train --config "/tmp/sweep/$name/recipe.yaml" --out "/tmp/sweep/$name/run" \
+        (timeout "${SWEEP_TIMEOUT:-420}" /tmp/vlm3d-cuda train --config "/tmp/sweep/$name/recipe.yaml" --out "/tmp/sweep/$name/run" \
             --device cuda --no-progress > "/tmp/sweep/$name/train.log" 2>&1; echo "rc=$?" >> "/tmp/sweep/$name/train.log") &
         pids+=($!)
     done
-    wait "${pids[@]}"
+    # A run cut by the timeout exits non-zero: its newest checkpoint still comes back.
+    wait "${pids[@]}" || true
     for d in /tmp/sweep/*/; do
         name=$(basename "$d")
         mkdir -p "$OUT/$name"
         tail -n 3 "$d/train.log"
         cp "$d/recipe.yaml" "$d/train.log" "$OUT/$name/"
+        local last
+        last=$(ls -d "$d"/run/checkpoints/step-*[0-9] 2>/dev/null | tail -n 1 || true)
+        [ -n "$last" ] && cp -r "$last" "$OUT/$name/last-checkpoint"
         cp "$d/run/metrics.jsonl" "$d/run/head.safetensors" "$d/run/model.safetensors" "$OUT/$name/" 2>/dev/null || true
     done
 }
