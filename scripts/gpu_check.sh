@@ -59,7 +59,8 @@ unpack() {
 
 # There: candidate demo-model recipes trained side by side on the one GPU (the tiny model leaves it mostly idle),
 # each a whole schedule; their trained parts and logs come back in $OUT/<name>/ to be scored here with
-# `vlm3d eval` on the held-out seed. Candidates: the recipe in config/train_demo.yaml (`demo`) and variants of it.
+# `vlm3d eval` on the held-out seed. Candidates: the recipe scripts/train_demo_model.sh writes (`demo`; DEMO_RECIPE,
+# DEMO_SCENES and DEMO_ROPE_THETA pass through) and variants of it; SWEEP_ONLY=demo runs that one alone.
 sweep() {
     unpack
     VLM3D_BIN=/tmp/vlm3d-cuda DEMO_WORK=/tmp/demo-model DEMO_DATA_ONLY=1 bash "$ROOT/scripts/train_demo_model.sh"
