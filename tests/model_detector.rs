@@ -223,37 +223,68 @@ fn cuda_training_step_matches_cpu() {
         }
     };
     let img = image("view0");
-    let targets = [[1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3], [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2]];
+    let targets = [
+        [1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3],
+        [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2],
+    ];
     let run = |device: &Device| {
-        let (model, vars) =
-            Qwen2VL::load_with(&fixture(), &[], device, DType::F32, Some(Box::new(|_: &str| true)))
-                .unwrap();
+        let (model, vars) = Qwen2VL::load_with(
+            &fixture(),
+            &[],
+            device,
+            DType::F32,
+            Some(Box::new(|_: &str| true)),
+        )
+        .unwrap();
         let pipe = Pipeline::with_model(&fixture(), model).unwrap();
         let det = Detector::new(pipe, DetectorConfig::default()).unwrap();
         let p = det.preprocess(std::slice::from_ref(&img)).unwrap();
         let f = det.pipeline.model.encode_images_t(&p, true).unwrap();
-        let s = det.query_states(&[f], &p.grids, "Please detect the car in the image.", true).unwrap();
+        let s = det
+            .query_states(&[f], &p.grids, "Please detect the car in the image.", true)
+            .unwrap();
         let out = det.head_forward(&s.squeeze(0).unwrap()).unwrap();
-        let w = LossWeights { mse: 0.2, iou: 0.8, confidence: 1.0 };
-        let l = two_stage_loss(&out, &targets, Frame::Camera, &w, &BoxEmbedding::new(device).unwrap())
-            .unwrap()
-            .total;
+        let w = LossWeights {
+            mse: 0.2,
+            iou: 0.8,
+            confidence: 1.0,
+        };
+        let l = two_stage_loss(
+            &out,
+            &targets,
+            Frame::Camera,
+            &w,
+            &BoxEmbedding::new(device).unwrap(),
+        )
+        .unwrap()
+        .total;
         let grads = l.backward().unwrap();
         let mut all = vars;
         all.extend(det.head.vars());
         let g: Vec<(String, Tensor)> = all
             .iter()
             .map(|(n, v)| {
-                let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("no gradient for {n}"));
+                let g = grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("no gradient for {n}"));
                 (n.clone(), g.to_device(&Device::Cpu).unwrap())
             })
             .collect();
-        (l.to_device(&Device::Cpu).unwrap().to_scalar::<f32>().unwrap(), g)
+        (
+            l.to_device(&Device::Cpu)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            g,
+        )
     };
     let (cl, cg) = run(&Device::Cpu);
     let (gl, gg) = run(&dev);
     println!("loss CPU {cl:.6} CUDA {gl:.6}");
-    assert!((cl - gl).abs() <= 1e-4 * (1.0 + cl.abs()), "loss {cl} vs {gl}");
+    assert!(
+        (cl - gl).abs() <= 1e-4 * (1.0 + cl.abs()),
+        "loss {cl} vs {gl}"
+    );
     let mut worst = (0.0f32, String::new());
     for ((n, c), (_, g)) in cg.iter().zip(&gg) {
         let d = max_abs_diff(c, g) / (1.0 + max_abs(c));
@@ -261,6 +292,16 @@ fn cuda_training_step_matches_cpu() {
             worst = (d, n.clone());
         }
     }
-    println!("{} gradients: largest relative max|Δ| {:.3e} ({})", cg.len(), worst.0, worst.1);
-    assert!(worst.0 <= 1e-3, "gradient of {} differs by {}", worst.1, worst.0);
+    println!(
+        "{} gradients: largest relative max|Δ| {:.3e} ({})",
+        cg.len(),
+        worst.0,
+        worst.1
+    );
+    assert!(
+        worst.0 <= 1e-3,
+        "gradient of {} differs by {}",
+        worst.1,
+        worst.0
+    );
 }

@@ -242,7 +242,10 @@ fn full_finetuning_trains_every_weight_resumes_and_loads() {
         // The vision tower's and the decoder's weights all train (every one gets a gradient).
         assert_ne!(&trained[name], bytes, "{name} did not change");
     }
-    assert!(!dir.join("whole/adapter").exists(), "no adapters in full mode");
+    assert!(
+        !dir.join("whole/adapter").exists(),
+        "no adapters in full mode"
+    );
     assert_eq!(
         trained,
         tensors(&dir.join("split/model.safetensors")),
@@ -288,4 +291,60 @@ fn the_vision_tower_trains_only_with_full_finetuning() {
     cfg.device = Some("gpu".into());
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("`device`") && e.contains("gpu"), "{e}");
+}
+
+#[test]
+fn lora_on_the_vision_tower_trains_its_adapters_and_loads_back() {
+    let dir = scratch("train-vision-lora");
+    let bag = bag(&dir);
+    let mut cfg = recipe(&bag, 4, 1);
+    cfg.lora.targets = ["q_proj", "v_proj", "qkv", "proj"]
+        .map(String::from)
+        .to_vec();
+    let mut t = Trainer::new(cfg, &dir.join("run"), false).unwrap();
+    t.progress = false;
+    t.run(None).unwrap();
+    let adapters = tensors(&dir.join("run/adapter/adapter_model.safetensors"));
+    let vision: Vec<_> = adapters
+        .keys()
+        .filter(|k| k.contains(".visual.blocks."))
+        .collect();
+    // Two blocks × (qkv, proj) × (A, B).
+    assert_eq!(vision.len(), 8, "{vision:?}");
+    let zeros = |b: &Vec<u8>| b.iter().all(|&x| x == 0);
+    for k in adapters.keys().filter(|k| k.contains("lora_B")) {
+        assert!(
+            !zeros(&adapters[k]),
+            "{k} is still zero: no gradient reached it"
+        );
+    }
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("run/adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["q_proj", "v_proj", "qkv", "proj"])
+    );
+    // Merged at load: the detector that reads the run gives the trainer's (unmerged) boxes.
+    let det = vlm3d::model::detector::Detector::load(
+        &fixture(),
+        Some(&dir.join("run")),
+        t.detector.config.clone(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let a = det.detect(std::slice::from_ref(&img), "car").unwrap();
+    let b = t.detector.detect(&[img], "car").unwrap();
+    for (va, vb) in a.iter().zip(&b) {
+        assert_eq!(va.boxes.len(), vb.boxes.len());
+        for (da, db) in va.boxes.iter().zip(&vb.boxes) {
+            for (x, y) in da.bbox.iter().zip(&db.bbox) {
+                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -55,7 +55,8 @@ pub fn select_device(spec: Option<&str>) -> Result<Device> {
 pub fn check_device_name(spec: &str) -> Result<()> {
     let s = spec.trim();
     let ok = matches!(s, "cpu" | "auto" | "cuda")
-        || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+        || s.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
     if ok {
         Ok(())
     } else {

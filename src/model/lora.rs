@@ -7,8 +7,17 @@ use serde::{Deserialize, Serialize};
 use crate::model::cpu::linear_2d;
 use crate::Result;
 
-/// Names of the attention projections LoRA can target.
+/// Names of the decoder's attention projections LoRA can target (the paper's targets).
 pub const ATTENTION_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
+
+/// Names of the vision tower's attention projections LoRA can target (PEFT matches them as module-name suffixes:
+/// `visual.blocks.N.attn.qkv` and `.attn.proj`).
+pub const VISION_ATTENTION_MODULES: [&str; 2] = ["qkv", "proj"];
+
+/// Whether `target` names a LoRA target of either tower.
+pub fn is_lora_target(target: &str) -> bool {
+    ATTENTION_MODULES.contains(&target) || VISION_ATTENTION_MODULES.contains(&target)
+}
 
 /// Hyper-parameters of the adapters; serializes to PEFT's `adapter_config.json` fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

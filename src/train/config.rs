@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 pub use super::prompts::PromptConfig;
 pub use crate::data::augment::AugmentConfig;
 use crate::geometry::Frame;
-use crate::model::lora::{LoraConfig, ATTENTION_MODULES};
+use crate::model::lora::{is_lora_target, LoraConfig, ATTENTION_MODULES, VISION_ATTENTION_MODULES};
 use crate::{Error, Result};
 
 /// One training stage: its length, learning rate and loss weights.
@@ -39,7 +39,8 @@ pub struct LoraSettings {
     /// Dropout on the adapter input.
     #[serde(default)]
     pub dropout: f32,
-    /// Decoder self-attention projections that get adapters.
+    /// Projections that get adapters: the decoder's `q_proj`, `k_proj`, `v_proj`, `o_proj` (the paper), and the
+    /// vision tower's `qkv`, `proj` (its features are then recomputed for every example, not cached).
     pub targets: Vec<String>,
 }
 
@@ -232,10 +233,12 @@ impl TrainConfig {
             return Err(bad("lora.targets", "no projection"));
         }
         for t in &self.lora.targets {
-            if !ATTENTION_MODULES.contains(&t.as_str()) {
+            if !is_lora_target(t) {
                 return Err(bad(
                     "lora.targets",
-                    format!("{t:?} is not one of {ATTENTION_MODULES:?}"),
+                    format!(
+                        "{t:?} is not one of {ATTENTION_MODULES:?} (decoder) or {VISION_ATTENTION_MODULES:?} (vision tower)"
+                    ),
                 ));
             }
         }
@@ -264,8 +267,7 @@ impl TrainConfig {
             ));
         }
         if let Some(d) = &self.device {
-            crate::model::device::check_device_name(d)
-                .map_err(|e| bad("device", e.to_string()))?;
+            crate::model::device::check_device_name(d).map_err(|e| bad("device", e.to_string()))?;
         }
         let holdout = self.holdout()?;
         self.prompts.validate(&holdout)?;

@@ -27,6 +27,7 @@ use crate::data::augment::{apply_boxes, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
 use crate::geometry::VisibilityRule;
 use crate::model::detector::{Detector, DetectorConfig};
+use crate::model::qwen2vl::weights::NamedVars;
 use crate::model::qwen2vl::{GridThw, Qwen2VL};
 
 /// The fully fine-tuned weights' file in a run's output and checkpoints (the checkpoint's own name).
@@ -317,7 +318,7 @@ pub struct Trainer {
     stage_steps: (usize, usize),
     decoder: Decoder,
     /// Full fine-tuning: the base checkpoint's weight files and the weights that train, by checkpoint name.
-    tuned: Option<(Vec<PathBuf>, Vec<(String, Var)>)>,
+    tuned: Option<(Vec<PathBuf>, NamedVars)>,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -560,8 +561,8 @@ impl Trainer {
 
     /// Vision features of view `example` with its augmentation `aug` of the current epoch.
     fn features(&mut self, example: usize, aug: &Augmentation) -> Result<(Tensor, GridThw)> {
-        if self.cfg.train_vision {
-            // The tower trains: its features are part of the graph, never cached.
+        if self.cfg.train_vision || self.detector.pipeline.model.vision_adapted() {
+            // The tower trains (fully or through adapters): its features are part of the graph, never cached.
             let v = &self.views[example];
             let mut img: RgbImage = self.decoder.take(example, v)?;
             if !aug.is_identity() {

@@ -1,5 +1,6 @@
-//! PEFT LoRA adapters on the decoder's attention projections: attach fresh ones for training, list, save and
-//! load them as PEFT's `adapter_model.safetensors` + `adapter_config.json`, and merge them into the base weights.
+//! PEFT LoRA adapters on the decoder's attention projections (and, optionally, the vision tower's `qkv` / `proj`):
+//! attach fresh ones for training, list, save and load them as PEFT's `adapter_model.safetensors` +
+//! `adapter_config.json`, and merge them into the base weights.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -15,13 +16,12 @@ impl Qwen2VL {
     pub fn attach_lora(&mut self, cfg: &LoraConfig) -> Result<Vec<(String, Var)>> {
         let mut vars = Vec::new();
         let (dev, dt) = (self.device.clone(), self.dtype);
-        for (i, name, proj) in self.lora_targets(&cfg.target_modules)? {
+        for (base, proj) in self.lora_targets(&cfg.target_modules)? {
             let (din, dout) = proj.dims()?;
             let bound = 1.0 / (din as f64).sqrt();
             let a =
                 Var::from_tensor(&Tensor::rand(-bound, bound, (cfg.r, din), &dev)?.to_dtype(dt)?)?;
             let b = Var::from_tensor(&Tensor::zeros((dout, cfg.r), dt, &dev)?)?;
-            let base = peft_module_name(i, &name);
             vars.push((format!("{base}.lora_A.weight"), a.clone()));
             vars.push((format!("{base}.lora_B.weight"), b.clone()));
             proj.adapter = Some(LoraAdapter {
@@ -34,18 +34,8 @@ impl Qwen2VL {
         Ok(vars)
     }
 
-    fn lora_targets(
-        &mut self,
-        targets: &[String],
-    ) -> Result<Vec<(usize, String, &mut LoraLinear)>> {
-        for t in targets {
-            if !crate::model::lora::ATTENTION_MODULES.contains(&t.as_str()) {
-                return Err(Error::invalid(
-                    "LoRA target",
-                    format!("{t} (supported: q_proj, k_proj, v_proj, o_proj)"),
-                ));
-            }
-        }
+    /// Every projection LoRA can adapt: (PEFT module name, target name, layer).
+    fn adaptable(&mut self) -> Vec<(String, &'static str, &mut LoraLinear)> {
         let mut out = Vec::new();
         for (i, l) in self.text.layers.iter_mut().enumerate() {
             let a = &mut l.self_attn;
@@ -55,30 +45,64 @@ impl Qwen2VL {
                 ("v_proj", &mut a.v_proj),
                 ("o_proj", &mut a.o_proj),
             ] {
-                if targets.iter().any(|t| t == name) {
-                    out.push((i, name.to_string(), proj));
-                }
+                out.push((peft_module_name(i, name), name, proj));
             }
         }
-        Ok(out)
+        for (i, b) in self.vision.blocks.iter_mut().enumerate() {
+            for (name, proj) in [("qkv", &mut b.qkv), ("proj", &mut b.proj)] {
+                out.push((peft_vision_module_name(i, name), name, proj));
+            }
+        }
+        out
+    }
+
+    fn lora_targets(&mut self, targets: &[String]) -> Result<Vec<(String, &mut LoraLinear)>> {
+        for t in targets {
+            if !crate::model::lora::is_lora_target(t) {
+                return Err(Error::invalid(
+                    "LoRA target",
+                    format!("{t} (supported: q_proj, k_proj, v_proj, o_proj; vision: qkv, proj)"),
+                ));
+            }
+        }
+        Ok(self
+            .adaptable()
+            .into_iter()
+            .filter(|(_, name, _)| targets.iter().any(|t| t == name))
+            .map(|(base, _, proj)| (base, proj))
+            .collect())
+    }
+
+    /// Whether an attached adapter sits in the vision tower (its features then change as training goes).
+    pub fn vision_adapted(&self) -> bool {
+        self.vision
+            .blocks
+            .iter()
+            .any(|b| b.qkv.adapter.is_some() || b.proj.adapter.is_some())
     }
 
     /// The attached (unmerged) adapter tensors under their PEFT names.
     pub fn lora_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (i, l) in self.text.layers.iter().enumerate() {
+        let text = self.text.layers.iter().enumerate().flat_map(|(i, l)| {
             let a = &l.self_attn;
-            for (name, proj) in [
-                ("q_proj", &a.q_proj),
-                ("k_proj", &a.k_proj),
-                ("v_proj", &a.v_proj),
-                ("o_proj", &a.o_proj),
-            ] {
-                if let Some(ad) = &proj.adapter {
-                    let base = peft_module_name(i, name);
-                    out.push((format!("{base}.lora_A.weight"), ad.a.as_tensor().clone()));
-                    out.push((format!("{base}.lora_B.weight"), ad.b.as_tensor().clone()));
-                }
+            [
+                (peft_module_name(i, "q_proj"), &a.q_proj),
+                (peft_module_name(i, "k_proj"), &a.k_proj),
+                (peft_module_name(i, "v_proj"), &a.v_proj),
+                (peft_module_name(i, "o_proj"), &a.o_proj),
+            ]
+        });
+        let vision = self.vision.blocks.iter().enumerate().flat_map(|(i, b)| {
+            [
+                (peft_vision_module_name(i, "qkv"), &b.qkv),
+                (peft_vision_module_name(i, "proj"), &b.proj),
+            ]
+        });
+        for (base, proj) in text.chain(vision) {
+            if let Some(ad) = &proj.adapter {
+                out.push((format!("{base}.lora_A.weight"), ad.a.as_tensor().clone()));
+                out.push((format!("{base}.lora_B.weight"), ad.b.as_tensor().clone()));
             }
         }
         out
@@ -133,13 +157,17 @@ impl Qwen2VL {
         })?;
         let raw: HashMap<String, Tensor> = raw
             .into_iter()
-            .map(|(k, v)| (k.replace("model.language_model.", "model."), v))
+            .map(|(k, v)| {
+                let k = k
+                    .replace("model.language_model.", "model.")
+                    .replace("base_model.model.model.visual.", "base_model.model.visual.");
+                (k, v)
+            })
             .collect();
         let dt = self.dtype;
         let mut vars = Vec::new();
         let targets = self.lora_targets(&cfg.target_modules)?;
-        for (i, name, proj) in targets {
-            let base = peft_module_name(i, &name);
+        for (base, proj) in targets {
             let (din, dout) = proj.dims()?;
             let get = |suffix: &str, shape: (usize, usize)| -> Result<Tensor> {
                 let key = format!("{base}.{suffix}");
@@ -171,11 +199,8 @@ impl Qwen2VL {
 
     /// Folds every attached adapter into its base weight (inference).
     pub fn merge_lora(&mut self) -> Result<()> {
-        for l in &mut self.text.layers {
-            let a = &mut l.self_attn;
-            for p in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj] {
-                p.merge()?;
-            }
+        for (_, _, p) in self.adaptable() {
+            p.merge()?;
         }
         Ok(())
     }
@@ -184,4 +209,10 @@ impl Qwen2VL {
 /// PEFT's module name of a decoder attention projection.
 pub fn peft_module_name(layer: usize, proj: &str) -> String {
     format!("base_model.model.model.layers.{layer}.self_attn.{proj}")
+}
+
+/// PEFT's module name of a vision-tower attention projection (`qkv` or `proj`), transformers 4.x layout (5.x
+/// names, `model.visual.`, are accepted when loading).
+pub fn peft_vision_module_name(block: usize, proj: &str) -> String {
+    format!("base_model.model.visual.blocks.{block}.attn.{proj}")
 }

@@ -128,8 +128,8 @@ impl Qwen2VL {
         files: &[std::path::PathBuf],
         device: &Device,
         dtype: DType,
-        trainable: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
-    ) -> Result<(Self, Vec<(String, Var)>)> {
+        trainable: Option<weights::WeightFilter>,
+    ) -> Result<(Self, weights::NamedVars)> {
         let cfg_path = dir.join("config.json");
         if !cfg_path.exists() {
             return Err(Error::format(
@@ -146,7 +146,10 @@ impl Qwen2VL {
         };
         let inner = weights::var_builder(&files, dtype, device)?;
         let Some(trainable) = trainable else {
-            return Ok((Self::from_var_builder(config, inner, &files[0])?, Vec::new()));
+            return Ok((
+                Self::from_var_builder(config, inner, &files[0])?,
+                Vec::new(),
+            ));
         };
         let (backend, vars) = weights::TrainableBackend::new(inner, trainable);
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
@@ -171,10 +174,16 @@ impl Qwen2VL {
             all.extend(weights::read_file(f)?);
         }
         for (name, v) in trained {
-            let src = all
-                .get(name)
-                .ok_or_else(|| Error::invalid("fine-tuned weight", format!("{name} is not in the checkpoint")))?;
-            let t = v.as_tensor().to_device(&Device::Cpu)?.to_dtype(src.dtype())?;
+            let src = all.get(name).ok_or_else(|| {
+                Error::invalid(
+                    "fine-tuned weight",
+                    format!("{name} is not in the checkpoint"),
+                )
+            })?;
+            let t = v
+                .as_tensor()
+                .to_device(&Device::Cpu)?
+                .to_dtype(src.dtype())?;
             all.insert(name.clone(), t);
         }
         candle_core::safetensors::save(&all, path)?;

@@ -9,6 +9,7 @@ use super::weights::{layer_norm, linear, tensor};
 use crate::model::cpu::fused::{quick_gelu, segment_attention, segment_attention_unfused};
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::linear_xwt;
+use crate::model::lora::LoraLinear;
 use crate::{Error, Result};
 
 /// Swaps the two halves of the last dimension, negating the second: `[-x2, x1]`.
@@ -19,11 +20,13 @@ pub(crate) fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
 }
 
-struct Block {
+pub(crate) struct Block {
     norm1: LayerNorm,
     norm2: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    /// Attention input projection (LoRA target `qkv`).
+    pub(crate) qkv: LoraLinear,
+    /// Attention output projection (LoRA target `proj`).
+    pub(crate) proj: LoraLinear,
     fc1: Linear,
     fc2: Linear,
     num_heads: usize,
@@ -41,13 +44,13 @@ impl Block {
         let h = norm(&self.norm1, x, diff)?;
         // Rotary embedding, scores and weighted values per image and head in one fused op (candle's ops
         // off the f32 CPU path, and when the tower trains: the fused op has no backward pass).
-        let qkv = linear_2d(&self.qkv, &h)?;
+        let qkv = self.qkv.forward_t(&h, diff)?;
         let o = if diff {
             segment_attention_unfused(&qkv, cos, sin, cu, self.num_heads)?
         } else {
             segment_attention(&qkv, cos, sin, cu, self.num_heads)?
         };
-        let x = (x + linear_2d(&self.proj, &o)?)?;
+        let x = (x + self.proj.forward_t(&o, diff)?)?;
         let h = norm(&self.norm2, &x, diff)?;
         let h = linear_2d(&self.fc2, &quick_gelu(&linear_2d(&self.fc1, &h)?)?)?;
         x + h
@@ -65,7 +68,7 @@ fn norm(ln: &LayerNorm, x: &Tensor, diff: bool) -> candle_core::Result<Tensor> {
 /// The vision tower with its merger; output rows are image tokens in the text model's width.
 pub struct VisionModel {
     patch_w: Tensor,
-    blocks: Vec<Block>,
+    pub(crate) blocks: Vec<Block>,
     ln_q: LayerNorm,
     mlp0: Linear,
     mlp2: Linear,
@@ -96,8 +99,20 @@ impl VisionModel {
             blocks.push(Block {
                 norm1: layer_norm(&b.pp("norm1"), c.embed_dim, 1e-6, src)?,
                 norm2: layer_norm(&b.pp("norm2"), c.embed_dim, 1e-6, src)?,
-                qkv: linear(&b.pp("attn.qkv"), c.embed_dim, 3 * c.embed_dim, true, src)?,
-                proj: linear(&b.pp("attn.proj"), c.embed_dim, c.embed_dim, true, src)?,
+                qkv: LoraLinear::new(linear(
+                    &b.pp("attn.qkv"),
+                    c.embed_dim,
+                    3 * c.embed_dim,
+                    true,
+                    src,
+                )?),
+                proj: LoraLinear::new(linear(
+                    &b.pp("attn.proj"),
+                    c.embed_dim,
+                    c.embed_dim,
+                    true,
+                    src,
+                )?),
                 fc1: linear(&b.pp("mlp.fc1"), c.embed_dim, c.mlp_hidden(), true, src)?,
                 fc2: linear(&b.pp("mlp.fc2"), c.mlp_hidden(), c.embed_dim, true, src)?,
                 num_heads: c.num_heads,
@@ -158,7 +173,12 @@ impl VisionModel {
     }
 
     /// [`VisionModel::forward`]; with `diff` only gradient-capable ops are used (training the tower).
-    pub fn forward_t(&self, pixel_values: &Tensor, grids: &[GridThw], diff: bool) -> Result<Tensor> {
+    pub fn forward_t(
+        &self,
+        pixel_values: &Tensor,
+        grids: &[GridThw],
+        diff: bool,
+    ) -> Result<Tensor> {
         let n: usize = grids.iter().map(GridThw::patches).sum();
         let m2 = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
         for g in grids {
@@ -194,8 +214,7 @@ impl VisionModel {
         for b in &self.blocks {
             x = b.forward(&x, &cos, &sin, &cu, diff)?;
         }
-        let x = norm(&self.ln_q, &x, diff)?
-            .reshape((n / m2, self.cfg.embed_dim * m2))?;
+        let x = norm(&self.ln_q, &x, diff)?.reshape((n / m2, self.cfg.embed_dim * m2))?;
         let x = linear_2d(&self.mlp2, &linear_2d(&self.mlp0, &x)?.gelu_erf()?)?;
         Ok(x)
     }

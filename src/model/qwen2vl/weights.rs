@@ -160,30 +160,32 @@ pub fn get_shaped<'a>(
     Ok(t)
 }
 
+/// Which weights (by full checkpoint name) a fully fine-tuned model trains.
+pub type WeightFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Trainable weights by checkpoint name.
+pub type NamedVars = Vec<(String, candle_core::Var)>;
+
 /// A [`VarBuilder`] backend for full fine-tuning: it reads tensors from an inner builder (the checkpoint) and
 /// turns those whose full name `trainable` accepts into [`candle_core::Var`]s, which it records, so the model's
 /// ordinary loading code builds a network whose chosen weights carry gradients.
 pub struct TrainableBackend {
     inner: VarBuilder<'static>,
-    trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    vars: std::sync::Arc<std::sync::Mutex<Vec<(String, candle_core::Var)>>>,
+    trainable: WeightFilter,
+    vars: std::sync::Arc<std::sync::Mutex<NamedVars>>,
 }
 
 impl TrainableBackend {
     /// Wraps `inner`; the returned list fills as the model loads.
-    #[allow(clippy::type_complexity)]
     pub fn new(
         inner: VarBuilder<'static>,
-        trainable: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) -> (
-        Self,
-        std::sync::Arc<std::sync::Mutex<Vec<(String, candle_core::Var)>>>,
-    ) {
+        trainable: WeightFilter,
+    ) -> (Self, std::sync::Arc<std::sync::Mutex<NamedVars>>) {
         let vars = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         (
             Self {
                 inner,
-                trainable: Box::new(trainable),
+                trainable,
                 vars: vars.clone(),
             },
             vars,
