@@ -214,6 +214,26 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Both detectors give the same boxes (1e-4) on one image: what a run wrote loads back as the trainer held it.
+fn assert_same_boxes(
+    loaded: &vlm3d::model::detector::Detector,
+    trained: &vlm3d::model::detector::Detector,
+) {
+    let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    let a = loaded.detect(std::slice::from_ref(&img), "car").unwrap();
+    let b = trained.detect(&[img], "car").unwrap();
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|v| !v.boxes.is_empty()));
+    for (va, vb) in a.iter().zip(&b) {
+        assert_eq!(va.boxes.len(), vb.boxes.len());
+        for (da, db) in va.boxes.iter().zip(&vb.boxes) {
+            for (x, y) in da.bbox.iter().zip(&db.bbox) {
+                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
+            }
+        }
+    }
+}
+
 #[test]
 fn full_finetuning_trains_every_weight_resumes_and_loads() {
     let dir = scratch("train-full");
@@ -264,19 +284,7 @@ fn full_finetuning_trains_every_weight_resumes_and_loads() {
         candle_core::DType::F32,
     )
     .unwrap();
-    let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
-    let a = det.detect(std::slice::from_ref(&img), "car").unwrap();
-    let b = whole.detector.detect(&[img], "car").unwrap();
-    assert_eq!(a.len(), b.len());
-    assert!(a.iter().all(|v| !v.boxes.is_empty()));
-    for (va, vb) in a.iter().zip(&b) {
-        assert_eq!(va.boxes.len(), vb.boxes.len());
-        for (da, db) in va.boxes.iter().zip(&vb.boxes) {
-            for (x, y) in da.bbox.iter().zip(&db.bbox) {
-                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
-            }
-        }
-    }
+    assert_same_boxes(&det, &whole.detector);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -335,16 +343,6 @@ fn lora_on_the_vision_tower_trains_its_adapters_and_loads_back() {
         candle_core::DType::F32,
     )
     .unwrap();
-    let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
-    let a = det.detect(std::slice::from_ref(&img), "car").unwrap();
-    let b = t.detector.detect(&[img], "car").unwrap();
-    for (va, vb) in a.iter().zip(&b) {
-        assert_eq!(va.boxes.len(), vb.boxes.len());
-        for (da, db) in va.boxes.iter().zip(&vb.boxes) {
-            for (x, y) in da.bbox.iter().zip(&db.bbox) {
-                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
-            }
-        }
-    }
+    assert_same_boxes(&det, &t.detector);
     let _ = std::fs::remove_dir_all(&dir);
 }

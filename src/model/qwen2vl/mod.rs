@@ -106,18 +106,7 @@ pub struct Qwen2VL {
 impl Qwen2VL {
     /// Loads `config.json` and the safetensors weights (single or sharded) of a checkpoint folder.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        if !cfg_path.exists() {
-            return Err(Error::format(
-                dir,
-                None,
-                "config.json missing: not a checkpoint folder",
-            ));
-        }
-        let config = Config::from_file(&cfg_path)?;
-        let files = weights::safetensors_files(dir)?;
-        let vb = weights::var_builder(&files, dtype, device)?;
-        Self::from_var_builder(config, vb, dir)
+        Ok(Self::load_with(dir, &[], device, dtype, None)?.0)
     }
 
     /// Loads `config.json` from `dir` and the weights from `files` (a fine-tuned `model.safetensors` beside the
@@ -139,21 +128,19 @@ impl Qwen2VL {
             ));
         }
         let config = Config::from_file(&cfg_path)?;
-        let files = if files.is_empty() {
-            weights::safetensors_files(dir)?
+        // Errors name the checkpoint folder, or the fine-tuned file given in its place.
+        let (files, src) = if files.is_empty() {
+            (weights::safetensors_files(dir)?, dir.to_path_buf())
         } else {
-            files.to_vec()
+            (files.to_vec(), files[0].clone())
         };
         let inner = weights::var_builder(&files, dtype, device)?;
         let Some(trainable) = trainable else {
-            return Ok((
-                Self::from_var_builder(config, inner, &files[0])?,
-                Vec::new(),
-            ));
+            return Ok((Self::from_var_builder(config, inner, &src)?, Vec::new()));
         };
         let (backend, vars) = weights::TrainableBackend::new(inner, trainable);
         let vb = VarBuilder::from_backend(Box::new(backend), dtype, device.clone());
-        let model = Self::from_var_builder(config, vb, &files[0])?;
+        let model = Self::from_var_builder(config, vb, &src)?;
         let vars = vars
             .lock()
             .map(|v| v.clone())
