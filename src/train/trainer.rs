@@ -319,6 +319,8 @@ pub struct Trainer {
     decoder: Decoder,
     /// Full fine-tuning: the base checkpoint's weight files and the weights that train, by checkpoint name.
     tuned: Option<(Vec<PathBuf>, NamedVars)>,
+    /// The vision tower trains (fully or through adapters): features are recomputed per example.
+    vision_trains: bool,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -482,6 +484,7 @@ impl Trainer {
                 (vars, None)
             }
         };
+        let cfg_vision_trains = cfg.train_vision || detector.pipeline.model.vision_adapted();
         let mut all = lora_vars;
         if let Some((_, vars)) = &tuned {
             all.extend(vars.iter().cloned());
@@ -525,6 +528,7 @@ impl Trainer {
             position,
             stage_steps,
             decoder: Decoder::new(),
+            vision_trains: cfg_vision_trains,
             tuned,
             progress: true,
         })
@@ -560,14 +564,20 @@ impl Trainer {
     }
 
     /// Vision features of view `example` with its augmentation `aug` of the current epoch.
+    /// The decoded image of view `example` with its augmentation `aug` applied.
+    fn view_image(&mut self, example: usize, aug: &Augmentation) -> Result<RgbImage> {
+        let img = self.decoder.take(example, &self.views[example])?;
+        if aug.is_identity() {
+            Ok(img)
+        } else {
+            apply_image(&img, aug)
+        }
+    }
+
     fn features(&mut self, example: usize, aug: &Augmentation) -> Result<(Tensor, GridThw)> {
-        if self.cfg.train_vision || self.detector.pipeline.model.vision_adapted() {
+        if self.vision_trains {
             // The tower trains (fully or through adapters): its features are part of the graph, never cached.
-            let v = &self.views[example];
-            let mut img: RgbImage = self.decoder.take(example, v)?;
-            if !aug.is_identity() {
-                img = apply_image(&img, aug)?;
-            }
+            let img = self.view_image(example, aug)?;
             let p = self.detector.preprocess(&[img])?;
             let f = self.detector.pipeline.model.encode_images_t(&p, true)?;
             return Ok((f, p.grids[0]));
@@ -582,11 +592,7 @@ impl Trainer {
         if let Some(f) = self.cache.map.get(&key) {
             return Ok(f.clone());
         }
-        let v = &self.views[example];
-        let mut img: RgbImage = self.decoder.take(example, v)?;
-        if !aug.is_identity() {
-            img = apply_image(&img, aug)?;
-        }
+        let img = self.view_image(example, aug)?;
         let (mut feats, grids) = self.detector.encode_images(&[img])?;
         let f = (feats.remove(0).detach(), grids[0]);
         let bytes = f.0.elem_count() * 4;
