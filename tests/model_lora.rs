@@ -145,7 +145,7 @@ fn fused_path_equals_differentiable_path() {
     let diff = det
         .query_states(&feats, &grids, "Find the car.", true)
         .unwrap();
-    let d = max_abs_diff(&fast, &diff);
+    let d = max_abs_diff_inputs(&fast, &diff);
     println!("fused vs differentiable: max|Δ| = {d:.3e}");
     assert!(d <= 1e-5, "{d}");
 }

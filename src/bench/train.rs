@@ -69,6 +69,7 @@ pub fn run(
         mse: 0.2,
         iou: 0.8,
         confidence: 1.0,
+        localization: 0.0,
     };
     let mut times = Vec::new();
     for i in 0..steps + 1 {
@@ -76,8 +77,8 @@ pub fn run(
         let mut total = None;
         for _ in 0..batch {
             let s = det.query_states(std::slice::from_ref(&feat), &[grid], &prompt, true)?;
-            let out = det.head_forward(&s.squeeze(0)?)?;
-            let l = two_stage_loss(&out, &targets, Frame::Camera, &w, &emb)?.total;
+            let out = det.head_forward(&s)?.view(0)?;
+            let l = two_stage_loss(&out, &targets, &[], Frame::Camera, &w, &emb)?.total;
             total = Some(match total {
                 None => l,
                 Some(t) => (t + l)?,

@@ -490,6 +490,9 @@ struct LogLine {
     mse: f64,
     iou_loss: f64,
     confidence: f64,
+    /// Absent in logs from before the readout (and 0 when its weight is 0).
+    #[serde(default)]
+    localization: f64,
     lr: f64,
 }
 
@@ -505,7 +508,14 @@ fn read_log(path: &Path) -> Result<Vec<LogLine>> {
         }
         let row: LogLine = serde_json::from_str(line)
             .map_err(|e| Error::format(path, Some(format!("line {}", i + 1)), e.to_string()))?;
-        let values = [row.loss, row.mse, row.iou_loss, row.confidence, row.lr];
+        let values = [
+            row.loss,
+            row.mse,
+            row.iou_loss,
+            row.confidence,
+            row.localization,
+            row.lr,
+        ];
         if values.iter().any(|v| !v.is_finite()) {
             return Err(Error::format(
                 path,
@@ -575,7 +585,8 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Plots the loss terms (total, embedding MSE, 1 − IoU3D, confidence BCE) against the optimizer step, on a log
+/// Plots the loss terms (total, embedding MSE, 1 − IoU3D, confidence BCE, and the readout's localization
+/// cross-entropy when the run used it) against the optimizer step, on a log
 /// scale when every value is positive, above the learning rate, from the trainer's `metrics.jsonl`. Writes a PNG
 /// to `path`; a long log is drawn faint with a moving average on top; a malformed line is an [`Error::Format`] naming it.
 pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
@@ -595,12 +606,15 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
         _ => 0.0..1.0,
     };
     type Term = (&'static str, fn(&LogLine) -> f64);
-    let terms: [Term; 4] = [
+    let mut terms: Vec<Term> = vec![
         ("total loss (weighted)", |r| r.loss),
         ("embedding MSE", |r| r.mse),
         ("1 − IoU3D of matched queries", |r| r.iou_loss),
         ("confidence BCE", |r| r.confidence),
     ];
+    if rows.iter().any(|r| r.localization > 0.0) {
+        terms.push(("readout localization CE", |r| r.localization));
+    }
     let all: Vec<f64> = rows
         .iter()
         .flat_map(|r| terms.iter().map(move |(_, f)| f(r)))

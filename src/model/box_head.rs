@@ -1,5 +1,12 @@
 //! Box queries and the paper's box head: K learned query embeddings appended after the prompt, and an MLP
-//! (512 → 256 → 128, ReLU) from the decoder's hidden state at each query to a box and a confidence.
+//! (512 → 256 → 128, ReLU) from the fused features at each query to a box and a confidence.
+//!
+//! The fused features are the decoder's hidden state at the query plus a [`SpatialReadout`]: one attention
+//! from the query to the view's image tokens (their final decoder states), which returns the attended
+//! features and the attention-weighted token centre in the image. The decoder's values carry no position
+//! (rotary embeddings only turn queries and keys), so without the readout a model has to infer where an object
+//! is from attention patterns alone; a pretrained Qwen2-VL has learned that, a small model trained from scratch
+//! stays on the mean box of each query (measured: README, "The demo model").
 //!
 //! Raw head output per query (`BOX_OUTPUTS` = 9 channels): centre x, y, z (metres), log length, log width, log
 //! height, sin yaw, cos yaw, and a confidence logit. [`decode_box`] turns them into `[x, y, z, l, w, h, yaw]`.
@@ -18,6 +25,92 @@ pub const HIDDEN_LAYERS: [usize; 3] = [512, 256, 128];
 pub const BOX_OUTPUTS: usize = 9;
 /// Default number of box queries.
 pub const DEFAULT_QUERIES: usize = 16;
+/// Width of the readout's query and key projections.
+pub const READOUT_DIM: usize = 64;
+/// Octaves of the sin/cos features of the attended image position.
+const POSITION_OCTAVES: usize = 4;
+/// Features of the attended position fed to the MLP: u, v and their sin/cos at each octave.
+pub const POSITION_FEATURES: usize = 2 + 4 * POSITION_OCTAVES;
+
+/// The decoder's states the head reads for a batch of views.
+#[derive(Debug, Clone)]
+pub struct HeadInputs {
+    /// States at the K queries `[views, K, hidden]`.
+    pub queries: Tensor,
+    /// Each view's image tokens.
+    pub images: Vec<ImageTokens>,
+}
+
+/// One view's image tokens: their final decoder states and where they sit in the image.
+#[derive(Debug, Clone)]
+pub struct ImageTokens {
+    /// `[N, hidden]` states, in the tokens' raster order.
+    pub states: Tensor,
+    /// `[N, 2]` token centres (u right, v down), scaled to [-1, 1] across the image.
+    pub centres: Tensor,
+}
+
+impl ImageTokens {
+    /// Centres of a `rows` × `cols` token raster, row-major (the order of the merged vision tokens and of
+    /// M-RoPE's positions), scaled to [-1, 1].
+    pub fn raster_centres(rows: usize, cols: usize, device: &Device) -> Result<Tensor> {
+        let mut c = Vec::with_capacity(rows * cols * 2);
+        for r in 0..rows {
+            for k in 0..cols {
+                c.push(2.0 * (k as f32 + 0.5) / cols as f32 - 1.0);
+                c.push(2.0 * (r as f32 + 0.5) / rows as f32 - 1.0);
+            }
+        }
+        Ok(Tensor::from_vec(c, (rows * cols, 2), device)?)
+    }
+}
+
+/// Single-head attention from each query state to the image tokens: returns the attended token states and
+/// the attention-weighted token centre (a soft arg-max of where the query looks).
+#[derive(Debug, Clone)]
+pub struct SpatialReadout {
+    q: Linear,
+    k: Linear,
+}
+
+impl SpatialReadout {
+    /// Projections `readout.q`, `readout.k` (`hidden` → [`READOUT_DIM`]).
+    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: candle_nn::linear(hidden, READOUT_DIM, vb.pp("q"))?,
+            k: candle_nn::linear(hidden, READOUT_DIM, vb.pp("k"))?,
+        })
+    }
+
+    /// `queries` `[K, hidden]`, one view's tokens → (`[K, hidden]` attended states, `[K, 2]` attended centre,
+    /// `[K, N]` attention scores).
+    pub fn forward(
+        &self,
+        queries: &Tensor,
+        image: &ImageTokens,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let dtype = queries.dtype();
+        let q = self.q.forward(queries)?;
+        let k = self.k.forward(&image.states.to_dtype(dtype)?)?;
+        let scores = (q.matmul(&k.t()?)? / (READOUT_DIM as f64).sqrt())?;
+        // `softmax` (not the fused `softmax_last_dim`): the fused kernel has no backward.
+        let attn = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
+        let pooled = attn.matmul(&image.states.to_dtype(dtype)?)?;
+        let centre = attn.matmul(&image.centres.to_dtype(dtype)?)?;
+        Ok((pooled, centre, scores))
+    }
+}
+
+/// `[K, 2]` positions → `[K, POSITION_FEATURES]`: the coordinates and sin/cos of π·2^o times each.
+fn position_features(uv: &Tensor) -> Result<Tensor> {
+    let mut parts = vec![uv.clone()];
+    for o in 0..POSITION_OCTAVES {
+        let a = (uv * (std::f64::consts::PI * (1u32 << o) as f64))?;
+        parts.push(a.sin()?);
+        parts.push(a.cos()?);
+    }
+    Ok(Tensor::cat(&parts, uv.rank() - 1)?)
+}
 
 /// Output of the head for a batch of query states.
 #[derive(Debug, Clone)]
@@ -28,6 +121,29 @@ pub struct HeadOutput {
     pub boxes: Tensor,
     /// Confidence logits `[..]`.
     pub logits: Tensor,
+    /// Per view, where the queries looked (empty when the head ran on bare states).
+    pub readout: Vec<Readout>,
+}
+
+/// One view's readout attention.
+#[derive(Debug, Clone)]
+pub struct Readout {
+    /// `[K, N]` attention scores (before the softmax) of each query over the image tokens.
+    pub scores: Tensor,
+    /// `[N, 2]` the tokens' centres (as [`ImageTokens::centres`]).
+    pub centres: Tensor,
+}
+
+impl HeadOutput {
+    /// One view's outputs (`[K, ..]`) from a `[views, K, ..]` batch.
+    pub fn view(&self, v: usize) -> Result<Self> {
+        Ok(Self {
+            embedding: self.embedding.get(v)?,
+            boxes: self.boxes.get(v)?,
+            logits: self.logits.get(v)?,
+            readout: self.readout.get(v).cloned().into_iter().collect(),
+        })
+    }
 }
 
 /// The MLP: three ReLU layers and a linear output layer.
@@ -38,11 +154,11 @@ pub struct BoxHead {
 }
 
 impl BoxHead {
-    /// Builds (or, when `vb` is backed by a [`VarMap`], creates as trainable variables) a head for `hidden`-wide
-    /// states; tensor names `box_head.fc{1,2,3}` and `box_head.out`.
-    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+    /// Builds (or, when `vb` is backed by a [`VarMap`], creates as trainable variables) a head for `input`-wide
+    /// fused features; tensor names `box_head.fc{1,2,3}` and `box_head.out`.
+    pub fn new(input: usize, vb: VarBuilder) -> Result<Self> {
         let mut layers = Vec::new();
-        let mut din = hidden;
+        let mut din = input;
         for (i, &d) in HIDDEN_LAYERS.iter().enumerate() {
             layers.push(candle_nn::linear(din, d, vb.pp(format!("fc{}", i + 1)))?);
             din = d;
@@ -51,7 +167,7 @@ impl BoxHead {
         Ok(Self { layers, out })
     }
 
-    /// Applies the head to `[.., hidden]` states.
+    /// Applies the head to `[.., input]` fused features.
     pub fn forward(&self, x: &Tensor) -> Result<HeadOutput> {
         let mut h = x.clone();
         for l in &self.layers {
@@ -63,26 +179,30 @@ impl BoxHead {
             embedding: h,
             boxes: o.narrow(last, 0, 8)?,
             logits: o.narrow(last, 8, 1)?.squeeze(last)?,
+            readout: Vec::new(),
         })
     }
 }
 
-/// The learned part added to the VLM: query embeddings and the box head, all trainable variables of one
-/// [`VarMap`] (tensor names `queries`, `box_head.*`).
+/// The learned part added to the VLM: query embeddings, the spatial readout and the box head, all trainable
+/// variables of one [`VarMap`] (tensor names `queries`, `readout.*`, `box_head.*`).
 pub struct DetectionHead {
     /// Variables (for the optimizer and for saving).
     pub varmap: VarMap,
     /// `[K, hidden]` query embeddings.
     pub queries: Tensor,
+    /// Where each query looks in the image.
+    pub readout: SpatialReadout,
     /// The MLP.
     pub head: BoxHead,
 }
 
 impl DetectionHead {
-    /// Fresh queries and head, drawn from `seed` (the same seed gives the same head on every machine, so an
-    /// untrained detector's boxes and a training run's start are reproducible): queries normal with std
-    /// 0.02 × √hidden (the scale of token embeddings); layer weights Kaiming-normal for ReLU (std √(2 / fan_in))
-    /// and biases uniform in ±1/√fan_in, the distributions `candle_nn::linear` draws from.
+    /// Fresh queries, readout and head, drawn from `seed` (the same seed gives the same head on every machine,
+    /// so an untrained detector's boxes and a training run's start are reproducible): queries normal with std
+    /// 0.02 × √hidden (the scale of token embeddings); the MLP's weights Kaiming-normal for ReLU (std
+    /// √(2 / fan_in)), the readout's std √(1 / fan_in) (unit-variance attention scores: the attention starts
+    /// broad), biases uniform in ±1/√fan_in, the distributions `candle_nn::linear` draws from.
     pub fn new(
         hidden: usize,
         num_queries: usize,
@@ -103,10 +223,12 @@ impl DetectionHead {
                 stdev: 0.02 * (hidden as f64).sqrt(),
             },
         )?;
-        let head = BoxHead::new(hidden, vb.pp("box_head"))?;
+        let readout = SpatialReadout::new(hidden, vb.pp("readout"))?;
+        let head = BoxHead::new(2 * hidden + POSITION_FEATURES, vb.pp("box_head"))?;
         let this = Self {
             varmap,
             queries,
+            readout,
             head,
         };
         this.reinitialize(seed)?;
@@ -131,7 +253,12 @@ impl DetectionHead {
                 let std = 0.02 * (var.dims()[1] as f64).sqrt();
                 (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
             } else if name.ends_with(".weight") {
-                let std = (2.0 / fan_in(name) as f64).sqrt();
+                let gain = if name.starts_with("readout.") {
+                    1.0
+                } else {
+                    2.0
+                };
+                let std = (gain / fan_in(name) as f64).sqrt();
                 (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
             } else {
                 let bound = 1.0 / (fan_in(name) as f64).sqrt();
@@ -145,6 +272,32 @@ impl DetectionHead {
             var.set(&t)?;
         }
         Ok(())
+    }
+
+    /// Fused features (query state, attended image states, attended position) → boxes, for every view.
+    pub fn forward(&self, inputs: &HeadInputs) -> Result<HeadOutput> {
+        let views = inputs.queries.dim(0)?;
+        if inputs.images.len() != views {
+            return Err(Error::invalid(
+                "head inputs",
+                format!("{} image token sets for {views} views", inputs.images.len()),
+            ));
+        }
+        let mut fused = Vec::with_capacity(views);
+        let mut readout = Vec::with_capacity(views);
+        for (v, img) in inputs.images.iter().enumerate() {
+            let q = inputs.queries.get(v)?;
+            let (pooled, uv, scores) = self.readout.forward(&q, img)?;
+            fused.push(Tensor::cat(&[q, pooled, position_features(&uv)?], 1)?);
+            readout.push(Readout {
+                scores,
+                centres: img.centres.clone(),
+            });
+        }
+        Ok(HeadOutput {
+            readout,
+            ..self.head.forward(&Tensor::stack(&fused, 0)?)?
+        })
     }
 
     /// Number of queries.
@@ -225,6 +378,10 @@ mod tests {
             .collect()
     }
 
+    fn max_of(t: &Tensor) -> f32 {
+        t.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
     fn std_of(v: &[f32]) -> f64 {
         let m = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
         (v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
@@ -243,20 +400,106 @@ mod tests {
         let get = |n: &str| &a.iter().find(|(k, _)| k == n).unwrap().1;
         let within = |got: f64, want: f64| (got / want - 1.0).abs() < 0.1;
         assert!(within(std_of(get("queries")), 0.02 * 16.0));
+        // fc1 reads the query state, the attended state and the position features.
         assert!(within(
             std_of(get("box_head.fc1.weight")),
-            (2.0f64 / 256.0).sqrt()
+            (2.0 / (512.0 + POSITION_FEATURES as f64)).sqrt()
+        ));
+        assert!(within(
+            std_of(get("readout.q.weight")),
+            (1.0f64 / 256.0).sqrt()
         ));
         assert!(within(
             std_of(get("box_head.fc2.weight")),
             (2.0f64 / 512.0).sqrt()
         ));
         let bias = get("box_head.fc1.bias");
+        let bound = 1.0 / (512.0 + POSITION_FEATURES as f64).sqrt();
+        assert!(bias.iter().all(|&x| (x as f64).abs() <= bound));
+        assert!(within(std_of(bias), bound / 3f64.sqrt()));
+        let bias = get("readout.k.bias");
         assert!(bias.iter().all(|&x| x.abs() <= 1.0 / 16.0));
-        assert!(within(std_of(bias), 1.0 / 16.0 / 3f64.sqrt()));
         // The tensors the forward pass uses are the variables themselves.
         let h = DetectionHead::new(256, 64, DType::F32, &dev, 7).unwrap();
         let q: Vec<f32> = h.queries.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(&q, get("queries"));
+    }
+
+    /// Raster centres in closed form: a 2 × 4 raster has u at ±0.25, ±0.75 and v at ±0.5, row-major.
+    #[test]
+    fn raster_centres_are_row_major_and_symmetric() {
+        let c: Vec<Vec<f32>> = ImageTokens::raster_centres(2, 4, &Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let us = [-0.75, -0.25, 0.25, 0.75];
+        for (i, p) in c.iter().enumerate() {
+            assert_eq!(p, &vec![us[i % 4], if i < 4 { -0.5 } else { 0.5 }]);
+        }
+    }
+
+    /// The readout is a soft arg-max: tokens that all look alike get equal weights (the centre is the raster's
+    /// mean, 0), and a token built to match the query takes the attention, so the centre and the attended
+    /// state become that token's.
+    #[test]
+    fn readout_finds_the_token_that_matches_the_query() {
+        let dev = Device::Cpu;
+        let hidden = 32;
+        let h = DetectionHead::new(hidden, 2, DType::F32, &dev, 3).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (2, hidden), &dev).unwrap();
+        let centres = ImageTokens::raster_centres(3, 5, &dev).unwrap();
+        let same = ImageTokens {
+            states: Tensor::ones((15, hidden), DType::F32, &dev).unwrap(),
+            centres: centres.clone(),
+        };
+        let (_, uv, _) = h.readout.forward(&q, &same).unwrap();
+        let uv: Vec<Vec<f32>> = uv.to_vec2().unwrap();
+        assert!(uv.iter().flatten().all(|x| x.abs() < 1e-6), "{uv:?}");
+
+        // Token 13 (row 2, column 3; centre (0.4, 2/3)) = t · Wkᵀ(W_q q₀ + b_q) scores t·|Wkᵀ(W_q q₀ + b_q)|² / 8
+        // above the zero tokens: 50 with this t.
+        let wq = h.readout.q.weight();
+        let bq = h.readout.q.bias().unwrap();
+        let qp = (q
+            .get(0)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .matmul(&wq.t().unwrap())
+            .unwrap()
+            + bq.unsqueeze(0).unwrap())
+        .unwrap();
+        let key = qp.matmul(h.readout.k.weight()).unwrap().squeeze(0).unwrap();
+        let key = (&key
+            * (400.0
+                / key
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64))
+            .unwrap();
+        let mut rows = vec![Tensor::zeros(hidden, DType::F32, &dev).unwrap(); 15];
+        rows[13] = key.clone();
+        let one = ImageTokens {
+            states: Tensor::stack(&rows, 0).unwrap(),
+            centres,
+        };
+        let (pooled, uv, _) = h.readout.forward(&q, &one).unwrap();
+        let uv: Vec<Vec<f32>> = uv.to_vec2().unwrap();
+        assert!(
+            (uv[0][0] - 0.4).abs() < 1e-4 && (uv[0][1] - 2.0 / 3.0).abs() < 1e-4,
+            "{uv:?}"
+        );
+        let d = (pooled.get(0).unwrap() - &key)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4 * (1.0 + max_of(&key)), "{d}");
     }
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use super::box_head::{decode_box, DetectionHead, HeadOutput, DEFAULT_QUERIES};
+use super::box_head::{
+    decode_box, DetectionHead, HeadInputs, HeadOutput, ImageTokens, DEFAULT_QUERIES,
+};
 use super::qwen2vl::preprocess::ProcessedImages;
 use super::qwen2vl::{
     chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
@@ -48,6 +50,10 @@ struct Group {
     views: Vec<usize>,
     cache: KvCache,
     next_pos: i64,
+    /// Final decoder states of the image tokens `[views, N, hidden]` (the head's readout reads them).
+    image: Tensor,
+    /// Their centres in the image `[N, 2]`.
+    centres: Tensor,
 }
 
 /// The image prefix of one frame: its KV cache per group of views.
@@ -122,6 +128,18 @@ impl Detector {
     fn prefix_ids(&self, grid: GridThw) -> Result<Vec<u32>> {
         let ids = self.pipeline.encode(&chat_prefix(1))?;
         self.pipeline.expand_image_pads(&ids, &[grid])
+    }
+
+    /// Where a prefix's image tokens sit (first index, count) and their centres in the image.
+    fn image_tokens(&self, ids: &[u32], grid: GridThw) -> Result<(usize, usize, Tensor)> {
+        let model = &self.pipeline.model;
+        let m = model.config.vision.spatial_merge_size;
+        let first = ids
+            .iter()
+            .position(|&t| t == model.config.image_token_id)
+            .ok_or_else(|| Error::invalid("input ids", "no <|image_pad|> token in the prefix"))?;
+        let centres = ImageTokens::raster_centres(grid.h / m, grid.w / m, model.device())?;
+        Ok((first, grid.merged_tokens(m), centres))
     }
 
     fn suffix_ids(&self, prompt: &str) -> Result<Vec<u32>> {
@@ -219,8 +237,10 @@ impl Detector {
             let grid = grids[views[0]];
             let ids = self.prefix_ids(grid)?;
             let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
+            let (first, n, centres) = self.image_tokens(&ids, grid)?;
             let mut cache = KvCache::new();
-            self.pipeline
+            let h = self
+                .pipeline
                 .model
                 .text
                 .forward_embeds(&emb, &pos, &mut cache, false)?;
@@ -228,6 +248,8 @@ impl Detector {
                 views,
                 cache,
                 next_pos: next,
+                image: h.narrow(1, first, n)?,
+                centres,
             });
         }
         Ok(FramePrefix {
@@ -236,12 +258,13 @@ impl Detector {
         })
     }
 
-    /// Hidden states at the queries `[views, K, hidden]` for a prompt on a prefilled frame (the prefix is reused,
-    /// not modified).
-    pub fn query_states_cached(&self, prefix: &FramePrefix, prompt: &str) -> Result<Tensor> {
+    /// The head's inputs for a prompt on a prefilled frame: states at the queries `[views, K, hidden]` and at
+    /// each view's image tokens (the prefix is reused, not modified).
+    pub fn query_states_cached(&self, prefix: &FramePrefix, prompt: &str) -> Result<HeadInputs> {
         let suffix = self.suffix_ids(prompt)?;
         let k = self.head.num_queries();
         let mut rows: Vec<Option<Tensor>> = vec![None; prefix.n_views];
+        let mut images: Vec<Option<ImageTokens>> = vec![None; prefix.n_views];
         for g in &prefix.groups {
             let (emb, pos) = self.suffix_inputs(g.views.len(), &suffix, g.next_pos)?;
             let mut cache = g.cache.clone();
@@ -253,20 +276,24 @@ impl Detector {
             let q = h.narrow(1, h.dim(1)? - k, k)?;
             for (i, &v) in g.views.iter().enumerate() {
                 rows[v] = Some(q.get(i)?);
+                images[v] = Some(ImageTokens {
+                    states: g.image.get(i)?,
+                    centres: g.centres.clone(),
+                });
             }
         }
-        stack_rows(rows)
+        head_inputs(rows, images)
     }
 
-    /// Hidden states at the queries `[views, K, hidden]` in one uncached pass over the whole sequences; with
-    /// `diff` only gradient-capable ops are used (training).
+    /// The head's inputs (states at the queries `[views, K, hidden]` and at each view's image tokens) in one
+    /// uncached pass over the whole sequences; with `diff` only gradient-capable ops are used (training).
     pub fn query_states(
         &self,
         feats: &[Tensor],
         grids: &[GridThw],
         prompt: &str,
         diff: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<HeadInputs> {
         if feats.len() != grids.len() || feats.is_empty() {
             return Err(Error::invalid(
                 "views",
@@ -276,9 +303,11 @@ impl Detector {
         let suffix = self.suffix_ids(prompt)?;
         let k = self.head.num_queries();
         let mut rows: Vec<Option<Tensor>> = vec![None; grids.len()];
+        let mut images: Vec<Option<ImageTokens>> = vec![None; grids.len()];
         for views in Self::groups(grids) {
             let grid = grids[views[0]];
             let ids = self.prefix_ids(grid)?;
+            let (first, n, centres) = self.image_tokens(&ids, grid)?;
             let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
             let (semb, spos) = self.suffix_inputs(views.len(), &suffix, next)?;
             let emb = Tensor::cat(&[&emb, &semb], 1)?;
@@ -295,16 +324,21 @@ impl Detector {
                     .text
                     .forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
             let q = h.narrow(1, h.dim(1)? - k, k)?;
+            let image = h.narrow(1, first, n)?;
             for (i, &v) in views.iter().enumerate() {
                 rows[v] = Some(q.get(i)?);
+                images[v] = Some(ImageTokens {
+                    states: image.get(i)?,
+                    centres: centres.clone(),
+                });
             }
         }
-        stack_rows(rows)
+        head_inputs(rows, images)
     }
 
-    /// Applies the box head to query states.
-    pub fn head_forward(&self, states: &Tensor) -> Result<HeadOutput> {
-        self.head.head.forward(states)
+    /// Applies the readout and the box head to the decoder's states.
+    pub fn head_forward(&self, states: &HeadInputs) -> Result<HeadOutput> {
+        self.head.forward(states)
     }
 
     /// Decodes head outputs `[views, K, ..]` into per-view boxes above the score threshold.
@@ -347,10 +381,17 @@ impl Detector {
     }
 }
 
-fn stack_rows(rows: Vec<Option<Tensor>>) -> Result<Tensor> {
+fn head_inputs(rows: Vec<Option<Tensor>>, images: Vec<Option<ImageTokens>>) -> Result<HeadInputs> {
+    let missing = || Error::invalid("views", "a view produced no output");
     let rows: Vec<Tensor> = rows
         .into_iter()
-        .map(|r| r.ok_or_else(|| Error::invalid("views", "a view produced no output")))
+        .map(|r| r.ok_or_else(missing))
         .collect::<Result<_>>()?;
-    Ok(Tensor::stack(&rows, 0)?)
+    Ok(HeadInputs {
+        queries: Tensor::stack(&rows, 0)?,
+        images: images
+            .into_iter()
+            .map(|r| r.ok_or_else(missing))
+            .collect::<Result<_>>()?,
+    })
 }

@@ -108,6 +108,9 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     /// Weight of the confidence loss.
     pub confidence_weight: f64,
+    /// Weight of the readout's localization loss (not in the paper; 0 = off, the paper's recipe).
+    #[serde(default)]
+    pub localization_weight: f64,
     /// Stage 1 (MSE).
     pub stage1: StageConfig,
     /// Stage 2 (MSE + IoU).
@@ -217,6 +220,7 @@ impl TrainConfig {
             ("weight_decay", self.weight_decay),
             ("grad_clip", self.grad_clip),
             ("confidence_weight", self.confidence_weight),
+            ("localization_weight", self.localization_weight),
             ("lora.alpha", self.lora.alpha),
         ] {
             if !v.is_finite() || v < 0.0 {

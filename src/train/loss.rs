@@ -6,7 +6,14 @@
 //!
 //! The 128-d embedding is a **fixed** projection with orthonormal columns of the box encoding (centre / 10 m,
 //! log sizes, sin and cos yaw): it cannot collapse (a learnable one can shrink to zero and zero the loss), and as
-//! an isometry it keeps the MSE a faithful distance between boxes (it equals the 8-d squared distance / 128).
+//! an isometry it keeps the MSE a faithful distance between boxes. The MSE is the mean over matched boxes of the
+//! squared distance between the two embeddings (summed over the 128 dimensions, so it equals the squared
+//! distance of the scaled 8-d encodings; a mean over the dimensions too would shrink the box terms 128-fold
+//! against the confidence loss, and the shared weights then learn confidences and not positions).
+//!
+//! Not in the paper: the localization loss, a cross-entropy on where each matched query looks in the image
+//! (the head's spatial readout), towards the token holding the box's projected centre. Its weight is the
+//! recipe's `localization_weight` (0, the paper's recipe, turns it off).
 use candle_core::{DType, Device, Tensor};
 
 use super::matching::hungarian_match;
@@ -44,6 +51,8 @@ pub struct LossWeights {
     pub iou: f64,
     /// The confidence loss.
     pub confidence: f64,
+    /// The readout's localization loss (a cross-entropy on where matched queries look; not in the paper).
+    pub localization: f64,
 }
 
 /// The fixed box embedding: `[8] → [128]`, orthonormal columns drawn from a fixed seed.
@@ -101,6 +110,8 @@ pub struct ViewLoss {
     pub iou_loss: f64,
     /// Confidence BCE over all queries.
     pub confidence: f64,
+    /// The readout's localization cross-entropy over matched boxes with a centre in the image (0 when off).
+    pub localization: f64,
     /// Matched (query, box) pairs.
     pub matched: Vec<(usize, usize)>,
 }
@@ -175,10 +186,15 @@ pub fn iou_and_raw_grad(raw: &[f32], target: [f64; 7], frame: Frame) -> Result<(
 
 /// The paper's loss for one view and prompt: `out` holds `[K, 8]` boxes, `[K]` logits (one view), `targets`
 /// the true boxes of the prompted categories in `frame` (empty for an absent category). Queries are matched to
-/// boxes by the Hungarian algorithm on L1 distance of the encodings plus `1 − IoU3D`.
+/// boxes by the Hungarian algorithm on L1 distance of the encodings plus `1 − IoU3D`, plus (when
+/// `weights.localization` > 0) the weighted cross-entropy of the query's readout at the box's token, so that a
+/// query is matched to the box it looks at; `image_centres[g]` is box g's projected centre scaled to [-1, 1]
+/// (as [`crate::model::box_head::ImageTokens::centres`]; `None` outside the image, an empty slice when there
+/// are none).
 pub fn two_stage_loss(
     out: &HeadOutput,
     targets: &[[f64; 7]],
+    image_centres: &[Option<[f64; 2]>],
     frame: Frame,
     weights: &LossWeights,
     embedding: &BoxEmbedding,
@@ -204,6 +220,20 @@ pub fn two_stage_loss(
             cost[g][q] = l1 + (1.0 - iou);
         }
     }
+    let looks = if weights.localization > 0.0 && !targets.is_empty() {
+        Some(Looks::new(out, image_centres)?)
+    } else {
+        None
+    };
+    if let Some(l) = &looks {
+        for (g, row) in cost.iter_mut().enumerate() {
+            if let Some(ce) = l.cross_entropy(g) {
+                row.iter_mut()
+                    .zip(ce)
+                    .for_each(|(c, e)| *c += weights.localization * e);
+            }
+        }
+    }
     let assign = hungarian_match(&cost)?;
     let matched: Vec<(usize, usize)> = assign.iter().enumerate().map(|(g, &q)| (q, g)).collect();
 
@@ -226,7 +256,7 @@ pub fn two_stage_loss(
         let truth = Tensor::from_vec(truth, (matched.len(), BOX_CHANNELS), &device)?;
         if weights.mse > 0.0 {
             let d = (embedding.embed(&pred)? - embedding.embed(&truth)?)?;
-            let mse = d.sqr()?.mean_all()?;
+            let mse = (d.sqr()?.sum_all()? / matched.len() as f64)?;
             mse_v = f64::from(mse.to_scalar::<f32>()?);
             total = (total + (mse * weights.mse)?)?;
         }
@@ -253,13 +283,96 @@ pub fn two_stage_loss(
             total = (total + (surrogate * weights.iou)?)?;
         }
     }
+    let mut localization = 0.0;
+    if let Some(l) = &looks {
+        if let Some((ce, v)) = l.loss(&matched)? {
+            localization = v;
+            total = (total + (ce * weights.localization)?)?;
+        }
+    }
     Ok(ViewLoss {
         total,
         mse: mse_v,
         iou_loss: iou_v,
         confidence,
+        localization,
         matched,
     })
+}
+
+/// Where the queries of one view look (the head's readout, `out.readout[0]`) and which image token holds each
+/// target's projected centre: `centres[g]` is box g's centre scaled to [-1, 1] (as
+/// [`crate::model::box_head::ImageTokens::centres`]), `None` outside the image.
+struct Looks {
+    /// `[K, N]` log-softmax of the readout scores.
+    log_probs: Tensor,
+    /// The token nearest to each target's centre.
+    tokens: Vec<Option<usize>>,
+}
+
+impl Looks {
+    fn new(out: &HeadOutput, centres: &[Option<[f64; 2]>]) -> Result<Self> {
+        let Some(readout) = out.readout.first() else {
+            return Err(Error::invalid(
+                "localization loss",
+                "the head output has no readout attention",
+            ));
+        };
+        let grid: Vec<Vec<f32>> = readout.centres.to_dtype(DType::F32)?.to_vec2()?;
+        let tokens = centres
+            .iter()
+            .map(|c| {
+                let c = (*c)?;
+                grid.iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        (
+                            i,
+                            (f64::from(t[0]) - c[0]).powi(2) + (f64::from(t[1]) - c[1]).powi(2),
+                        )
+                    })
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(i, _)| i)
+            })
+            .collect();
+        // log-softmax by hand (the fused softmax has no backward): score − logsumexp.
+        let s = readout.scores.to_dtype(DType::F32)?;
+        let max = s.max_keepdim(1)?.detach();
+        let lse = (s.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?;
+        Ok(Self {
+            log_probs: s.broadcast_sub(&lse)?,
+            tokens,
+        })
+    }
+
+    /// Every query's cross-entropy at target `g`'s token (`None` when its centre is outside the image).
+    fn cross_entropy(&self, g: usize) -> Option<Vec<f64>> {
+        let t = (*self.tokens.get(g)?)?;
+        let col = self.log_probs.narrow(1, t, 1).ok()?.flatten_all().ok()?;
+        let v: Vec<f32> = col.to_vec1().ok()?;
+        Some(v.into_iter().map(|x| -f64::from(x)).collect())
+    }
+
+    /// Mean cross-entropy of the matched (query, target) pairs whose target is in the image, and its value.
+    fn loss(&self, matched: &[(usize, usize)]) -> Result<Option<(Tensor, f64)>> {
+        let pairs: Vec<(u32, u32)> = matched
+            .iter()
+            .filter_map(|&(q, g)| Some((q as u32, (*self.tokens.get(g)?)? as u32)))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let device = self.log_probs.device();
+        let q: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let t: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        let rows = self
+            .log_probs
+            .index_select(&Tensor::new(q.as_slice(), device)?, 0)?;
+        let at = rows.gather(&Tensor::new(t.as_slice(), device)?.unsqueeze(1)?, 1)?;
+        let ce = at.neg()?.mean_all()?;
+        let v = f64::from(ce.to_scalar::<f32>()?);
+        Ok(Some((ce, v)))
+    }
 }
 
 #[cfg(test)]
@@ -327,19 +440,86 @@ mod tests {
             embedding: Tensor::zeros((4, 128), DType::F32, &Device::Cpu).unwrap(),
             boxes,
             logits,
+            readout: Vec::new(),
         };
         let w = LossWeights {
             mse: 0.2,
             iou: 0.8,
             confidence: 1.0,
+            localization: 0.0,
         };
-        let l = two_stage_loss(&out, &[target], Frame::Camera, &w, &e).unwrap();
+        let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(2, 0)]);
         assert!(l.mse < 1e-10 && l.iou_loss < 1e-5, "{l:?}");
         assert!(l.confidence < 1e-3);
         // An absent category: every query learns "no object", no box terms.
-        let none = two_stage_loss(&out, &[], Frame::Camera, &w, &e).unwrap();
+        let none = two_stage_loss(&out, &[], &[], Frame::Camera, &w, &e).unwrap();
         assert!(none.matched.is_empty() && none.mse == 0.0 && none.iou_loss == 0.0);
         assert!(none.confidence > 1.0);
+    }
+
+    /// The localization loss by hand: a 1 × 4 token raster (u = −0.75, −0.25, 0.25, 0.75); the box's centre at
+    /// u = 0.3 is nearest token 2. Both queries predict the same box, so only where they look tells them apart:
+    /// the query whose scores peak on token 2 is matched, and its loss is log Σ exp(s) − s₂. A box outside the
+    /// image, or the weight 0, adds nothing.
+    #[test]
+    fn localization_matches_the_query_that_looks_at_the_box() {
+        use crate::model::box_head::{ImageTokens, Readout};
+        let dev = Device::Cpu;
+        let e = BoxEmbedding::new(&dev).unwrap();
+        let target = [1.0, 0.5, 15.0, 4.0, 1.8, 1.5, 1.1];
+        let s = [[0.3f32, -1.0, 4.0, 0.5], [1.0, 0.0, -0.5, 2.5]];
+        let rows: Vec<f32> = [encode_box(target), encode_box(target)].concat();
+        let out = HeadOutput {
+            embedding: Tensor::zeros((2, 128), DType::F32, &dev).unwrap(),
+            boxes: Tensor::from_vec(rows, (2, 8), &dev).unwrap(),
+            logits: Tensor::zeros(2, DType::F32, &dev).unwrap(),
+            readout: vec![Readout {
+                scores: Tensor::new(&s, &dev).unwrap(),
+                centres: ImageTokens::raster_centres(1, 4, &dev).unwrap(),
+            }],
+        };
+        let w = LossWeights {
+            mse: 1.0,
+            iou: 0.0,
+            confidence: 1.0,
+            localization: 1.0,
+        };
+        for (looking, other) in [(0usize, 1usize), (1, 0)] {
+            // Swap the queries' scores: the match follows the look.
+            let sc = if looking == 0 { s } else { [s[1], s[0]] };
+            let out = HeadOutput {
+                readout: vec![Readout {
+                    scores: Tensor::new(&sc, &dev).unwrap(),
+                    centres: ImageTokens::raster_centres(1, 4, &dev).unwrap(),
+                }],
+                ..out.clone()
+            };
+            let l = two_stage_loss(&out, &[target], &[Some([0.3, 0.1])], Frame::Camera, &w, &e)
+                .unwrap();
+            assert_eq!(l.matched, [(looking, 0)], "query {other} looks elsewhere");
+            let lse = s[0].iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+            assert!(
+                (l.localization - (lse - s[0][2] as f64)).abs() < 1e-5,
+                "{l:?}"
+            );
+        }
+        // Outside the image: no localization term, and the weight 0 turns it off.
+        let l = two_stage_loss(&out, &[target], &[None], Frame::Camera, &w, &e).unwrap();
+        assert_eq!(l.localization, 0.0);
+        let off = LossWeights {
+            localization: 0.0,
+            ..w
+        };
+        let l = two_stage_loss(
+            &out,
+            &[target],
+            &[Some([0.3, 0.1])],
+            Frame::Camera,
+            &off,
+            &e,
+        )
+        .unwrap();
+        assert_eq!(l.localization, 0.0);
     }
 }

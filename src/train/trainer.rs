@@ -23,9 +23,9 @@ use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, Train
 use super::config::{Finetune, Schedule, TrainConfig, TRAIN_CONFIG_FILE};
 use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
 use super::prompts::{apply_holdout, choose, training_vocabulary};
-use crate::data::augment::{apply_boxes, apply_image, Augmentation};
+use crate::data::augment::{apply_boxes, apply_camera, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
-use crate::geometry::VisibilityRule;
+use crate::geometry::{Frame, VisibilityRule};
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::weights::NamedVars;
 use crate::model::qwen2vl::{GridThw, Qwen2VL};
@@ -61,6 +61,9 @@ pub struct TrainingExample {
     pub targets: Vec<[f64; 7]>,
     /// nuScenes category of each target.
     pub target_categories: Vec<String>,
+    /// Each target's centre projected into the augmented image, scaled to [-1, 1] (u right, v down); `None`
+    /// outside the image (the localization loss skips it).
+    pub image_centres: Vec<Option<[f64; 2]>>,
 }
 
 /// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
@@ -93,6 +96,7 @@ pub fn schedule_at(
             mse: s.lambda_mse,
             iou: s.lambda_iou,
             confidence: cfg.confidence_weight,
+            localization: cfg.localization_weight,
         },
     )
 }
@@ -277,6 +281,8 @@ pub struct StepMetrics {
     pub iou_loss: f64,
     /// Confidence BCE.
     pub confidence: f64,
+    /// The readout's localization loss (0 when its weight is 0).
+    pub localization: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Examples per second of the step.
@@ -660,6 +666,24 @@ impl Trainer {
                 .map(|&b| v.boxes[b].clone())
                 .collect::<Vec<_>>()
         };
+        let camera = apply_camera(&v.camera, &augmentation)?;
+        let to_cam = v.cam_to_lidar.inverse();
+        let image_centres = boxes
+            .iter()
+            .map(|b| {
+                let c = nalgebra::Point3::from(b.oriented.center);
+                let c = match v.frame {
+                    Frame::Camera => c,
+                    Frame::Lidar => to_cam * c,
+                };
+                camera.project(&c).filter(|p| camera.in_image(p)).map(|p| {
+                    [
+                        2.0 * p.x / f64::from(camera.width()) - 1.0,
+                        2.0 * p.y / f64::from(camera.height()) - 1.0,
+                    ]
+                })
+            })
+            .collect();
         Ok(TrainingExample {
             item,
             text: choice.text,
@@ -668,6 +692,7 @@ impl Trainer {
             augmentation,
             targets: boxes.iter().map(|b| b.params(self.cfg.frame)).collect(),
             target_categories: boxes.into_iter().map(|b| b.category).collect(),
+            image_centres,
         })
     }
 
@@ -690,9 +715,9 @@ impl Trainer {
     }
 
     /// Loss of one micro-batch (mean over its examples) and its parts.
-    fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 3])> {
+    fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 4])> {
         let mut total: Option<Tensor> = None;
-        let mut parts = [0.0; 3];
+        let mut parts = [0.0; 4];
         for it in batch {
             let ex = self.assemble(*it, self.epoch)?;
             let (feat, grid) = self.features(it.example, &ex.augmentation)?;
@@ -700,12 +725,20 @@ impl Trainer {
             let states = self
                 .detector
                 .query_states(&[feat], &[grid], &ex.text, true)?;
-            let out = self.detector.head_forward(&states.squeeze(0)?)?;
-            let l = two_stage_loss(&out, &ex.targets, self.cfg.frame, weights, &self.embedding)?;
+            let out = self.detector.head_forward(&states)?.view(0)?;
+            let l = two_stage_loss(
+                &out,
+                &ex.targets,
+                &ex.image_centres,
+                self.cfg.frame,
+                weights,
+                &self.embedding,
+            )?;
             for (k, (name, val)) in [
                 ("MSE", l.mse),
                 ("1 - IoU", l.iou_loss),
                 ("confidence", l.confidence),
+                ("localization", l.localization),
             ]
             .into_iter()
             .enumerate()
@@ -800,7 +833,7 @@ impl Trainer {
             let (stage, lr, weights) =
                 schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
             let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
-            let mut parts = [0.0; 3];
+            let mut parts = [0.0; 4];
             let mut loss_sum = 0.0;
             let mut n_ex = 0;
             let end = (self.position + self.cfg.grad_accumulation).min(micro.len());
@@ -825,8 +858,8 @@ impl Trainer {
                         });
                     }
                 }
-                for k in 0..3 {
-                    parts[k] += p[k];
+                for (a, b) in parts.iter_mut().zip(p) {
+                    *a += b;
                 }
                 n_ex += batch.len();
             }
@@ -868,6 +901,7 @@ impl Trainer {
                 mse: parts[0] / n_micro,
                 iou_loss: parts[1] / n_micro,
                 confidence: parts[2] / n_micro,
+                localization: parts[3] / n_micro,
                 grad_norm: norm,
                 examples_per_s: n_ex as f64 / started.elapsed().as_secs_f64().max(1e-9),
             };
@@ -876,8 +910,15 @@ impl Trainer {
             writeln!(log, "{line}").map_err(|e| Error::io(&mp, e))?;
             bar.set_position(self.step as u64);
             bar.set_message(format!(
-                "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}) {:.1} ex/s",
-                m.epoch, m.stage, m.loss, m.mse, m.iou_loss, m.confidence, m.examples_per_s
+                "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}, loc {:.3}) {:.1} ex/s",
+                m.epoch,
+                m.stage,
+                m.loss,
+                m.mse,
+                m.iou_loss,
+                m.confidence,
+                m.localization,
+                m.examples_per_s
             ));
             if self.step.is_multiple_of(self.cfg.checkpoint_every) {
                 self.checkpoint()?;

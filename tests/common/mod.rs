@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 /// The committed tiny Qwen2-VL checkpoint.
 pub fn fixture() -> PathBuf {
@@ -48,6 +48,48 @@ pub fn max_abs(a: &Tensor) -> f32 {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     max_abs(&(a - b).unwrap())
+}
+
+/// Largest difference between two sets of head inputs: the query states and every view's image-token states
+/// (and their centres, which must be equal).
+#[allow(dead_code)]
+pub fn max_abs_diff_inputs(
+    a: &vlm3d::model::box_head::HeadInputs,
+    b: &vlm3d::model::box_head::HeadInputs,
+) -> f32 {
+    assert_eq!(a.images.len(), b.images.len(), "view counts differ");
+    let mut d = max_abs_diff(&a.queries, &b.queries);
+    for (x, y) in a.images.iter().zip(&b.images) {
+        assert_eq!(
+            max_abs_diff(&x.centres, &y.centres),
+            0.0,
+            "token centres differ"
+        );
+        d = d.max(max_abs_diff(&x.states, &y.states));
+    }
+    d
+}
+
+/// Random head inputs: `views` × `k` query states and a `rows` × `cols` token raster per view, `hidden` wide.
+#[allow(dead_code)]
+pub fn random_head_inputs(
+    views: usize,
+    k: usize,
+    hidden: usize,
+    rows: usize,
+    cols: usize,
+) -> vlm3d::model::box_head::HeadInputs {
+    use vlm3d::model::box_head::{HeadInputs, ImageTokens};
+    let dev = Device::Cpu;
+    HeadInputs {
+        queries: Tensor::randn(0f32, 1.0, (views, k, hidden), &dev).unwrap(),
+        images: (0..views)
+            .map(|_| ImageTokens {
+                states: Tensor::randn(0f32, 1.0, (rows * cols, hidden), &dev).unwrap(),
+                centres: ImageTokens::raster_centres(rows, cols, &dev).unwrap(),
+            })
+            .collect(),
+    }
 }
 
 /// A fixture image by name.
