@@ -40,8 +40,11 @@ fn cached_prefix_equals_uncached() {
         let cached = det.query_states_cached(&prefix, prompt).unwrap();
         let full = det.query_states(&feats, &grids, prompt, false).unwrap();
         assert_eq!(cached.queries.dims(), &[7, 16, 64]);
-        // 448×252 views: 32 × 18 patches, 16 × 9 tokens after the 2 × 2 merge.
-        assert_eq!(cached.images[0].states.dims(), &[144, 64]);
+        // One state per merged image token (2 × 2 patches), and a centre for each.
+        for (img, g) in cached.images.iter().zip(&grids) {
+            assert_eq!(img.states.dims(), &[g.h * g.w / 4, 64]);
+            assert_eq!(img.centres.dims(), &[g.h * g.w / 4, 2]);
+        }
         let d = max_abs_diff_inputs(&cached, &full);
         println!("{prompt:?}: cached vs uncached max|Δ| = {d:.3e}");
         assert!(d <= 1e-5, "{d}");
