@@ -8,7 +8,7 @@
 #
 # Environment: VLM3D_BIN (a built vlm3d binary: no cargo build, e.g. the CUDA build on a GPU machine), DEMO_WORK
 # (work folder, default out/demo-model), DEMO_RECIPE (default config/train_demo.yaml), DEMO_SCENES (training
-# scenes, default 8), DEMO_ROPE_THETA (the base's text rotary base, default the fixture's 10000), DEMO_DATA_ONLY=1
+# scenes, default 32), DEMO_ROPE_THETA (the base's text rotary base, default the fixture's 10000), DEMO_DATA_ONLY=1
 # (make the data, the base and the recipe, then stop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ fi
 mkdir -p "$WORK"
 WORK="$(cd "$WORK" && pwd)"
 if [ ! -f "$WORK/train/bag/metadata.yaml" ]; then
-    $V synth --out "$WORK/train/nuscenes" --scenes "${DEMO_SCENES:-8}" --samples-per-scene 10 --width 448 --height 252 --seed 100 --quiet
+    $V synth --out "$WORK/train/nuscenes" --scenes "${DEMO_SCENES:-32}" --samples-per-scene 10 --width 448 --height 252 --seed 100 --quiet
     $V convert-nuscenes --dataroot "$WORK/train/nuscenes" --out "$WORK/train/bag" --no-lidar --force --no-progress
 fi
 if [ ! -f "$WORK/heldout/bag/metadata.yaml" ]; then

@@ -742,7 +742,7 @@ fn demo_picture(
     let truth = frame.truth_of(categories);
     // A new user should not read the built-in model's misplaced boxes as a broken pipeline.
     let caveat = if opts.model == crate::demo::default_model_dir() {
-        " (the built-in tiny demo model: every stage runs, it does not localize yet)"
+        " (the built-in tiny demo model: coarse boxes, low confidences)"
     } else {
         ""
     };
