@@ -843,8 +843,9 @@ fn playback_recording_scores_like_the_offline_eval() {
         .env("ROS_DOMAIN_ID", domain)
         .args(["--ros-args", "-p", &format!("prompts:=[{prompts}]")])
         .args([
+            // Every query's box (threshold 0): the comparison needs boxes whatever the model's confidences.
             "-p",
-            "score_threshold:=0.05",
+            "score_threshold:=0.0",
             "-p",
             "nms_iou_threshold:=0.3",
         ])
@@ -944,7 +945,7 @@ fn playback_recording_scores_like_the_offline_eval() {
     let (offline, _) = eval(
         &[
             "--score-threshold",
-            "0.05",
+            "0.0",
             "--nms-iou",
             "0.3",
             "--max-pixels",
