@@ -214,11 +214,17 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// Both detectors give the same boxes (1e-4) on one image: what a run wrote loads back as the trainer held it.
-fn assert_same_boxes(
-    loaded: &vlm3d::model::detector::Detector,
-    trained: &vlm3d::model::detector::Detector,
-) {
+/// `Detector::load` on the fixture and the run folder `run` gives the trainer's boxes (1e-4) on one image: what a
+/// run wrote loads back as the trainer held it (the base folder's config and tokenizer).
+fn assert_loads_back(run: &std::path::Path, trained: &vlm3d::model::detector::Detector) {
+    let loaded = vlm3d::model::detector::Detector::load(
+        &fixture(),
+        Some(run),
+        trained.config.clone(),
+        &candle_core::Device::Cpu,
+        candle_core::DType::F32,
+    )
+    .unwrap();
     let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
     let a = loaded.detect(std::slice::from_ref(&img), "car").unwrap();
     let b = trained.detect(&[img], "car").unwrap();
@@ -275,16 +281,8 @@ fn full_finetuning_trains_every_weight_resumes_and_loads() {
         std::fs::read(dir.join("whole/head.safetensors")).unwrap(),
         std::fs::read(dir.join("split/head.safetensors")).unwrap()
     );
-    // What the trainer holds is what `Detector::load` reads back (the base folder's config and tokenizer).
-    let det = vlm3d::model::detector::Detector::load(
-        &fixture(),
-        Some(&dir.join("whole")),
-        whole.detector.config.clone(),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .unwrap();
-    assert_same_boxes(&det, &whole.detector);
+    // What the trainer holds is what `Detector::load` reads back.
+    assert_loads_back(&dir.join("whole"), &whole.detector);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -335,14 +333,6 @@ fn lora_on_the_vision_tower_trains_its_adapters_and_loads_back() {
         serde_json::json!(["q_proj", "v_proj", "qkv", "proj"])
     );
     // Merged at load: the detector that reads the run gives the trainer's (unmerged) boxes.
-    let det = vlm3d::model::detector::Detector::load(
-        &fixture(),
-        Some(&dir.join("run")),
-        t.detector.config.clone(),
-        &candle_core::Device::Cpu,
-        candle_core::DType::F32,
-    )
-    .unwrap();
-    assert_same_boxes(&det, &t.detector);
+    assert_loads_back(&dir.join("run"), &t.detector);
     let _ = std::fs::remove_dir_all(&dir);
 }

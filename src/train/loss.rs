@@ -304,8 +304,10 @@ pub fn two_stage_loss(
 /// target's projected centre: `centres[g]` is box g's centre scaled to [-1, 1] (as
 /// [`crate::model::box_head::ImageTokens::centres`]), `None` outside the image.
 struct Looks {
-    /// `[K, N]` log-softmax of the readout scores.
+    /// `[K, N]` log-softmax of the readout scores (differentiable, for the loss).
     log_probs: Tensor,
+    /// The same values on the host, read once for the matching cost.
+    host: Vec<Vec<f32>>,
     /// The token nearest to each target's centre.
     tokens: Vec<Option<usize>>,
 }
@@ -339,8 +341,10 @@ impl Looks {
         let s = readout.scores.to_dtype(DType::F32)?;
         let max = s.max_keepdim(1)?.detach();
         let lse = (s.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + &max)?;
+        let log_probs = s.broadcast_sub(&lse)?;
         Ok(Self {
-            log_probs: s.broadcast_sub(&lse)?,
+            host: log_probs.to_vec2()?,
+            log_probs,
             tokens,
         })
     }
@@ -348,9 +352,7 @@ impl Looks {
     /// Every query's cross-entropy at target `g`'s token (`None` when its centre is outside the image).
     fn cross_entropy(&self, g: usize) -> Option<Vec<f64>> {
         let t = (*self.tokens.get(g)?)?;
-        let col = self.log_probs.narrow(1, t, 1).ok()?.flatten_all().ok()?;
-        let v: Vec<f32> = col.to_vec1().ok()?;
-        Some(v.into_iter().map(|x| -f64::from(x)).collect())
+        Some(self.host.iter().map(|row| -f64::from(row[t])).collect())
     }
 
     /// Mean cross-entropy of the matched (query, target) pairs whose target is in the image, and its value.
