@@ -235,7 +235,8 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport> {
         .map(Example::decode_image)
         .collect::<Result<Vec<_>>>()?;
     let start = std::time::Instant::now();
-    let per_view = detector.detect(&images, &prompt_text)?;
+    let cameras: Vec<_> = views.iter().map(Example::view_camera).collect();
+    let per_view = detector.detect(&images, &cameras, &prompt_text)?;
     let detect_seconds = start.elapsed().as_secs_f64();
 
     // Camera-frame boxes → LiDAR frame with each camera's extrinsics, then merge across cameras: the same

@@ -8,6 +8,7 @@ use image::RgbImage;
 use nalgebra::Isometry3;
 use serde::Serialize;
 
+use crate::geometry::{PinholeCamera, ViewCamera};
 use crate::model::detector::{Detector, FramePrefix};
 use crate::perception::prompt::label_from_prompt;
 use crate::perception::{merge_views, Detection, Detections, Merged, ViewInput};
@@ -37,6 +38,8 @@ pub struct FrameInput<'a> {
     pub cameras: &'a [String],
     /// Camera optical frame → LiDAR frame of each view.
     pub camera_to_lidar: &'a [Isometry3<f64>],
+    /// Intrinsics of each view (`CameraInfo`, or the rig's nominal ones).
+    pub intrinsics: &'a [PinholeCamera],
 }
 
 /// Milliseconds per stage of [`PerceptionRuntime::process`].
@@ -78,13 +81,18 @@ impl PerceptionRuntime {
     /// and at least one prompt is needed.
     pub fn process(&self, frame: &FrameInput<'_>, prompts: &[String]) -> Result<FrameOutput> {
         let n = frame.images.len();
-        if n == 0 || frame.cameras.len() != n || frame.camera_to_lidar.len() != n {
+        if n == 0
+            || frame.cameras.len() != n
+            || frame.camera_to_lidar.len() != n
+            || frame.intrinsics.len() != n
+        {
             return Err(Error::invalid(
                 "frame",
                 format!(
-                    "{n} images, {} camera names, {} extrinsics",
+                    "{n} images, {} camera names, {} extrinsics, {} intrinsics",
                     frame.cameras.len(),
-                    frame.camera_to_lidar.len()
+                    frame.camera_to_lidar.len(),
+                    frame.intrinsics.len()
                 ),
             ));
         }
@@ -97,7 +105,16 @@ impl PerceptionRuntime {
         times.preprocess_ms = ms(t);
         let t = Instant::now();
         let (feats, grids) = self.detector.encode_processed(&processed)?;
-        let prefix = self.detector.prefill(&feats, &grids)?;
+        let cameras: Vec<ViewCamera> = frame
+            .intrinsics
+            .iter()
+            .zip(frame.camera_to_lidar)
+            .map(|(&camera, &camera_to_lidar)| ViewCamera {
+                camera,
+                camera_to_lidar,
+            })
+            .collect();
+        let prefix = self.detector.prefill(&feats, &grids, &cameras)?;
         times.model_ms = ms(t);
         let views: Vec<(&str, &Isometry3<f64>)> = frame
             .cameras

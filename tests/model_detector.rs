@@ -32,13 +32,15 @@ fn cached_prefix_equals_uncached() {
     let mut imgs: Vec<_> = (0..6).map(|v| image(&format!("view{v}"))).collect();
     imgs.push(image("tall"));
     let (feats, grids) = det.encode_images(&imgs).unwrap();
-    let prefix = det.prefill(&feats, &grids).unwrap();
+    let prefix = det.prefill(&feats, &grids, &cameras(grids.len())).unwrap();
     for prompt in [
         "Find the car parked on the left side of the road.",
         "Where is the cyclist?",
     ] {
         let cached = det.query_states_cached(&prefix, prompt).unwrap();
-        let full = det.query_states(&feats, &grids, prompt, false).unwrap();
+        let full = det
+            .query_states(&feats, &grids, &cameras(grids.len()), prompt, false)
+            .unwrap();
         assert_eq!(cached.queries.dims(), &[7, 16, 64]);
         // One state per merged image token (2 × 2 patches), and a centre for each.
         for (img, g) in cached.images.iter().zip(&grids) {
@@ -103,11 +105,23 @@ fn batched_views_equal_single_views() {
     let imgs: Vec<_> = (0..3).map(|v| image(&format!("view{v}"))).collect();
     let (feats, grids) = det.encode_images(&imgs).unwrap();
     let all = det
-        .query_states(&feats, &grids, "Find the car.", false)
+        .query_states(
+            &feats,
+            &grids,
+            &cameras(grids.len()),
+            "Find the car.",
+            false,
+        )
         .unwrap();
     for v in 0..3 {
         let one = det
-            .query_states(&feats[v..v + 1], &grids[v..v + 1], "Find the car.", false)
+            .query_states(
+                &feats[v..v + 1],
+                &grids[v..v + 1],
+                &cameras(1),
+                "Find the car.",
+                false,
+            )
             .unwrap();
         let d = max_abs_diff(&all.queries.get(v).unwrap(), &one.queries.get(0).unwrap())
             .max(max_abs_diff(&all.images[v].states, &one.images[0].states));
@@ -141,10 +155,12 @@ fn head_shapes_and_decoding() {
     assert!((b.bbox[6] - std::f64::consts::FRAC_PI_2).abs() < 1e-6);
     assert!((b.score - 0.5).abs() < 1e-6);
     assert_eq!(b.query, Some(3));
-    let all = det.detect(&[image("wide")], "Find the car.").unwrap();
+    let all = det
+        .detect(&[image("wide")], &cameras(1), "Find the car.")
+        .unwrap();
     assert_eq!(all[0].boxes.len(), 16, "threshold 0 keeps every query");
     let strict = detector(1.1)
-        .detect(&[image("wide")], "Find the car.")
+        .detect(&[image("wide")], &cameras(1), "Find the car.")
         .unwrap();
     assert!(strict[0].boxes.is_empty());
 }
@@ -197,7 +213,7 @@ fn cuda_matches_cpu_on_the_fixture() {
             },
         )
         .unwrap();
-        let prefix = det.encode_frame(&imgs).unwrap();
+        let prefix = det.encode_frame(&imgs, &cameras(imgs.len())).unwrap();
         let out = det
             .head_forward(&det.query_states_cached(&prefix, prompt).unwrap())
             .unwrap();
@@ -252,7 +268,13 @@ fn cuda_training_step_matches_cpu() {
         let p = det.preprocess(std::slice::from_ref(&img)).unwrap();
         let f = det.pipeline.model.encode_images_t(&p, true).unwrap();
         let s = det
-            .query_states(&[f], &p.grids, "Please detect the car in the image.", true)
+            .query_states(
+                &[f],
+                &p.grids,
+                &cameras(1),
+                "Please detect the car in the image.",
+                true,
+            )
             .unwrap();
         let out = det.head_forward(&s).unwrap().view(0).unwrap();
         let w = LossWeights {
@@ -260,6 +282,7 @@ fn cuda_training_step_matches_cpu() {
             iou: 0.8,
             confidence: 1.0,
             localization: 0.0,
+            confidence_target: Default::default(),
         };
         let l = two_stage_loss(
             &out,

@@ -198,7 +198,7 @@ fn empty_prompt_is_an_error() {
         );
     }
     let det = vlm3d::model::detector::Detector::new(pipe, Default::default()).unwrap();
-    let e = det.detect(&[image("wide")], "").unwrap_err();
+    let e = det.detect(&[image("wide")], &cameras(1), "").unwrap_err();
     assert!(e.to_string().contains("empty prompt"), "{e}");
 }
 

@@ -104,7 +104,7 @@ fn only_adapters_queries_and_head_get_gradients() {
     let (det, lora) = detector_with_lora();
     let (feats, grids) = det.encode_images(&[image("wide"), image("tall")]).unwrap();
     let states = det
-        .query_states(&feats, &grids, "Find the car.", true)
+        .query_states(&feats, &grids, &cameras(2), "Find the car.", true)
         .unwrap();
     let out = det.head_forward(&states).unwrap();
     let loss = (out.boxes.sqr().unwrap().sum_all().unwrap()
@@ -140,10 +140,10 @@ fn fused_path_equals_differentiable_path() {
     let (det, _) = detector_with_lora();
     let (feats, grids) = det.encode_images(&[image("wide"), image("tall")]).unwrap();
     let fast = det
-        .query_states(&feats, &grids, "Find the car.", false)
+        .query_states(&feats, &grids, &cameras(2), "Find the car.", false)
         .unwrap();
     let diff = det
-        .query_states(&feats, &grids, "Find the car.", true)
+        .query_states(&feats, &grids, &cameras(2), "Find the car.", true)
         .unwrap();
     let d = max_abs_diff_inputs(&fast, &diff);
     println!("fused vs differentiable: max|Δ| = {d:.3e}");

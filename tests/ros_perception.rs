@@ -167,6 +167,8 @@ struct Sample {
     stamp_ns: i64,
     decoded: Vec<image::RgbImage>,
     cam_to_lidar: Vec<nalgebra::Isometry3<f64>>,
+    /// Each view's calibration (what the node reads from camera_info).
+    cameras: Vec<vlm3d::geometry::ViewCamera>,
 }
 
 fn first_sample(bag: &Path) -> Sample {
@@ -230,6 +232,7 @@ fn first_sample(bag: &Path) -> Sample {
         stamp_ns,
         decoded,
         cam_to_lidar: views.iter().map(|v| v.cam_to_lidar).collect(),
+        cameras: views.iter().map(|v| v.view_camera()).collect(),
     }
 }
 
@@ -258,7 +261,7 @@ fn offline_boxes(
     )
     .unwrap();
     det.pipeline.processor.config.max_pixels = MAX_PIXELS;
-    let per_view = det.detect(&s.decoded, prompt).unwrap();
+    let per_view = det.detect(&s.decoded, &s.cameras, prompt).unwrap();
     let rig = Rig::nuscenes();
     let inputs: Vec<ViewInput> = per_view
         .iter()

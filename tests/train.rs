@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{fixture, scratch, small_bag as bag};
+use common::{cameras, fixture, scratch, small_bag as bag};
 use vlm3d::train::trainer::schedule_at;
 use vlm3d::train::{TrainConfig, Trainer};
 
@@ -226,8 +226,10 @@ fn assert_loads_back(run: &std::path::Path, trained: &vlm3d::model::detector::De
     )
     .unwrap();
     let img = image::RgbImage::from_fn(224, 126, |x, y| image::Rgb([x as u8, y as u8, 90]));
-    let a = loaded.detect(std::slice::from_ref(&img), "car").unwrap();
-    let b = trained.detect(&[img], "car").unwrap();
+    let a = loaded
+        .detect(std::slice::from_ref(&img), &cameras(1), "car")
+        .unwrap();
+    let b = trained.detect(&[img], &cameras(1), "car").unwrap();
     assert_eq!(a.len(), b.len());
     assert!(a.iter().all(|v| !v.boxes.is_empty()));
     for (va, vb) in a.iter().zip(&b) {

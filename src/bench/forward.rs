@@ -12,6 +12,7 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 
 use super::proc::{peak_rss_mib, reset_peak_rss};
+use crate::geometry::ViewCamera;
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::{
     Config, ImageProcessor, Pipeline, PreprocessorConfig, Qwen2VL, TextConfig, VisionConfig,
@@ -334,6 +335,7 @@ pub fn run(o: &ForwardBenchOptions) -> Result<BenchRow> {
             })
         })
         .collect();
+    let cameras = vec![ViewCamera::nominal(o.width as u32, o.height as u32)?; o.views];
     let prompt = bench_prompt(o.prompt_tokens, "car");
     let second = bench_prompt(o.prompt_tokens, "bus");
     let clock = || -> Result<Instant> {
@@ -346,7 +348,7 @@ pub fn run(o: &ForwardBenchOptions) -> Result<BenchRow> {
         let t0 = clock()?;
         let (feats, g) = det.encode_images(&images)?;
         let t1 = clock()?;
-        let prefix = det.prefill(&feats, &g)?;
+        let prefix = det.prefill(&feats, &g, &cameras)?;
         let first = det.detect_cached(&prefix, &prompt)?;
         let t2 = clock()?;
         let again = det.detect_cached(&prefix, &second)?;

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::forward::{bench_prompt, random_detector, BenchModel};
 use super::proc::{peak_rss_mib, reset_peak_rss};
-use crate::geometry::Frame;
+use crate::geometry::{Frame, ViewCamera};
 use crate::model::lora::LoraConfig;
 use crate::train::loss::{two_stage_loss, BoxEmbedding, LossWeights};
 use crate::train::trainer::AdamW;
@@ -60,6 +60,7 @@ pub fn run(
     let (feats, grids) = det.encode_images(&[img])?;
     let (feat, grid) = (feats[0].detach(), grids[0]);
     let prompt = bench_prompt(prompt_tokens, "car");
+    let camera = ViewCamera::nominal(width as u32, height as u32)?;
     let targets = [
         [1.0, 1.5, 12.0, 4.2, 1.8, 1.6, 0.3],
         [-3.0, 1.4, 20.0, 4.0, 1.7, 1.5, 1.2],
@@ -70,13 +71,20 @@ pub fn run(
         iou: 0.8,
         confidence: 1.0,
         localization: 0.0,
+        confidence_target: Default::default(),
     };
     let mut times = Vec::new();
     for i in 0..steps + 1 {
         let t0 = Instant::now();
         let mut total = None;
         for _ in 0..batch {
-            let s = det.query_states(std::slice::from_ref(&feat), &[grid], &prompt, true)?;
+            let s = det.query_states(
+                std::slice::from_ref(&feat),
+                &[grid],
+                std::slice::from_ref(&camera),
+                &prompt,
+                true,
+            )?;
             let out = det.head_forward(&s)?.view(0)?;
             let l = two_stage_loss(&out, &targets, &[], Frame::Camera, &w, &emb)?.total;
             total = Some(match total {

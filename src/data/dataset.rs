@@ -243,6 +243,14 @@ pub struct Example {
 }
 
 impl Example {
+    /// The view's camera as the detector needs it (intrinsics and camera → LiDAR).
+    pub fn view_camera(&self) -> crate::geometry::ViewCamera {
+        crate::geometry::ViewCamera {
+            camera: self.camera,
+            camera_to_lidar: self.cam_to_lidar,
+        }
+    }
+
     /// What [`Example::decode_image`]'s errors call the image: `"CAM_FRONT image of sample <token>"`.
     pub fn image_source(&self) -> String {
         format!("{} image of sample {}", self.channel, self.sample_token)

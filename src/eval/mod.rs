@@ -275,7 +275,8 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
                     .iter()
                     .map(Example::decode_image)
                     .collect::<Result<Vec<RgbImage>>>()?;
-                Some(det.encode_frame(&images)?)
+                let cameras: Vec<_> = s.views.iter().map(Example::view_camera).collect();
+                Some(det.encode_frame(&images, &cameras)?)
             }
             Predictor::MeanBox(_) => None,
         };

@@ -1,5 +1,5 @@
 //! Pinhole camera model: projection of camera-frame points and the box visibility rule.
-use nalgebra::{Matrix3, Point2, Point3};
+use nalgebra::{Isometry3, Matrix3, Point2, Point3, Vector2};
 
 use crate::{Error, Result};
 
@@ -79,9 +79,39 @@ impl PinholeCamera {
         Some(Point2::new(q.x / q.z, q.y / q.z))
     }
 
+    /// The viewing ray through a pixel as (x/z, y/z) in the camera frame: K⁻¹ applied to (u, v, 1). Points
+    /// `z · (x/z, y/z, 1)` project back onto the pixel for every depth z > 0.
+    pub fn ray(&self, px: &Point2<f64>) -> Vector2<f64> {
+        // K is upper triangular with positive focal lengths (checked in `new`), so it is invertible.
+        let r = self.k.try_inverse().unwrap_or_else(Matrix3::identity)
+            * nalgebra::Vector3::new(px.x, px.y, 1.0);
+        Vector2::new(r.x / r.z, r.y / r.z)
+    }
+
     /// Whether a pixel lies strictly inside the image.
     pub fn in_image(&self, px: &Point2<f64>) -> bool {
         px.x > 0.0 && px.x < self.width as f64 && px.y > 0.0 && px.y < self.height as f64
+    }
+
+    /// A nominal camera for an image of this size when no calibration is at hand: square pixels, principal point
+    /// at the centre, fx = 0.79 × width (nuScenes' front cameras: fx ≈ 1266 at 1600 pixels, 64° across).
+    pub fn nominal(width: u32, height: u32) -> Result<Self> {
+        let f = 0.79 * f64::from(width);
+        Self::new(
+            Matrix3::new(
+                f,
+                0.0,
+                f64::from(width) / 2.0,
+                0.0,
+                f,
+                f64::from(height) / 2.0,
+                0.0,
+                0.0,
+                1.0,
+            ),
+            width,
+            height,
+        )
     }
 
     /// Whether a box with these camera-frame corners is seen by the camera under `rule`.
@@ -95,5 +125,26 @@ impl PinholeCamera {
             VisibilityRule::AllCorners => corners.iter().all(visible),
             VisibilityRule::AnyCorner => corners.iter().any(visible),
         }
+    }
+}
+
+/// A camera of the rig as the detector needs it: its intrinsics (where each image position looks) and where it
+/// sits (camera optical frame → LiDAR frame).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewCamera {
+    /// Intrinsics at the size of the images the detector is given (or any size with the same field of view).
+    pub camera: PinholeCamera,
+    /// Camera optical frame → LiDAR frame.
+    pub camera_to_lidar: Isometry3<f64>,
+}
+
+impl ViewCamera {
+    /// A [`PinholeCamera::nominal`] camera at the LiDAR's origin, looking along its optical axis: for images
+    /// without calibration (benchmarks, `vlm3d detect` on plain files), whose boxes stay in the camera frame.
+    pub fn nominal(width: u32, height: u32) -> Result<Self> {
+        Ok(Self {
+            camera: PinholeCamera::nominal(width, height)?,
+            camera_to_lidar: Isometry3::identity(),
+        })
     }
 }

@@ -11,7 +11,7 @@ mod nms;
 mod transform;
 
 pub use box3d::{Box3D, OrientedBox3D};
-pub use camera::{PinholeCamera, VisibilityRule};
+pub use camera::{PinholeCamera, ViewCamera, VisibilityRule};
 pub use frame::Frame;
 pub use iou::{bev_intersection_area, bev_iou, iou_3d, iou_3d_with_grad, Iou3dGrad};
 pub use nms::bev_nms;

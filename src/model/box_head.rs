@@ -8,14 +8,21 @@
 //! is from attention patterns alone; a pretrained Qwen2-VL has learned that, a small model trained from scratch
 //! stays on the mean box of each query (measured: README, "The demo model").
 //!
-//! Raw head output per query (`BOX_OUTPUTS` = 9 channels): centre x, y, z (metres), log length, log width, log
-//! height, sin yaw, cos yaw, and a confidence logit. [`decode_box`] turns them into `[x, y, z, l, w, h, yaw]`.
+//! The centre is placed on the camera's viewing ray through the attended position ([`ray_centre`]): the MLP
+//! gives a log depth and a small offset of the ray, and the view's intrinsics (`ImageTokens::rays`) turn image
+//! positions into rays, so one head serves cameras with different focal lengths and crops, and a lateral error
+//! is an angle, not metres the MLP has to multiply out. Boxes are then moved into the detector's frame.
+//!
+//! Head output per query (`BOX_OUTPUTS` = 9 channels): centre x, y, z (metres, in the detector's frame), log
+//! length, log width, log height, sin yaw, cos yaw, and a confidence logit. [`decode_box`] turns them into
+//! `[x, y, z, l, w, h, yaw]`.
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 
+use crate::geometry::{Frame, ViewCamera};
 use crate::perception::Detection;
 use crate::{Error, Result};
 
@@ -31,6 +38,13 @@ pub const READOUT_DIM: usize = 64;
 const POSITION_OCTAVES: usize = 4;
 /// Features of the attended position fed to the MLP: u, v and their sin/cos at each octave.
 pub const POSITION_FEATURES: usize = 2 + 4 * POSITION_OCTAVES;
+/// Depth (metres) of a query whose depth channel is 0: the middle of the synthetic and nuScenes ranges.
+pub const DEPTH_SCALE: f64 = 20.0;
+/// Ray offset (x/z, y/z) per unit of the offset channels: about one merged token of a 448-pixel-wide view
+/// of a 64° camera.
+pub const RAY_OFFSET_SCALE: f64 = 0.1;
+/// Range of the log-depth channel (before [`DEPTH_SCALE`]): 0.4 m to 150 m.
+const LOG_DEPTH_RANGE: (f64, f64) = (-4.0, 2.0);
 
 /// The decoder's states the head reads for a batch of views.
 #[derive(Debug, Clone)]
@@ -41,13 +55,86 @@ pub struct HeadInputs {
     pub images: Vec<ImageTokens>,
 }
 
-/// One view's image tokens: their final decoder states and where they sit in the image.
+/// One view's image tokens: their final decoder states, where they sit in the image and where they look.
 #[derive(Debug, Clone)]
 pub struct ImageTokens {
     /// `[N, hidden]` states, in the tokens' raster order.
     pub states: Tensor,
     /// `[N, 2]` token centres (u right, v down), scaled to [-1, 1] across the image.
     pub centres: Tensor,
+    /// The view's geometry (the same for every prompt on the view).
+    pub geometry: ViewGeometry,
+}
+
+/// What turns a view's attended image position into a 3D centre in the detector's frame.
+#[derive(Debug, Clone)]
+pub struct ViewGeometry {
+    /// `[N, 2]` viewing ray (x/z, y/z) in the camera frame through each token's centre.
+    pub rays: Tensor,
+    /// `[3, 3]` rotation camera → detector frame (identity for camera-frame boxes).
+    pub rotation: Tensor,
+    /// `[1, 3]` translation camera → detector frame.
+    pub translation: Tensor,
+}
+
+impl ViewGeometry {
+    /// The geometry of a `rows` × `cols` token raster of `view`'s image for boxes in `frame`.
+    pub fn new(
+        view: &ViewCamera,
+        rows: usize,
+        cols: usize,
+        frame: Frame,
+        device: &Device,
+    ) -> Result<Self> {
+        let cam = &view.camera;
+        let (w, h) = (f64::from(cam.width()), f64::from(cam.height()));
+        let mut rays = Vec::with_capacity(rows * cols * 2);
+        for r in 0..rows {
+            for k in 0..cols {
+                let px = nalgebra::Point2::new(
+                    (k as f64 + 0.5) / cols as f64 * w,
+                    (r as f64 + 0.5) / rows as f64 * h,
+                );
+                let ray = cam.ray(&px);
+                rays.extend([ray.x as f32, ray.y as f32]);
+            }
+        }
+        let (rot, t) = match frame {
+            Frame::Camera => (nalgebra::Matrix3::identity(), nalgebra::Vector3::zeros()),
+            Frame::Lidar => (
+                view.camera_to_lidar
+                    .rotation
+                    .to_rotation_matrix()
+                    .into_inner(),
+                view.camera_to_lidar.translation.vector,
+            ),
+        };
+        let rot: Vec<f32> = (0..9).map(|i| rot[(i / 3, i % 3)] as f32).collect();
+        Ok(Self {
+            rays: Tensor::from_vec(rays, (rows * cols, 2), device)?,
+            rotation: Tensor::from_vec(rot, (3, 3), device)?,
+            translation: Tensor::from_vec(
+                vec![t.x as f32, t.y as f32, t.z as f32],
+                (1, 3),
+                device,
+            )?,
+        })
+    }
+}
+
+/// The box centre of each query on its viewing ray: `ray` `[K, 2]` (x/z, y/z) where the query looks, `raw`
+/// `[K, 3]` its two ray-offset channels and its log-depth channel → `[K, 3]` camera-frame centres
+/// `z · (ray + RAY_OFFSET_SCALE · offset, 1)` with `z = DEPTH_SCALE · exp(log depth)` (log depth clamped to
+/// 0.4–150 m).
+pub fn ray_centre(ray: &Tensor, raw: &Tensor) -> Result<Tensor> {
+    let offset = (raw.narrow(1, 0, 2)? * RAY_OFFSET_SCALE)?;
+    let z = (raw
+        .narrow(1, 2, 1)?
+        .clamp(LOG_DEPTH_RANGE.0, LOG_DEPTH_RANGE.1)?
+        .exp()?
+        * DEPTH_SCALE)?;
+    let xy = (ray + offset)?.broadcast_mul(&z)?;
+    Ok(Tensor::cat(&[xy, z], 1)?)
 }
 
 impl ImageTokens {
@@ -82,23 +169,34 @@ impl SpatialReadout {
         })
     }
 
-    /// `queries` `[K, hidden]`, one view's tokens → (`[K, hidden]` attended states, `[K, 2]` attended centre,
-    /// `[K, N]` attention scores).
-    pub fn forward(
-        &self,
-        queries: &Tensor,
-        image: &ImageTokens,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    /// `queries` `[K, hidden]`, one view's tokens → what each query attends to.
+    pub fn forward(&self, queries: &Tensor, image: &ImageTokens) -> Result<Attended> {
         let dtype = queries.dtype();
         let q = self.q.forward(queries)?;
         let k = self.k.forward(&image.states.to_dtype(dtype)?)?;
         let scores = (q.matmul(&k.t()?)? / (READOUT_DIM as f64).sqrt())?;
         // `softmax` (not the fused `softmax_last_dim`): the fused kernel has no backward.
         let attn = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
-        let pooled = attn.matmul(&image.states.to_dtype(dtype)?)?;
-        let centre = attn.matmul(&image.centres.to_dtype(dtype)?)?;
-        Ok((pooled, centre, scores))
+        Ok(Attended {
+            pooled: attn.matmul(&image.states.to_dtype(dtype)?)?,
+            centre: attn.matmul(&image.centres.to_dtype(dtype)?)?,
+            ray: attn.matmul(&image.geometry.rays.to_dtype(dtype)?)?,
+            scores,
+        })
     }
+}
+
+/// What the readout returns for one view's queries.
+#[derive(Debug, Clone)]
+pub struct Attended {
+    /// `[K, hidden]` attention-weighted token states.
+    pub pooled: Tensor,
+    /// `[K, 2]` attention-weighted token centre ([-1, 1] image coordinates).
+    pub centre: Tensor,
+    /// `[K, 2]` attention-weighted viewing ray (x/z, y/z).
+    pub ray: Tensor,
+    /// `[K, N]` attention scores before the softmax.
+    pub scores: Tensor,
 }
 
 /// `[K, 2]` positions → `[K, POSITION_FEATURES]`: the coordinates and sin/cos of π·2^o times each.
@@ -285,18 +383,36 @@ impl DetectionHead {
         }
         let mut fused = Vec::with_capacity(views);
         let mut readout = Vec::with_capacity(views);
+        let mut rays = Vec::with_capacity(views);
         for (v, img) in inputs.images.iter().enumerate() {
             let q = inputs.queries.get(v)?;
-            let (pooled, uv, scores) = self.readout.forward(&q, img)?;
-            fused.push(Tensor::cat(&[q, pooled, position_features(&uv)?], 1)?);
+            let a = self.readout.forward(&q, img)?;
+            fused.push(Tensor::cat(
+                &[q, a.pooled, position_features(&a.centre)?],
+                1,
+            )?);
+            rays.push(a.ray);
             readout.push(Readout {
-                scores,
+                scores: a.scores,
                 centres: img.centres.clone(),
             });
         }
+        let out = self.head.forward(&Tensor::stack(&fused, 0)?)?;
+        // The centre channels become a point on the attended ray, moved into the detector's frame.
+        let mut boxes = Vec::with_capacity(views);
+        for (v, (img, ray)) in inputs.images.iter().zip(&rays).enumerate() {
+            let raw = out.boxes.get(v)?;
+            let g = &img.geometry;
+            let dtype = raw.dtype();
+            let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?)?
+                .matmul(&g.rotation.to_dtype(dtype)?.t()?)?
+                .broadcast_add(&g.translation.to_dtype(dtype)?)?;
+            boxes.push(Tensor::cat(&[centre, raw.narrow(1, 3, 5)?], 1)?);
+        }
         Ok(HeadOutput {
             readout,
-            ..self.head.forward(&Tensor::stack(&fused, 0)?)?
+            boxes: Tensor::stack(&boxes, 0)?,
+            ..out
         })
     }
 
@@ -425,6 +541,86 @@ mod tests {
         assert_eq!(&q, get("queries"));
     }
 
+    /// An 800 × 600 camera with unequal focal lengths and an off-centre principal point, mounted 1.5 m up and
+    /// turned 90° (camera z along LiDAR −y).
+    fn view() -> ViewCamera {
+        let k = nalgebra::Matrix3::new(700.0, 0.0, 420.0, 0.0, 650.0, 280.0, 0.0, 0.0, 1.0);
+        let rot = nalgebra::Rotation3::from_matrix_unchecked(nalgebra::Matrix3::new(
+            -1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, -1.0, 0.0,
+        ));
+        ViewCamera {
+            camera: crate::geometry::PinholeCamera::new(k, 800, 600).unwrap(),
+            camera_to_lidar: nalgebra::Isometry3::from_parts(
+                nalgebra::Translation3::new(0.5, -0.2, 1.5),
+                nalgebra::UnitQuaternion::from_rotation_matrix(&rot),
+            ),
+        }
+    }
+
+    /// A centre with zero offsets projects back onto the ray's pixel at depth DEPTH_SCALE · exp(log depth); an
+    /// offset of 1 moves x/z by exactly RAY_OFFSET_SCALE; the log depth is clamped to its range.
+    #[test]
+    fn ray_centre_lies_on_the_attended_ray() {
+        let dev = Device::Cpu;
+        let cam = view().camera;
+        let px = nalgebra::Point2::new(123.0, 456.0);
+        let r = cam.ray(&px);
+        let ray = Tensor::new(&[[r.x as f32, r.y as f32], [r.x as f32, r.y as f32]], &dev).unwrap();
+        let raw = Tensor::new(
+            &[[0.0f32, 0.0, (7.5f32 / 20.0).ln()], [1.0, -2.0, 9.0]],
+            &dev,
+        )
+        .unwrap();
+        let c: Vec<Vec<f32>> = ray_centre(&ray, &raw).unwrap().to_vec2().unwrap();
+        let p = nalgebra::Point3::new(c[0][0] as f64, c[0][1] as f64, c[0][2] as f64);
+        assert!((p.z - 7.5).abs() < 1e-4, "{p}");
+        let back = cam.project(&p).unwrap();
+        assert!((back - px).norm() < 1e-2, "{back} vs {px}");
+        let z = DEPTH_SCALE * LOG_DEPTH_RANGE.1.exp();
+        assert!((c[1][2] as f64 / z - 1.0).abs() < 1e-5, "{c:?}");
+        assert!((c[1][0] as f64 / c[1][2] as f64 - (r.x + RAY_OFFSET_SCALE)).abs() < 1e-5);
+        assert!((c[1][1] as f64 / c[1][2] as f64 - (r.y - 2.0 * RAY_OFFSET_SCALE)).abs() < 1e-5);
+    }
+
+    /// The same head and states with LiDAR-frame geometry give the camera-frame centres moved by the view's
+    /// extrinsics (R·c + t) and the other channels unchanged.
+    #[test]
+    fn lidar_frame_centres_are_the_camera_centres_moved_by_the_extrinsics() {
+        let dev = Device::Cpu;
+        let hidden = 16;
+        let h = DetectionHead::new(hidden, 3, DType::F32, &dev, 5).unwrap();
+        let queries = Tensor::randn(0f32, 1.0, (1, 3, hidden), &dev).unwrap();
+        let states = Tensor::randn(0f32, 1.0, (6, hidden), &dev).unwrap();
+        let centres = ImageTokens::raster_centres(2, 3, &dev).unwrap();
+        let run = |frame| {
+            let images = vec![ImageTokens {
+                states: states.clone(),
+                centres: centres.clone(),
+                geometry: ViewGeometry::new(&view(), 2, 3, frame, &dev).unwrap(),
+            }];
+            let out = h
+                .forward(&HeadInputs {
+                    queries: queries.clone(),
+                    images,
+                })
+                .unwrap();
+            out.boxes.get(0).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let cam = run(Frame::Camera);
+        let lidar = run(Frame::Lidar);
+        let iso = view().camera_to_lidar;
+        for (c, l) in cam.iter().zip(&lidar) {
+            let p = iso * nalgebra::Point3::new(c[0] as f64, c[1] as f64, c[2] as f64);
+            for (a, b) in [p.x, p.y, p.z].iter().zip(&l[..3]) {
+                assert!(
+                    (a - *b as f64).abs() < 1e-4 * (1.0 + a.abs()),
+                    "{p} vs {l:?}"
+                );
+            }
+            assert_eq!(&c[3..], &l[3..]);
+        }
+    }
+
     /// Raster centres in closed form: a 2 × 4 raster has u at ±0.25, ±0.75 and v at ±0.5, row-major.
     #[test]
     fn raster_centres_are_row_major_and_symmetric() {
@@ -448,11 +644,13 @@ mod tests {
         let h = DetectionHead::new(hidden, 2, DType::F32, &dev, 3).unwrap();
         let q = Tensor::randn(0f32, 1.0, (2, hidden), &dev).unwrap();
         let centres = ImageTokens::raster_centres(3, 5, &dev).unwrap();
+        let geometry = ViewGeometry::new(&view(), 3, 5, Frame::Camera, &dev).unwrap();
         let same = ImageTokens {
             states: Tensor::ones((15, hidden), DType::F32, &dev).unwrap(),
             centres: centres.clone(),
+            geometry: geometry.clone(),
         };
-        let (_, uv, _) = h.readout.forward(&q, &same).unwrap();
+        let uv = h.readout.forward(&q, &same).unwrap().centre;
         let uv: Vec<Vec<f32>> = uv.to_vec2().unwrap();
         assert!(uv.iter().flatten().all(|x| x.abs() < 1e-6), "{uv:?}");
 
@@ -485,9 +683,18 @@ mod tests {
         let one = ImageTokens {
             states: Tensor::stack(&rows, 0).unwrap(),
             centres,
+            geometry,
         };
-        let (pooled, uv, _) = h.readout.forward(&q, &one).unwrap();
+        let a = h.readout.forward(&q, &one).unwrap();
+        let (pooled, uv) = (a.pooled, a.centre);
         let uv: Vec<Vec<f32>> = uv.to_vec2().unwrap();
+        // The attended ray is token 13's: pixel (3.5 / 5 · 800, 2.5 / 3 · 600) through K⁻¹.
+        let ray: Vec<Vec<f32>> = a.ray.to_vec2().unwrap();
+        let want = view().camera.ray(&nalgebra::Point2::new(560.0, 500.0));
+        assert!(
+            (ray[0][0] as f64 - want.x).abs() < 1e-4 && (ray[0][1] as f64 - want.y).abs() < 1e-4,
+            "{ray:?} vs {want:?}"
+        );
         assert!(
             (uv[0][0] - 0.4).abs() < 1e-4 && (uv[0][1] - 2.0 / 3.0).abs() < 1e-4,
             "{uv:?}"

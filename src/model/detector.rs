@@ -9,14 +9,14 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::box_head::{
-    decode_box, DetectionHead, HeadInputs, HeadOutput, ImageTokens, DEFAULT_QUERIES,
+    decode_box, DetectionHead, HeadInputs, HeadOutput, ImageTokens, ViewGeometry, DEFAULT_QUERIES,
 };
 use super::qwen2vl::preprocess::ProcessedImages;
 use super::qwen2vl::{
     chat_prefix, chat_suffix, check_prompt, mrope_positions, GridThw, KvCache, Pipeline, Positions,
     Qwen2VL,
 };
-use crate::geometry::Frame;
+use crate::geometry::{Frame, ViewCamera};
 use crate::perception::ViewDetections;
 use crate::{Error, Result};
 
@@ -50,10 +50,8 @@ struct Group {
     views: Vec<usize>,
     cache: KvCache,
     next_pos: i64,
-    /// Final decoder states of the image tokens `[views, N, hidden]` (the head's readout reads them).
-    image: Tensor,
-    /// Their centres in the image `[N, 2]`.
-    centres: Tensor,
+    /// Each view's image tokens: final decoder states (the head's readout reads them), centres and rays.
+    tokens: Vec<ImageTokens>,
 }
 
 /// The image prefix of one frame: its KV cache per group of views.
@@ -142,6 +140,49 @@ impl Detector {
         Ok((first, grid.merged_tokens(m), centres))
     }
 
+    /// The image tokens of `views` (a group's members) from the group's decoder states `h` `[views, L, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    fn group_tokens(
+        &self,
+        h: &Tensor,
+        first: usize,
+        n: usize,
+        centres: &Tensor,
+        grid: GridThw,
+        views: &[usize],
+        cameras: &[ViewCamera],
+    ) -> Result<Vec<ImageTokens>> {
+        let m = self.pipeline.model.config.vision.spatial_merge_size;
+        let image = h.narrow(1, first, n)?;
+        views
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                Ok(ImageTokens {
+                    states: image.get(i)?,
+                    centres: centres.clone(),
+                    geometry: ViewGeometry::new(
+                        &cameras[v],
+                        grid.h / m,
+                        grid.w / m,
+                        self.config.frame,
+                        self.pipeline.model.device(),
+                    )?,
+                })
+            })
+            .collect()
+    }
+
+    fn check_cameras(n: usize, cameras: &[ViewCamera]) -> Result<()> {
+        if cameras.len() != n {
+            return Err(Error::invalid(
+                "views",
+                format!("{n} views but {} cameras", cameras.len()),
+            ));
+        }
+        Ok(())
+    }
+
     fn suffix_ids(&self, prompt: &str) -> Result<Vec<u32>> {
         check_prompt(prompt)?;
         self.pipeline.encode(&chat_suffix(prompt))
@@ -224,14 +265,22 @@ impl Detector {
         ))
     }
 
-    /// Runs the vision tower and the image prefill once for a frame.
-    pub fn encode_frame(&self, images: &[RgbImage]) -> Result<FramePrefix> {
+    /// Runs the vision tower and the image prefill once for a frame (`cameras`: one per image).
+    pub fn encode_frame(&self, images: &[RgbImage], cameras: &[ViewCamera]) -> Result<FramePrefix> {
+        Self::check_cameras(images.len(), cameras)?;
         let (feats, grids) = self.encode_images(images)?;
-        self.prefill(&feats, &grids)
+        self.prefill(&feats, &grids, cameras)
     }
 
-    /// Image prefill from precomputed per-view vision features (e.g. cached during training).
-    pub fn prefill(&self, feats: &[Tensor], grids: &[GridThw]) -> Result<FramePrefix> {
+    /// Image prefill from precomputed per-view vision features (e.g. cached during training), with each view's
+    /// camera.
+    pub fn prefill(
+        &self,
+        feats: &[Tensor],
+        grids: &[GridThw],
+        cameras: &[ViewCamera],
+    ) -> Result<FramePrefix> {
+        Self::check_cameras(grids.len(), cameras)?;
         let mut groups = Vec::new();
         for views in Self::groups(grids) {
             let grid = grids[views[0]];
@@ -244,12 +293,12 @@ impl Detector {
                 .model
                 .text
                 .forward_embeds(&emb, &pos, &mut cache, false)?;
+            let tokens = self.group_tokens(&h, first, n, &centres, grid, &views, cameras)?;
             groups.push(Group {
                 views,
                 cache,
                 next_pos: next,
-                image: h.narrow(1, first, n)?,
-                centres,
+                tokens,
             });
         }
         Ok(FramePrefix {
@@ -276,10 +325,7 @@ impl Detector {
             let q = h.narrow(1, h.dim(1)? - k, k)?;
             for (i, &v) in g.views.iter().enumerate() {
                 rows[v] = Some(q.get(i)?);
-                images[v] = Some(ImageTokens {
-                    states: g.image.get(i)?,
-                    centres: g.centres.clone(),
-                });
+                images[v] = Some(g.tokens[i].clone());
             }
         }
         head_inputs(rows, images)
@@ -291,6 +337,7 @@ impl Detector {
         &self,
         feats: &[Tensor],
         grids: &[GridThw],
+        cameras: &[ViewCamera],
         prompt: &str,
         diff: bool,
     ) -> Result<HeadInputs> {
@@ -300,6 +347,7 @@ impl Detector {
                 format!("{} feature sets for {} grids", feats.len(), grids.len()),
             ));
         }
+        Self::check_cameras(grids.len(), cameras)?;
         let suffix = self.suffix_ids(prompt)?;
         let k = self.head.num_queries();
         let mut rows: Vec<Option<Tensor>> = vec![None; grids.len()];
@@ -324,13 +372,10 @@ impl Detector {
                     .text
                     .forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
             let q = h.narrow(1, h.dim(1)? - k, k)?;
-            let image = h.narrow(1, first, n)?;
-            for (i, &v) in views.iter().enumerate() {
+            let tokens = self.group_tokens(&h, first, n, &centres, grid, &views, cameras)?;
+            for ((i, &v), t) in views.iter().enumerate().zip(tokens) {
                 rows[v] = Some(q.get(i)?);
-                images[v] = Some(ImageTokens {
-                    states: image.get(i)?,
-                    centres: centres.clone(),
-                });
+                images[v] = Some(t);
             }
         }
         head_inputs(rows, images)
@@ -373,10 +418,15 @@ impl Detector {
         self.decode(&self.head_forward(&s)?)
     }
 
-    /// Detection from images and a prompt.
-    pub fn detect(&self, images: &[RgbImage], prompt: &str) -> Result<Vec<ViewDetections>> {
+    /// Detection from images (with their cameras) and a prompt.
+    pub fn detect(
+        &self,
+        images: &[RgbImage],
+        cameras: &[ViewCamera],
+        prompt: &str,
+    ) -> Result<Vec<ViewDetections>> {
         check_prompt(prompt)?;
-        let prefix = self.encode_frame(images)?;
+        let prefix = self.encode_frame(images, cameras)?;
         self.detect_cached(&prefix, prompt)
     }
 }

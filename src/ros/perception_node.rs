@@ -36,7 +36,7 @@ use serde::Serialize;
 
 use super::convert::{nanos_from_time, time_from_nanos, to_detection3d_array, yaw_to_quaternion};
 use super::params::Params;
-use crate::geometry::Frame;
+use crate::geometry::{Frame, PinholeCamera};
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::device::{parse_dtype, select_device};
 use crate::perception::health::{InputErrors, StageLatencies};
@@ -84,7 +84,7 @@ pub struct PerceptionNodeParams {
     pub output_frame: String,
     /// How long the first frames wait for `/tf_static` before the rig's extrinsics are used, seconds.
     pub tf_wait_s: f64,
-    /// Check image sizes against `CameraInfo`.
+    /// Use `CameraInfo`: check image sizes against it and place boxes with its K (else the rig's intrinsics).
     pub use_camera_info: bool,
     /// Reporting interval of `/diagnostics`, seconds.
     pub diagnostics_period_s: f64,
@@ -159,6 +159,7 @@ struct Job {
     set: FrameSet<ImageMsg>,
     prompts: Arc<Vec<String>>,
     camera_to_output: Vec<Isometry3<f64>>,
+    intrinsics: Vec<PinholeCamera>,
     expected_sizes: Vec<Option<(u32, u32)>>,
     completed_at: Instant,
 }
@@ -253,6 +254,7 @@ fn process_job(runtime: &PerceptionRuntime, cameras: &[String], job: Job) -> Wor
         images: &images,
         cameras,
         camera_to_lidar: &job.camera_to_output,
+        intrinsics: &job.intrinsics,
     };
     match runtime.process(&frame, &job.prompts) {
         Ok(output) => WorkerOut::Done {
@@ -527,6 +529,10 @@ pub fn run_perception_node() -> Result<()> {
         tree: TransformTree::new(),
         prompts: Arc::new(params.prompts.clone()),
         sizes: vec![None; cameras.len()],
+        received_intrinsics: vec![None; cameras.len()],
+        nominal_intrinsics: (0..cameras.len())
+            .map(|i| rig.pinhole(i, rig.image_width, rig.image_height))
+            .collect::<crate::Result<_>>()?,
         extrinsics: Vec::new(),
         errors: InputErrors::default(),
         latencies: StageLatencies::new(1000),
@@ -601,6 +607,10 @@ struct State {
     tree: TransformTree,
     prompts: Arc<Vec<String>>,
     sizes: Vec<Option<(u32, u32)>>,
+    /// Intrinsics from each camera's `CameraInfo` (when valid).
+    received_intrinsics: Vec<Option<PinholeCamera>>,
+    /// The rig's nominal intrinsics (used until `CameraInfo` arrives, or always without `use_camera_info`).
+    nominal_intrinsics: Vec<PinholeCamera>,
     /// Camera → output frame per camera; empty while some camera has no transform.
     extrinsics: Vec<Isometry3<f64>>,
     errors: InputErrors,
@@ -667,6 +677,15 @@ impl State {
                     set,
                     prompts: Arc::clone(&self.prompts),
                     camera_to_output: self.extrinsics.clone(),
+                    intrinsics: self
+                        .nominal_intrinsics
+                        .iter()
+                        .zip(&self.received_intrinsics)
+                        .map(|(nominal, got)| match got {
+                            Some(k) if self.params.use_camera_info => *k,
+                            _ => *nominal,
+                        })
+                        .collect(),
                     expected_sizes: if self.params.use_camera_info {
                         self.sizes.clone()
                     } else {
@@ -697,8 +716,33 @@ impl State {
                         ),
                     );
                     self.sizes[i] = None;
+                    self.received_intrinsics[i] = None;
                 } else {
                     self.sizes[i] = Some((info.width, info.height));
+                    let rows = |r: usize| [info.k[3 * r], info.k[3 * r + 1], info.k[3 * r + 2]];
+                    // An all-zero K is ROS's "uncalibrated": the rig's intrinsics stand, no error.
+                    self.received_intrinsics[i] =
+                        if info.k.len() == 9 && info.k.iter().any(|&v| v != 0.0) {
+                            match PinholeCamera::from_rows(
+                                [rows(0), rows(1), rows(2)],
+                                info.width,
+                                info.height,
+                            ) {
+                                Ok(k) => Some(k),
+                                Err(e) => {
+                                    self.errors.report(
+                                        format!("{} camera_info: bad K", self.cameras[i]),
+                                        format!(
+                                            "{} camera_info: {e}; using the rig's intrinsics",
+                                            self.cameras[i]
+                                        ),
+                                    );
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        };
                 }
                 None
             }

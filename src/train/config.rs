@@ -111,6 +111,9 @@ pub struct TrainConfig {
     /// Weight of the readout's localization loss (not in the paper; 0 = off, the paper's recipe).
     #[serde(default)]
     pub localization_weight: f64,
+    /// What a matched query's confidence learns (`matched`: 1, the paper's; `distance`: graded by centre distance).
+    #[serde(default)]
+    pub confidence_target: crate::train::loss::ConfidenceTarget,
     /// Stage 1 (MSE).
     pub stage1: StageConfig,
     /// Stage 2 (MSE + IoU).

@@ -53,6 +53,38 @@ pub struct LossWeights {
     pub confidence: f64,
     /// The readout's localization loss (a cross-entropy on where matched queries look; not in the paper).
     pub localization: f64,
+    /// What a matched query's confidence learns.
+    pub confidence_target: ConfidenceTarget,
+}
+
+/// The confidence label of a matched query (unmatched queries always learn 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfidenceTarget {
+    /// 1, the paper's "matched vs. unmatched".
+    #[default]
+    Matched,
+    /// The fraction of nuScenes' centre-distance thresholds (0.5, 1, 2, 4 m, on the ground plane) its box meets
+    /// ([`distance_grade`]): the confidence then ranks boxes by how likely they count as found, which is what
+    /// average precision measures. Not in the paper.
+    Distance,
+}
+
+/// nuScenes detection's centre-distance thresholds, metres.
+pub const CENTER_DISTANCE_THRESHOLDS_M: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
+
+/// The fraction of [`CENTER_DISTANCE_THRESHOLDS_M`] that a predicted centre `[x, y, z]` meets against a true one,
+/// measuring the distance on the ground plane of `frame` (camera: x and z; LiDAR: x and y).
+pub fn distance_grade(pred: [f64; 3], truth: [f64; 3], frame: Frame) -> f64 {
+    let d = match frame {
+        Frame::Camera => (pred[0] - truth[0]).hypot(pred[2] - truth[2]),
+        Frame::Lidar => (pred[0] - truth[0]).hypot(pred[1] - truth[1]),
+    };
+    let met = CENTER_DISTANCE_THRESHOLDS_M
+        .iter()
+        .filter(|&&t| d < t)
+        .count();
+    met as f64 / CENTER_DISTANCE_THRESHOLDS_M.len() as f64
 }
 
 /// The fixed box embedding: `[8] → [128]`, orthonormal columns drawn from a fixed seed.
@@ -239,8 +271,18 @@ pub fn two_stage_loss(
 
     // Confidence: BCE with logits, softplus(x) − y·x, over all queries.
     let mut labels = vec![0f32; k];
-    for &(q, _) in &matched {
-        labels[q] = 1.0;
+    for &(q, g) in &matched {
+        labels[q] = match weights.confidence_target {
+            ConfidenceTarget::Matched => 1.0,
+            ConfidenceTarget::Distance => {
+                let p = decode(&raw[q]);
+                distance_grade(
+                    [p[0], p[1], p[2]],
+                    [targets[g][0], targets[g][1], targets[g][2]],
+                    frame,
+                ) as f32
+            }
+        };
     }
     let y = Tensor::from_vec(labels, k, &device)?;
     let softplus = (logits.relu()? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
@@ -449,6 +491,7 @@ mod tests {
             iou: 0.8,
             confidence: 1.0,
             localization: 0.0,
+            confidence_target: ConfidenceTarget::Matched,
         };
         let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(2, 0)]);
@@ -458,6 +501,69 @@ mod tests {
         let none = two_stage_loss(&out, &[], &[], Frame::Camera, &w, &e).unwrap();
         assert!(none.matched.is_empty() && none.mse == 0.0 && none.iou_loss == 0.0);
         assert!(none.confidence > 1.0);
+    }
+
+    /// Distance grades in closed form: 0.7 m meets 1, 2 and 4 m (3/4); the camera frame measures on x and z
+    /// (its y is height), the LiDAR frame on x and y; exactly on a threshold does not meet it (strict `<`).
+    #[test]
+    fn distance_grade_counts_the_thresholds_met() {
+        let t = [10.0, 1.0, 20.0];
+        assert_eq!(distance_grade(t, t, Frame::Camera), 1.0);
+        assert_eq!(distance_grade([10.7, 1.0, 20.0], t, Frame::Camera), 0.75);
+        assert_eq!(distance_grade([10.5, 1.0, 20.0], t, Frame::Camera), 0.75);
+        assert_eq!(distance_grade([10.0, 9.0, 20.0], t, Frame::Camera), 1.0);
+        assert_eq!(distance_grade([10.0, 1.0, 23.0], t, Frame::Camera), 0.25);
+        assert_eq!(distance_grade([10.0, 1.0, 23.0], t, Frame::Lidar), 1.0);
+        assert_eq!(distance_grade([10.0, 2.5, 20.0], t, Frame::Lidar), 0.5);
+        assert_eq!(distance_grade([14.0, 1.0, 20.0], t, Frame::Lidar), 0.0);
+    }
+
+    /// With the distance target a matched query 0.7 m off learns 0.75: its BCE term is softplus(x) − 0.75·x,
+    /// by hand, averaged with the unmatched queries' softplus(x).
+    #[test]
+    fn distance_target_grades_the_matched_label() {
+        let e = BoxEmbedding::new(&Device::Cpu).unwrap();
+        let target = [1.0, 0.5, 15.0, 4.0, 1.8, 1.5, 1.1];
+        let mut rows = [[0f32, 0.0, 40.0, 0.0, 0.0, 0.0, 0.0, 1.0]; 2];
+        rows[1] = encode_box([1.7, 0.5, 15.0, 4.0, 1.8, 1.5, 1.1]);
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let logits = [-1.5f32, 0.8];
+        let out = HeadOutput {
+            embedding: Tensor::zeros((2, 128), DType::F32, &Device::Cpu).unwrap(),
+            boxes: Tensor::from_vec(flat, (2, 8), &Device::Cpu).unwrap(),
+            logits: Tensor::new(&logits, &Device::Cpu).unwrap(),
+            readout: Vec::new(),
+        };
+        let w = LossWeights {
+            mse: 1.0,
+            iou: 0.0,
+            confidence: 1.0,
+            localization: 0.0,
+            confidence_target: ConfidenceTarget::Distance,
+        };
+        let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
+        assert_eq!(l.matched, [(1, 0)]);
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        let want = (sp(-1.5) + sp(0.8) - 0.75 * 0.8) / 2.0;
+        assert!(
+            (l.confidence - want).abs() < 1e-5,
+            "{} vs {want}",
+            l.confidence
+        );
+        let matched = two_stage_loss(
+            &out,
+            &[target],
+            &[],
+            Frame::Camera,
+            &LossWeights {
+                confidence_target: ConfidenceTarget::Matched,
+                ..w
+            },
+            &e,
+        )
+        .unwrap();
+        let want = (sp(-1.5) + sp(0.8) - 0.8) / 2.0;
+        assert!((matched.confidence - want).abs() < 1e-5);
     }
 
     /// The localization loss by hand: a 1 × 4 token raster (u = −0.75, −0.25, 0.25, 0.75); the box's centre at
@@ -486,6 +592,7 @@ mod tests {
             iou: 0.0,
             confidence: 1.0,
             localization: 1.0,
+            confidence_target: ConfidenceTarget::Matched,
         };
         for (looking, other) in [(0usize, 1usize), (1, 0)] {
             // Swap the queries' scores: the match follows the look.

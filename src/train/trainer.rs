@@ -25,7 +25,7 @@ use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
 use super::prompts::{apply_holdout, choose, training_vocabulary};
 use crate::data::augment::{apply_boxes, apply_camera, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
-use crate::geometry::{Frame, VisibilityRule};
+use crate::geometry::{Frame, ViewCamera, VisibilityRule};
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::weights::NamedVars;
 use crate::model::qwen2vl::{GridThw, Qwen2VL};
@@ -64,6 +64,8 @@ pub struct TrainingExample {
     /// Each target's centre projected into the augmented image, scaled to [-1, 1] (u right, v down); `None`
     /// outside the image (the localization loss skips it).
     pub image_centres: Vec<Option<[f64; 2]>>,
+    /// The augmented view's camera (what the head's rays are computed from).
+    pub camera: ViewCamera,
 }
 
 /// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
@@ -97,6 +99,7 @@ pub fn schedule_at(
             iou: s.lambda_iou,
             confidence: cfg.confidence_weight,
             localization: cfg.localization_weight,
+            confidence_target: cfg.confidence_target,
         },
     )
 }
@@ -693,6 +696,10 @@ impl Trainer {
             targets: boxes.iter().map(|b| b.params(self.cfg.frame)).collect(),
             target_categories: boxes.into_iter().map(|b| b.category).collect(),
             image_centres,
+            camera: ViewCamera {
+                camera,
+                camera_to_lidar: v.cam_to_lidar,
+            },
         })
     }
 
@@ -722,9 +729,9 @@ impl Trainer {
             let ex = self.assemble(*it, self.epoch)?;
             let (feat, grid) = self.features(it.example, &ex.augmentation)?;
             let v = &self.views[it.example];
-            let states = self
-                .detector
-                .query_states(&[feat], &[grid], &ex.text, true)?;
+            let states =
+                self.detector
+                    .query_states(&[feat], &[grid], &[ex.camera], &ex.text, true)?;
             let out = self.detector.head_forward(&states)?.view(0)?;
             let l = two_stage_loss(
                 &out,

@@ -65,6 +65,11 @@ pub fn max_abs_diff_inputs(
             0.0,
             "token centres differ"
         );
+        assert_eq!(
+            max_abs_diff(&x.geometry.rays, &y.geometry.rays),
+            0.0,
+            "token rays differ"
+        );
         d = d.max(max_abs_diff(&x.states, &y.states));
     }
     d
@@ -79,7 +84,7 @@ pub fn random_head_inputs(
     rows: usize,
     cols: usize,
 ) -> vlm3d::model::box_head::HeadInputs {
-    use vlm3d::model::box_head::{HeadInputs, ImageTokens};
+    use vlm3d::model::box_head::{HeadInputs, ImageTokens, ViewGeometry};
     let dev = Device::Cpu;
     HeadInputs {
         queries: Tensor::randn(0f32, 1.0, (views, k, hidden), &dev).unwrap(),
@@ -87,6 +92,14 @@ pub fn random_head_inputs(
             .map(|_| ImageTokens {
                 states: Tensor::randn(0f32, 1.0, (rows * cols, hidden), &dev).unwrap(),
                 centres: ImageTokens::raster_centres(rows, cols, &dev).unwrap(),
+                geometry: ViewGeometry::new(
+                    &cameras(1)[0],
+                    rows,
+                    cols,
+                    vlm3d::geometry::Frame::Camera,
+                    &dev,
+                )
+                .unwrap(),
             })
             .collect(),
     }
@@ -97,6 +110,13 @@ pub fn image(name: &str) -> image::RgbImage {
     image::open(fixture().join("images").join(format!("{name}.png")))
         .unwrap()
         .to_rgb8()
+}
+
+/// `n` nominal cameras (1600 × 900, fx 1264) at the LiDAR origin: the detector's per-view geometry for
+/// fixture images, which have no calibration of their own.
+#[allow(dead_code)]
+pub fn cameras(n: usize) -> Vec<vlm3d::geometry::ViewCamera> {
+    vec![vlm3d::geometry::ViewCamera::nominal(1600, 900).unwrap(); n]
 }
 
 /// The repository root.

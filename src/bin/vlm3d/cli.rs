@@ -224,6 +224,18 @@ pub struct DetectArgs {
     /// Seed of the head's queries and weights when no trained `head.safetensors` is found.
     #[arg(long, default_value_t = 0)]
     pub head_seed: u64,
+    /// Camera intrinsics of every image, `fx,fy,cx,cy` in pixels of the image files; default: a nominal camera
+    /// (fx = fy = 0.79 × width, principal point at the centre). Boxes are in each camera's frame.
+    #[arg(long, value_parser = parse_intrinsics)]
+    pub intrinsics: Option<[f64; 4]>,
+}
+
+fn parse_intrinsics(s: &str) -> Result<[f64; 4], String> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>().map_err(|e| format!("{x:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f64; 4]>::try_from(v).map_err(|v| format!("want fx,fy,cx,cy (4 numbers), got {}", v.len()))
 }
 
 /// Arguments of `bench`.
@@ -498,7 +510,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(mp) = a.common.max_pixels {
                 det.pipeline.processor.config.max_pixels = mp;
             }
-            let out = det.detect(&images, &a.common.prompt)?;
+            let cameras = images
+                .iter()
+                .map(|img| {
+                    let (w, h) = img.dimensions();
+                    Ok(match a.intrinsics {
+                        None => vlm3d::geometry::ViewCamera::nominal(w, h)?,
+                        Some([fx, fy, cx, cy]) => vlm3d::geometry::ViewCamera {
+                            camera: vlm3d::geometry::PinholeCamera::from_rows(
+                                [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]],
+                                w,
+                                h,
+                            )?,
+                            camera_to_lidar: nalgebra::Isometry3::identity(),
+                        },
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let out = det.detect(&images, &cameras, &a.common.prompt)?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
