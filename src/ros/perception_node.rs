@@ -82,7 +82,8 @@ pub struct PerceptionNodeParams {
     pub queue_depth: usize,
     /// Frame of the published boxes.
     pub output_frame: String,
-    /// How long the first frames wait for `/tf_static` before the rig's extrinsics are used, seconds.
+    /// How long the first frames wait for `/tf_static` (and every `CameraInfo`) before the rig's calibration is
+    /// used, seconds.
     pub tf_wait_s: f64,
     /// Use `CameraInfo`: check image sizes against it and place boxes with its K (else the rig's intrinsics).
     pub use_camera_info: bool,
@@ -677,26 +678,15 @@ impl State {
                     set,
                     prompts: Arc::clone(&self.prompts),
                     camera_to_output: self.extrinsics.clone(),
-                    intrinsics: self
-                        .nominal_intrinsics
-                        .iter()
-                        .zip(&self.received_intrinsics)
-                        .map(|(nominal, got)| match got {
-                            Some(k) if self.params.use_camera_info => *k,
-                            _ => *nominal,
-                        })
-                        .collect(),
-                    expected_sizes: if self.params.use_camera_info {
-                        self.sizes.clone()
-                    } else {
-                        vec![None; self.cameras.len()]
-                    },
+                    intrinsics: self.intrinsics_now(),
+                    expected_sizes: self.expected_sizes(),
                     completed_at: Instant::now(),
                 };
-                // Extrinsics from /tf_static, when published, beat the rig's nominal ones: the first frames
-                // wait a little for it (latched messages may arrive after the first images).
+                // Extrinsics from /tf_static and intrinsics from camera_info, when published, beat the rig's
+                // nominal ones: the first frames wait a little for them (latched messages, or the first
+                // camera_info, may arrive after the first images).
                 let since = *self.first_set_at.get_or_insert_with(Instant::now);
-                if !self.tf_received
+                if !self.calibrated()
                     && since.elapsed() < Duration::from_secs_f64(self.params.tf_wait_s)
                 {
                     if self.held.replace(job).is_some() {
@@ -744,7 +734,11 @@ impl State {
                             None
                         };
                 }
-                None
+                if self.held.is_some() && self.calibrated() {
+                    self.release_held()
+                } else {
+                    None
+                }
             }
             Input::Prompt(text) => {
                 self.prompts_received += 1;
@@ -790,7 +784,11 @@ impl State {
                 }
                 self.tf_received = true;
                 self.update_extrinsics();
-                self.release_held()
+                if self.calibrated() {
+                    self.release_held()
+                } else {
+                    None
+                }
             }
         }
     }
@@ -805,7 +803,33 @@ impl State {
         );
     }
 
-    /// The set held back for `/tf_static`, with the extrinsics known now.
+    /// Whether `/tf_static` and (with `use_camera_info`) every camera's `CameraInfo` have arrived.
+    fn calibrated(&self) -> bool {
+        self.tf_received && (!self.params.use_camera_info || self.sizes.iter().all(Option::is_some))
+    }
+
+    /// Each camera's intrinsics: its `CameraInfo`'s K (with `use_camera_info`), else the rig's.
+    fn intrinsics_now(&self) -> Vec<PinholeCamera> {
+        self.nominal_intrinsics
+            .iter()
+            .zip(&self.received_intrinsics)
+            .map(|(nominal, got)| match got {
+                Some(k) if self.params.use_camera_info => *k,
+                _ => *nominal,
+            })
+            .collect()
+    }
+
+    /// The image sizes to check against (`CameraInfo`'s, with `use_camera_info`).
+    fn expected_sizes(&self) -> Vec<Option<(u32, u32)>> {
+        if self.params.use_camera_info {
+            self.sizes.clone()
+        } else {
+            vec![None; self.cameras.len()]
+        }
+    }
+
+    /// The set held back for `/tf_static` and `CameraInfo`, with the calibration known now.
     fn release_held(&mut self) -> Option<Job> {
         let mut job = self.held.take()?;
         if self.extrinsics.is_empty() {
@@ -813,6 +837,8 @@ impl State {
             return None;
         }
         job.camera_to_output = self.extrinsics.clone();
+        job.intrinsics = self.intrinsics_now();
+        job.expected_sizes = self.expected_sizes();
         Some(job)
     }
 
@@ -824,7 +850,7 @@ impl State {
         }
         r2r::log_warn!(
             &self.name,
-            "no /tf_static within tf_wait_s = {} s: using the rig's extrinsics",
+            "no /tf_static or not every camera_info within tf_wait_s = {} s: using the rig's calibration where missing",
             self.params.tf_wait_s
         );
         self.release_held()
