@@ -214,8 +214,9 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-/// `Detector::load` on the fixture and the run folder `run` gives the trainer's boxes (1e-4) on one image: what a
-/// run wrote loads back as the trainer held it (the base folder's config and tokenizer).
+/// `Detector::load` on the fixture and the run folder `run` gives the trainer's boxes on one image (to 1e-4,
+/// relative above 1 m: the centre is an exponential of the depth channel): what a run wrote loads back as the
+/// trainer held it (the base folder's config and tokenizer).
 fn assert_loads_back(run: &std::path::Path, trained: &vlm3d::model::detector::Detector) {
     let loaded = vlm3d::model::detector::Detector::load(
         &fixture(),
@@ -236,7 +237,12 @@ fn assert_loads_back(run: &std::path::Path, trained: &vlm3d::model::detector::De
         assert_eq!(va.boxes.len(), vb.boxes.len());
         for (da, db) in va.boxes.iter().zip(&vb.boxes) {
             for (x, y) in da.bbox.iter().zip(&db.bbox) {
-                assert!((x - y).abs() < 1e-4, "{:?} vs {:?}", da.bbox, db.bbox);
+                assert!(
+                    (x - y).abs() < 1e-4 * x.abs().max(1.0),
+                    "{:?} vs {:?}",
+                    da.bbox,
+                    db.bbox
+                );
             }
         }
     }
