@@ -9,6 +9,7 @@
 #
 #   bash scripts/train_holdout_model.sh [--resume]      # after: bash scripts/setup.sh && source env.sh
 #   MAX_STEPS=5 bash scripts/train_holdout_model.sh     # stop training after 5 steps (a smoke run), then evaluate
+#   VLM3D_BIN=target/release/vlm3d bash scripts/train_holdout_model.sh   # a built binary instead of the debug build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=out/holdout-model
@@ -20,8 +21,12 @@ else
     echo "train_holdout_model.sh: no env.sh; run bash scripts/setup.sh first" >&2
     exit 1
 fi
-cargo build --bin vlm3d
-V=target/debug/vlm3d
+if [ -n "${VLM3D_BIN:-}" ]; then
+    V="$VLM3D_BIN"
+else
+    cargo build --bin vlm3d
+    V=target/debug/vlm3d
+fi
 if [ ! -f "$WORK/train/bag/metadata.yaml" ]; then
     $V synth --out "$WORK/train/nuscenes" --scenes 8 --samples-per-scene 10 --width 448 --height 252 --seed 100 \
         --distinct-looks --quiet
