@@ -20,6 +20,8 @@ pub enum VisibilityRule {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PinholeCamera {
     k: Matrix3<f64>,
+    /// K⁻¹, computed once: [`PinholeCamera::ray`] runs per image token.
+    k_inv: Matrix3<f64>,
     width: u32,
     height: u32,
 }
@@ -46,7 +48,15 @@ impl PinholeCamera {
                 format!("{width}x{height} is empty"),
             ));
         }
-        Ok(Self { k, width, height })
+        let k_inv = k
+            .try_inverse()
+            .ok_or_else(|| Error::invalid("camera matrix", "singular (no inverse)"))?;
+        Ok(Self {
+            k,
+            k_inv,
+            width,
+            height,
+        })
     }
 
     /// Builds a camera from nuScenes' `camera_intrinsic` (row-major 3×3).
@@ -82,9 +92,7 @@ impl PinholeCamera {
     /// The viewing ray through a pixel as (x/z, y/z) in the camera frame: K⁻¹ applied to (u, v, 1). Points
     /// `z · (x/z, y/z, 1)` project back onto the pixel for every depth z > 0.
     pub fn ray(&self, px: &Point2<f64>) -> Vector2<f64> {
-        // K is upper triangular with positive focal lengths (checked in `new`), so it is invertible.
-        let r = self.k.try_inverse().unwrap_or_else(Matrix3::identity)
-            * nalgebra::Vector3::new(px.x, px.y, 1.0);
+        let r = self.k_inv * nalgebra::Vector3::new(px.x, px.y, 1.0);
         Vector2::new(r.x / r.z, r.y / r.z)
     }
 

@@ -140,19 +140,18 @@ impl Detector {
         Ok((first, grid.merged_tokens(m), centres))
     }
 
-    /// The image tokens of `views` (a group's members) from the group's decoder states `h` `[views, L, hidden]`.
-    #[allow(clippy::too_many_arguments)]
+    /// The image tokens of `views` (a group's members, prefix `ids`, image grid `grid`) from the group's decoder
+    /// states `h` `[views, L, hidden]`.
     fn group_tokens(
         &self,
         h: &Tensor,
-        first: usize,
-        n: usize,
-        centres: &Tensor,
+        ids: &[u32],
         grid: GridThw,
         views: &[usize],
         cameras: &[ViewCamera],
     ) -> Result<Vec<ImageTokens>> {
         let m = self.pipeline.model.config.vision.spatial_merge_size;
+        let (first, n, centres) = self.image_tokens(ids, grid)?;
         let image = h.narrow(1, first, n)?;
         views
             .iter()
@@ -286,14 +285,13 @@ impl Detector {
             let grid = grids[views[0]];
             let ids = self.prefix_ids(grid)?;
             let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
-            let (first, n, centres) = self.image_tokens(&ids, grid)?;
             let mut cache = KvCache::new();
             let h = self
                 .pipeline
                 .model
                 .text
                 .forward_embeds(&emb, &pos, &mut cache, false)?;
-            let tokens = self.group_tokens(&h, first, n, &centres, grid, &views, cameras)?;
+            let tokens = self.group_tokens(&h, &ids, grid, &views, cameras)?;
             groups.push(Group {
                 views,
                 cache,
@@ -355,7 +353,6 @@ impl Detector {
         for views in Self::groups(grids) {
             let grid = grids[views[0]];
             let ids = self.prefix_ids(grid)?;
-            let (first, n, centres) = self.image_tokens(&ids, grid)?;
             let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
             let (semb, spos) = self.suffix_inputs(views.len(), &suffix, next)?;
             let emb = Tensor::cat(&[&emb, &semb], 1)?;
@@ -372,7 +369,7 @@ impl Detector {
                     .text
                     .forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
             let q = h.narrow(1, h.dim(1)? - k, k)?;
-            let tokens = self.group_tokens(&h, first, n, &centres, grid, &views, cameras)?;
+            let tokens = self.group_tokens(&h, &ids, grid, &views, cameras)?;
             for ((i, &v), t) in views.iter().enumerate().zip(tokens) {
                 rows[v] = Some(q.get(i)?);
                 images[v] = Some(t);

@@ -9,6 +9,7 @@ use r2r::vision_msgs::msg::{
 };
 use r2r::vlm3d::msg::{BoundingBox3D, BoundingBox3DArray};
 
+use crate::geometry::PinholeCamera;
 use crate::perception::{Detection, Detections};
 use crate::{Error, Result};
 
@@ -174,9 +175,44 @@ pub fn to_detection3d_array(m: &BoundingBox3DArray) -> Detection3DArray {
     }
 }
 
+/// A `CameraInfo`'s row-major K as a pinhole camera: `Ok(None)` for ROS's "uncalibrated" all-zero K (and a K that
+/// is not 3 × 3), an error for an invalid one (non-finite, non-positive focal length, singular).
+pub fn pinhole_from_camera_info(
+    k: &[f64],
+    width: u32,
+    height: u32,
+) -> Result<Option<PinholeCamera>> {
+    if k.len() != 9 || k.iter().all(|&v| v == 0.0) {
+        return Ok(None);
+    }
+    let row = |r: usize| [k[3 * r], k[3 * r + 1], k[3 * r + 2]];
+    PinholeCamera::from_rows([row(0), row(1), row(2)], width, height).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// All-zero or non-3×3 K: uncalibrated (None); a nuScenes K: that camera; a zero focal length: an error.
+    #[test]
+    fn camera_info_k_becomes_a_pinhole_camera() {
+        assert_eq!(
+            pinhole_from_camera_info(&[0.0; 9], 1600, 900).unwrap(),
+            None
+        );
+        assert_eq!(
+            pinhole_from_camera_info(&[1.0; 4], 1600, 900).unwrap(),
+            None
+        );
+        let k = [1266.4, 0.0, 816.3, 0.0, 1266.4, 491.5, 0.0, 0.0, 1.0];
+        let cam = pinhole_from_camera_info(&k, 1600, 900).unwrap().unwrap();
+        assert_eq!(cam.k()[(0, 2)], 816.3);
+        assert_eq!(cam.k()[(1, 1)], 1266.4);
+        assert_eq!((cam.width(), cam.height()), (1600, 900));
+        let mut bad = k;
+        bad[0] = 0.0;
+        assert!(pinhole_from_camera_info(&bad, 1600, 900).is_err());
+    }
 
     fn sample() -> Detections {
         Detections {

@@ -34,7 +34,10 @@ use r2r::vlm3d::msg::BoundingBox3DArray;
 use r2r::{Context, Node, Publisher, QosProfile};
 use serde::Serialize;
 
-use super::convert::{nanos_from_time, time_from_nanos, to_detection3d_array, yaw_to_quaternion};
+use super::convert::{
+    nanos_from_time, pinhole_from_camera_info, time_from_nanos, to_detection3d_array,
+    yaw_to_quaternion,
+};
 use super::params::Params;
 use crate::geometry::{Frame, PinholeCamera};
 use crate::model::detector::{Detector, DetectorConfig};
@@ -709,30 +712,20 @@ impl State {
                     self.received_intrinsics[i] = None;
                 } else {
                     self.sizes[i] = Some((info.width, info.height));
-                    let rows = |r: usize| [info.k[3 * r], info.k[3 * r + 1], info.k[3 * r + 2]];
-                    // An all-zero K is ROS's "uncalibrated": the rig's intrinsics stand, no error.
+                    // Uncalibrated (all-zero K) or invalid: the rig's intrinsics stand.
                     self.received_intrinsics[i] =
-                        if info.k.len() == 9 && info.k.iter().any(|&v| v != 0.0) {
-                            match PinholeCamera::from_rows(
-                                [rows(0), rows(1), rows(2)],
-                                info.width,
-                                info.height,
-                            ) {
-                                Ok(k) => Some(k),
-                                Err(e) => {
-                                    self.errors.report(
-                                        format!("{} camera_info: bad K", self.cameras[i]),
-                                        format!(
-                                            "{} camera_info: {e}; using the rig's intrinsics",
-                                            self.cameras[i]
-                                        ),
-                                    );
-                                    None
-                                }
-                            }
-                        } else {
-                            None
-                        };
+                        pinhole_from_camera_info(&info.k, info.width, info.height).unwrap_or_else(
+                            |e| {
+                                self.errors.report(
+                                    format!("{} camera_info: bad K", self.cameras[i]),
+                                    format!(
+                                        "{} camera_info: {e}; using the rig's intrinsics",
+                                        self.cameras[i]
+                                    ),
+                                );
+                                None
+                            },
+                        );
                 }
                 if self.held.is_some() && self.calibrated() {
                     self.release_held()
