@@ -144,7 +144,7 @@ fn head_shapes_and_decoding() {
     let b = decode_box(
         3,
         &[1.0, 2.0, 3.0, 0.0, (2f32).ln(), (3f32).ln(), 1.0, 0.0],
-        0.0,
+        0.5,
     );
     assert_eq!(&b.bbox[..3], &[1.0, 2.0, 3.0]);
     assert!(
@@ -283,6 +283,7 @@ fn cuda_training_step_matches_cpu() {
             confidence: 1.0,
             localization: 0.0,
             confidence_target: Default::default(),
+            presence: 0.0,
         };
         let l = two_stage_loss(
             &out,

@@ -72,6 +72,7 @@ pub fn run(
         confidence: 1.0,
         localization: 0.0,
         confidence_target: Default::default(),
+        presence: 0.0,
     };
     let mut times = Vec::new();
     for i in 0..steps + 1 {

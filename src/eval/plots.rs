@@ -493,6 +493,9 @@ struct LogLine {
     /// Absent in logs from before the readout (and 0 when its weight is 0).
     #[serde(default)]
     localization: f64,
+    /// Absent in logs from before the presence map (and 0 when its weight is 0).
+    #[serde(default)]
+    presence: f64,
     lr: f64,
 }
 
@@ -514,6 +517,7 @@ fn read_log(path: &Path) -> Result<Vec<LogLine>> {
             row.iou_loss,
             row.confidence,
             row.localization,
+            row.presence,
             row.lr,
         ];
         if values.iter().any(|v| !v.is_finite()) {
@@ -586,7 +590,7 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
 }
 
 /// Plots the loss terms (total, embedding MSE, 1 − IoU3D, confidence BCE, and the readout's localization
-/// cross-entropy when the run used it) against the optimizer step, on a log
+/// cross-entropy and the presence map's focal loss when the run used them) against the optimizer step, on a log
 /// scale when every value is positive, above the learning rate, from the trainer's `metrics.jsonl`. Writes a PNG
 /// to `path`; a long log is drawn faint with a moving average on top; a malformed line is an [`Error::Format`] naming it.
 pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
@@ -614,6 +618,9 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
     ];
     if rows.iter().any(|r| r.localization > 0.0) {
         terms.push(("readout localization CE", |r| r.localization));
+    }
+    if rows.iter().any(|r| r.presence > 0.0) {
+        terms.push(("presence focal loss", |r| r.presence));
     }
     let all: Vec<f64> = rows
         .iter()

@@ -147,12 +147,19 @@ pub struct ViewCamera {
 }
 
 impl ViewCamera {
-    /// A [`PinholeCamera::nominal`] camera at the LiDAR's origin, looking along its optical axis: for images
-    /// without calibration (benchmarks, `vlm3d detect` on plain files), whose boxes stay in the camera frame.
+    /// A [`PinholeCamera::nominal`] camera at the LiDAR's origin looking forward, level (optical x → LiDAR −y,
+    /// y → −z, z → +x): for images without calibration (benchmarks, `vlm3d detect` on plain files), whose boxes
+    /// stay in the camera frame. The mount matters even there: the head's yaw is a LiDAR-frame heading.
     pub fn nominal(width: u32, height: u32) -> Result<Self> {
+        let forward = nalgebra::Rotation3::from_matrix_unchecked(Matrix3::new(
+            0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0,
+        ));
         Ok(Self {
             camera: PinholeCamera::nominal(width, height)?,
-            camera_to_lidar: Isometry3::identity(),
+            camera_to_lidar: Isometry3::from_parts(
+                nalgebra::Translation3::identity(),
+                nalgebra::UnitQuaternion::from_rotation_matrix(&forward),
+            ),
         })
     }
 }

@@ -13,9 +13,14 @@
 //! positions into rays, so one head serves cameras with different focal lengths and crops, and a lateral error
 //! is an angle, not metres the MLP has to multiply out. Boxes are then moved into the detector's frame.
 //!
+//! The yaw channels are a heading in the LiDAR frame, as the paper regresses it, whatever the detector's frame:
+//! there vehicles mostly run along the ego's road (yaw near 0 or π), a prior one head can learn for all six
+//! cameras; in the camera frame the same heading reads differently in each camera, which the head cannot tell
+//! apart. The view's extrinsics turn it into the detector's frame (`ViewGeometry::yaw`).
+//!
 //! Head output per query (`BOX_OUTPUTS` = 9 channels): centre x, y, z (metres, in the detector's frame), log
 //! length, log width, log height, sin yaw, cos yaw, and a confidence logit. [`decode_box`] turns them into
-//! `[x, y, z, l, w, h, yaw]`.
+//! `[x, y, z, l, w, h, yaw]`; a [`PresenceMap`] (optional, not in the paper) scales the confidences.
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -75,6 +80,9 @@ pub struct ViewGeometry {
     pub rotation: Tensor,
     /// `[1, 3]` translation camera → detector frame.
     pub translation: Tensor,
+    /// `[2, 2]` the head's yaw channels (sin, cos of a yaw about the LiDAR frame's +z) → the detector frame's
+    /// (identity for LiDAR-frame boxes).
+    pub yaw: Tensor,
 }
 
 impl ViewGeometry {
@@ -99,14 +107,26 @@ impl ViewGeometry {
                 rays.extend([ray.x as f32, ray.y as f32]);
             }
         }
-        let (rot, t) = match frame {
-            Frame::Camera => (nalgebra::Matrix3::identity(), nalgebra::Vector3::zeros()),
+        let to_lidar = view
+            .camera_to_lidar
+            .rotation
+            .to_rotation_matrix()
+            .into_inner();
+        let (rot, t, yaw) = match frame {
+            Frame::Camera => {
+                // A heading (c, s, 0) in the LiDAR frame is Rᵀ(c, s, 0) in the camera's, whose yaw channels
+                // are its z (sin) and x (cos) components (heading = (cos yaw, 0, sin yaw)); rows: s, c.
+                let r = to_lidar;
+                (
+                    nalgebra::Matrix3::identity(),
+                    nalgebra::Vector3::zeros(),
+                    [r[(1, 2)], r[(1, 0)], r[(0, 2)], r[(0, 0)]],
+                )
+            }
             Frame::Lidar => (
-                view.camera_to_lidar
-                    .rotation
-                    .to_rotation_matrix()
-                    .into_inner(),
+                to_lidar,
                 view.camera_to_lidar.translation.vector,
+                [1.0, 0.0, 0.0, 1.0],
             ),
         };
         let rot: Vec<f32> = (0..9).map(|i| rot[(i / 3, i % 3)] as f32).collect();
@@ -118,6 +138,7 @@ impl ViewGeometry {
                 (1, 3),
                 device,
             )?,
+            yaw: Tensor::from_vec(yaw.map(|v| v as f32).to_vec(), (2, 2), device)?,
         })
     }
 }
@@ -186,6 +207,39 @@ impl SpatialReadout {
     }
 }
 
+/// Where the prompted object is in one view (not in the paper): a logit per image token from a summary of the
+/// prompt (the mean of the query states, which all attend to the prompt) against each token's state, trained on
+/// every token of the view (1 where a true box of the prompted categories has its projected centre, 0 elsewhere,
+/// all 0 for an absent category; `presence_weight`). The queries' confidence learns from one matched query per
+/// box, a few labels per view; this map learns from every token, and tells a view that holds the prompted
+/// object from one that does not. A query's presence is the map's probability where it looks.
+#[derive(Debug, Clone)]
+pub struct PresenceMap {
+    q: Linear,
+    k: Linear,
+    offset: Tensor,
+}
+
+impl PresenceMap {
+    /// Projections `presence.q`, `presence.k` (`hidden` → [`READOUT_DIM`]) and the scalar `presence.offset`.
+    pub fn new(hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            q: candle_nn::linear(hidden, READOUT_DIM, vb.pp("q"))?,
+            k: candle_nn::linear(hidden, READOUT_DIM, vb.pp("k"))?,
+            offset: vb.get_with_hints(1, "offset", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    /// `queries` `[K, hidden]`, one view's tokens → `[N]` presence logits, one per image token.
+    pub fn forward(&self, queries: &Tensor, image: &ImageTokens) -> Result<Tensor> {
+        let dtype = queries.dtype();
+        let prompt = self.q.forward(&queries.mean_keepdim(0)?)?;
+        let k = self.k.forward(&image.states.to_dtype(dtype)?)?;
+        let heat = (prompt.matmul(&k.t()?)? / (READOUT_DIM as f64).sqrt())?.squeeze(0)?;
+        Ok(heat.broadcast_add(&self.offset.to_dtype(dtype)?)?)
+    }
+}
+
 /// What the readout returns for one view's queries.
 #[derive(Debug, Clone)]
 pub struct Attended {
@@ -221,6 +275,8 @@ pub struct HeadOutput {
     pub logits: Tensor,
     /// Per view, where the queries looked (empty when the head ran on bare states).
     pub readout: Vec<Readout>,
+    /// `[..]` the presence map's probability where each query looks (`None` without a [`PresenceMap`]).
+    pub presence: Option<Tensor>,
 }
 
 /// One view's readout attention.
@@ -230,6 +286,8 @@ pub struct Readout {
     pub scores: Tensor,
     /// `[N, 2]` the tokens' centres (as [`ImageTokens::centres`]).
     pub centres: Tensor,
+    /// `[N]` presence logits of the tokens (`None` without a [`PresenceMap`]).
+    pub heat: Option<Tensor>,
 }
 
 impl HeadOutput {
@@ -240,6 +298,17 @@ impl HeadOutput {
             boxes: self.boxes.get(v)?,
             logits: self.logits.get(v)?,
             readout: self.readout.get(v).cloned().into_iter().collect(),
+            presence: self.presence.as_ref().map(|p| p.get(v)).transpose()?,
+        })
+    }
+
+    /// Each query's score: the sigmoid of its confidence logit, times its presence when the head has a
+    /// [`PresenceMap`].
+    pub fn scores(&self) -> Result<Tensor> {
+        let conf = candle_nn::ops::sigmoid(&self.logits)?;
+        Ok(match &self.presence {
+            Some(p) => (conf * p)?,
+            None => conf,
         })
     }
 }
@@ -278,6 +347,7 @@ impl BoxHead {
             boxes: o.narrow(last, 0, 8)?,
             logits: o.narrow(last, 8, 1)?.squeeze(last)?,
             readout: Vec::new(),
+            presence: None,
         })
     }
 }
@@ -293,6 +363,10 @@ pub struct DetectionHead {
     pub readout: SpatialReadout,
     /// The MLP.
     pub head: BoxHead,
+    /// Where the prompted object is (`None`: the paper's head, scores are the confidences alone).
+    pub presence: Option<PresenceMap>,
+    /// Width of the decoder states (to add a presence map later).
+    hidden: usize,
 }
 
 impl DetectionHead {
@@ -328,9 +402,38 @@ impl DetectionHead {
             queries,
             readout,
             head,
+            presence: None,
+            hidden,
         };
         this.reinitialize(seed)?;
         Ok(this)
+    }
+
+    /// Adds a [`PresenceMap`] (variables `presence.*`), drawn from `seed` like the rest (its offset starts at
+    /// 0); the other variables keep their values. Nothing happens when the head has one.
+    pub fn enable_presence(&mut self, seed: u64) -> Result<()> {
+        if self.presence.is_some() {
+            return Ok(());
+        }
+        let (dtype, device) = (self.queries.dtype(), self.queries.device().clone());
+        let vb = VarBuilder::from_varmap(&self.varmap, dtype, &device);
+        let map = PresenceMap::new(self.hidden, vb.pp("presence"))?;
+        let keep: Vec<(String, Tensor)> = self
+            .vars()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("presence."))
+            .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
+            .collect::<Result<_>>()?;
+        self.reinitialize(seed)?;
+        for (name, var) in self.vars() {
+            if let Some((_, t)) = keep.iter().find(|(n, _)| *n == name) {
+                var.set(t)?;
+            } else if name == "presence.offset" {
+                var.set(&var.as_tensor().zeros_like()?)?;
+            }
+        }
+        self.presence = Some(map);
+        Ok(())
     }
 
     /// Redraws every variable from `seed`, in name order (see [`DetectionHead::new`]).
@@ -351,7 +454,7 @@ impl DetectionHead {
                 let std = 0.02 * (var.dims()[1] as f64).sqrt();
                 (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
             } else if name.ends_with(".weight") {
-                let gain = if name.starts_with("readout.") {
+                let gain = if name.starts_with("readout.") || name.starts_with("presence.") {
                     1.0
                 } else {
                     2.0
@@ -384,9 +487,21 @@ impl DetectionHead {
         let mut fused = Vec::with_capacity(views);
         let mut readout = Vec::with_capacity(views);
         let mut rays = Vec::with_capacity(views);
+        let mut presence = Vec::with_capacity(views);
         for (v, img) in inputs.images.iter().enumerate() {
             let q = inputs.queries.get(v)?;
             let a = self.readout.forward(&q, img)?;
+            let heat = match &self.presence {
+                Some(map) => {
+                    let heat = map.forward(&q, img)?;
+                    // Where the query looks, weighted by its attention.
+                    let attn = candle_nn::ops::softmax(&a.scores, candle_core::D::Minus1)?;
+                    let p = candle_nn::ops::sigmoid(&heat)?;
+                    presence.push(attn.matmul(&p.unsqueeze(1)?)?.squeeze(1)?);
+                    Some(heat)
+                }
+                None => None,
+            };
             fused.push(Tensor::cat(
                 &[q, a.pooled, position_features(&a.centre)?],
                 1,
@@ -395,6 +510,7 @@ impl DetectionHead {
             readout.push(Readout {
                 scores: a.scores,
                 centres: img.centres.clone(),
+                heat,
             });
         }
         let out = self.head.forward(&Tensor::stack(&fused, 0)?)?;
@@ -407,11 +523,17 @@ impl DetectionHead {
             let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?)?
                 .matmul(&g.rotation.to_dtype(dtype)?.t()?)?
                 .broadcast_add(&g.translation.to_dtype(dtype)?)?;
-            boxes.push(Tensor::cat(&[centre, raw.narrow(1, 3, 5)?], 1)?);
+            let yaw = raw.narrow(1, 6, 2)?.matmul(&g.yaw.to_dtype(dtype)?)?;
+            boxes.push(Tensor::cat(&[centre, raw.narrow(1, 3, 3)?, yaw], 1)?);
         }
         Ok(HeadOutput {
             readout,
             boxes: Tensor::stack(&boxes, 0)?,
+            presence: if presence.is_empty() {
+                None
+            } else {
+                Some(Tensor::stack(&presence, 0)?)
+            },
             ..out
         })
     }
@@ -445,9 +567,13 @@ impl DetectionHead {
         Ok(())
     }
 
-    /// Loads values saved by [`DetectionHead::save`] into a head of matching shape.
+    /// Loads values saved by [`DetectionHead::save`] into a head of matching shape (a file with a presence map
+    /// adds one to the head).
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let t = super::qwen2vl::weights::read_file(path)?;
+        if t.contains_key("presence.offset") {
+            self.enable_presence(0)?;
+        }
         for (name, var) in self.vars() {
             let src = super::qwen2vl::weights::get_shaped(&t, path, &name, var.dims())?;
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
@@ -463,10 +589,10 @@ fn normal(rng: &mut impl rand::Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// Decodes the eight box channels and the logit of query number `query` into a [`Detection`]:
-/// `[x, y, z, exp(log l), exp(log w), exp(log h), atan2(sin, cos)]` (computed in f32, as the head runs) and the
-/// sigmoid of the logit.
-pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> Detection {
+/// Decodes the eight box channels of query number `query` and its score (see [`HeadOutput::scores`]) into a
+/// [`Detection`]: `[x, y, z, exp(log l), exp(log w), exp(log h), atan2(sin, cos)]` (computed in f32, as the head
+/// runs).
+pub fn decode_box(query: usize, raw: &[f32], score: f32) -> Detection {
     let size = |v: f32| v.clamp(-10.0, 10.0).exp();
     let bbox = [
         raw[0],
@@ -479,7 +605,7 @@ pub fn decode_box(query: usize, raw: &[f32], logit: f32) -> Detection {
     ];
     Detection {
         query: Some(query),
-        ..Detection::new(bbox.map(f64::from), 1.0 / (1.0 + (-logit).exp()))
+        ..Detection::new(bbox.map(f64::from), score)
     }
 }
 
@@ -585,18 +711,23 @@ mod tests {
     /// The same head and states with LiDAR-frame geometry give the camera-frame centres moved by the view's
     /// extrinsics (R·c + t) and the other channels unchanged.
     #[test]
-    fn lidar_frame_centres_are_the_camera_centres_moved_by_the_extrinsics() {
+    fn lidar_frame_boxes_are_the_camera_boxes_moved_by_the_extrinsics() {
         let dev = Device::Cpu;
         let hidden = 16;
         let h = DetectionHead::new(hidden, 3, DType::F32, &dev, 5).unwrap();
         let queries = Tensor::randn(0f32, 1.0, (1, 3, hidden), &dev).unwrap();
         let states = Tensor::randn(0f32, 1.0, (6, hidden), &dev).unwrap();
         let centres = ImageTokens::raster_centres(2, 3, &dev).unwrap();
+        // A mount turned about the LiDAR's z and tilted (an asymmetric rotation: a transposed one fails).
+        let mut turned = view();
+        turned.camera_to_lidar.rotation =
+            nalgebra::UnitQuaternion::from_euler_angles(0.05, -0.03, 0.7)
+                * turned.camera_to_lidar.rotation;
         let run = |frame| {
             let images = vec![ImageTokens {
                 states: states.clone(),
                 centres: centres.clone(),
-                geometry: ViewGeometry::new(&view(), 2, 3, frame, &dev).unwrap(),
+                geometry: ViewGeometry::new(&turned, 2, 3, frame, &dev).unwrap(),
             }];
             let out = h
                 .forward(&HeadInputs {
@@ -608,7 +739,7 @@ mod tests {
         };
         let cam = run(Frame::Camera);
         let lidar = run(Frame::Lidar);
-        let iso = view().camera_to_lidar;
+        let iso = turned.camera_to_lidar;
         for (c, l) in cam.iter().zip(&lidar) {
             let p = iso * nalgebra::Point3::new(c[0] as f64, c[1] as f64, c[2] as f64);
             for (a, b) in [p.x, p.y, p.z].iter().zip(&l[..3]) {
@@ -617,7 +748,22 @@ mod tests {
                     "{p} vs {l:?}"
                 );
             }
-            assert_eq!(&c[3..], &l[3..]);
+            assert_eq!(&c[3..6], &l[3..6]);
+            // The same box: the LiDAR-frame box moved into the camera frame by the geometry module has the
+            // camera-frame yaw (the head's yaw channels are a LiDAR-frame heading in both frames).
+            let d = |v: &[f32]| decode_box(0, v, 1.0).bbox;
+            let (bc, bl) = (d(c), d(l));
+            let moved = crate::geometry::OrientedBox3D::new(
+                nalgebra::Point3::new(bl[0], bl[1], bl[2]),
+                [bl[3], bl[4], bl[5]],
+                nalgebra::UnitQuaternion::from_axis_angle(&nalgebra::Vector3::z_axis(), bl[6]),
+            )
+            .unwrap()
+            .transform(&iso.inverse())
+            .camera_params();
+            let diff = (moved[6] - bc[6] + std::f64::consts::PI).rem_euclid(std::f64::consts::TAU)
+                - std::f64::consts::PI;
+            assert!(diff.abs() < 1e-4, "camera yaw {} vs {}", bc[6], moved[6]);
         }
     }
 
@@ -708,5 +854,124 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(d < 1e-4 * (1.0 + max_of(&key)), "{d}");
+    }
+
+    /// The presence map by hand (f64 loops over the variables): heat_t = (W_q·mean(q) + b_q)·(W_k·s_t + b_k)/8 +
+    /// offset; a query's presence is Σ_t softmax(readout scores)_t·σ(heat_t) and its score σ(logit)·presence.
+    /// Adding the map leaves the other variables as they were, and a head file with a map gives a bare head one.
+    #[test]
+    fn presence_is_the_map_probability_where_each_query_looks() {
+        let dev = Device::Cpu;
+        let (hidden, k, n) = (16, 3, 6);
+        let mut h = DetectionHead::new(hidden, k, DType::F32, &dev, 4).unwrap();
+        let before = values(&h);
+        h.enable_presence(9).unwrap();
+        let after = values(&h);
+        for (name, v) in &before {
+            assert_eq!(
+                after.iter().find(|(n, _)| n == name).unwrap().1,
+                *v,
+                "{name}"
+            );
+        }
+        let get = |name: &str| -> Vec<f64> {
+            after
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect()
+        };
+        assert_eq!(get("presence.offset"), [0.0]);
+        // A non-zero offset so that the test sees it.
+        let off = h
+            .vars()
+            .into_iter()
+            .find(|(n, _)| n == "presence.offset")
+            .unwrap()
+            .1;
+        off.set(&Tensor::new(&[0.7f32], &dev).unwrap()).unwrap();
+
+        let q = Tensor::randn(0f32, 1.0, (1, k, hidden), &dev).unwrap();
+        let states = Tensor::randn(0f32, 1.0, (n, hidden), &dev).unwrap();
+        let out = h
+            .forward(&HeadInputs {
+                queries: q.clone(),
+                images: vec![ImageTokens {
+                    states: states.clone(),
+                    centres: ImageTokens::raster_centres(2, 3, &dev).unwrap(),
+                    geometry: ViewGeometry::new(&view(), 2, 3, Frame::Camera, &dev).unwrap(),
+                }],
+            })
+            .unwrap();
+        let qv: Vec<Vec<f32>> = q.get(0).unwrap().to_vec2().unwrap();
+        let sv: Vec<Vec<f32>> = states.to_vec2().unwrap();
+        let (wq, bq, wk, bk) = (
+            get("presence.q.weight"),
+            get("presence.q.bias"),
+            get("presence.k.weight"),
+            get("presence.k.bias"),
+        );
+        let d = READOUT_DIM;
+        let mean: Vec<f64> = (0..hidden)
+            .map(|i| qv.iter().map(|r| f64::from(r[i])).sum::<f64>() / k as f64)
+            .collect();
+        let proj = |w: &[f64], b: &[f64], x: &[f64]| -> Vec<f64> {
+            (0..d)
+                .map(|o| b[o] + (0..hidden).map(|i| w[o * hidden + i] * x[i]).sum::<f64>())
+                .collect()
+        };
+        let pq = proj(&wq, &bq, &mean);
+        let heat: Vec<f64> = sv
+            .iter()
+            .map(|s| {
+                let x: Vec<f64> = s.iter().map(|&v| f64::from(v)).collect();
+                let pk = proj(&wk, &bk, &x);
+                pq.iter().zip(&pk).map(|(a, b)| a * b).sum::<f64>() / (d as f64).sqrt() + 0.7
+            })
+            .collect();
+        let got: Vec<f32> = out.readout[0].heat.as_ref().unwrap().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(&heat) {
+            assert!((f64::from(*g) - w).abs() < 1e-4, "{got:?} vs {heat:?}");
+        }
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let scores: Vec<Vec<f32>> = out.readout[0].scores.to_vec2().unwrap();
+        let presence: Vec<f32> = out
+            .presence
+            .as_ref()
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let logits: Vec<f32> = out.logits.get(0).unwrap().to_vec1().unwrap();
+        let final_scores: Vec<f32> = out.scores().unwrap().get(0).unwrap().to_vec1().unwrap();
+        for qi in 0..k {
+            let m = scores[qi]
+                .iter()
+                .fold(f64::MIN, |a, &b| a.max(f64::from(b)));
+            let z: f64 = scores[qi].iter().map(|&s| (f64::from(s) - m).exp()).sum();
+            let want: f64 = scores[qi]
+                .iter()
+                .zip(&heat)
+                .map(|(&s, &x)| (f64::from(s) - m).exp() / z * sig(x))
+                .sum();
+            assert!((f64::from(presence[qi]) - want).abs() < 1e-5);
+            let score = sig(f64::from(logits[qi])) * want;
+            assert!((f64::from(final_scores[qi]) - score).abs() < 1e-5);
+        }
+
+        // Saved and loaded into a head without a map: it gets one, with these values.
+        let path =
+            std::env::temp_dir().join(format!("vlm3d-presence-{}.safetensors", std::process::id()));
+        h.save(&path).unwrap();
+        let mut bare = DetectionHead::new(hidden, k, DType::F32, &dev, 4).unwrap();
+        assert!(bare.presence.is_none());
+        bare.load(&path).unwrap();
+        assert!(bare.presence.is_some());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(values(&bare), values(&h));
     }
 }

@@ -386,17 +386,17 @@ impl Detector {
     /// Decodes head outputs `[views, K, ..]` into per-view boxes above the score threshold.
     pub fn decode(&self, out: &HeadOutput) -> Result<Vec<ViewDetections>> {
         let boxes = out.boxes.to_dtype(DType::F32)?.to_vec3::<f32>()?;
-        let logits = out.logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let scores = out.scores()?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         Ok(boxes
             .iter()
-            .zip(&logits)
+            .zip(&scores)
             .enumerate()
-            .map(|(view, (b, l))| {
+            .map(|(view, (b, s))| {
                 let mut found: Vec<crate::perception::Detection> = b
                     .iter()
-                    .zip(l)
+                    .zip(s)
                     .enumerate()
-                    .map(|(q, (raw, &lg))| decode_box(q, raw, lg))
+                    .map(|(q, (raw, &score))| decode_box(q, raw, score))
                     .filter(|d| d.score >= self.config.score_threshold)
                     .collect();
                 found.sort_by(|a, b| b.score.total_cmp(&a.score));

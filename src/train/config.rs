@@ -114,6 +114,10 @@ pub struct TrainConfig {
     /// What a matched query's confidence learns (`matched`: 1, the paper's; `distance`: graded by centre distance).
     #[serde(default)]
     pub confidence_target: crate::train::loss::ConfidenceTarget,
+    /// Weight of the presence map's loss (not in the paper; 0 = no presence map, the paper's head). When > 0 the
+    /// head gets a presence map and a box's score is its confidence times the map's probability where it looks.
+    #[serde(default)]
+    pub presence_weight: f64,
     /// Stage 1 (MSE).
     pub stage1: StageConfig,
     /// Stage 2 (MSE + IoU).
@@ -224,6 +228,7 @@ impl TrainConfig {
             ("grad_clip", self.grad_clip),
             ("confidence_weight", self.confidence_weight),
             ("localization_weight", self.localization_weight),
+            ("presence_weight", self.presence_weight),
             ("lora.alpha", self.lora.alpha),
         ] {
             if !v.is_finite() || v < 0.0 {

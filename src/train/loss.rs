@@ -55,6 +55,8 @@ pub struct LossWeights {
     pub localization: f64,
     /// What a matched query's confidence learns.
     pub confidence_target: ConfidenceTarget,
+    /// The presence map's loss (a focal loss on every image token; not in the paper; 0 = off).
+    pub presence: f64,
 }
 
 /// The confidence label of a matched query (unmatched queries always learn 0).
@@ -144,6 +146,8 @@ pub struct ViewLoss {
     pub confidence: f64,
     /// The readout's localization cross-entropy over matched boxes with a centre in the image (0 when off).
     pub localization: f64,
+    /// The presence map's focal loss per true box in the image (0 when off).
+    pub presence: f64,
     /// Matched (query, box) pairs.
     pub matched: Vec<(usize, usize)>,
 }
@@ -285,8 +289,7 @@ pub fn two_stage_loss(
         };
     }
     let y = Tensor::from_vec(labels, k, &device)?;
-    let softplus = (logits.relu()? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
-    let bce = (softplus - (&y * &logits)?)?.mean_all()?;
+    let bce = (softplus(&logits)? - (&y * &logits)?)?.mean_all()?;
     let mut total = (bce.clone() * weights.confidence)?;
     let confidence = f64::from(bce.to_scalar::<f32>()?);
 
@@ -332,14 +335,74 @@ pub fn two_stage_loss(
             total = (total + (ce * weights.localization)?)?;
         }
     }
+    let mut presence = 0.0;
+    if weights.presence > 0.0 {
+        let (term, v) = presence_loss(out, image_centres)?;
+        presence = v;
+        total = (total + (term * weights.presence)?)?;
+    }
     Ok(ViewLoss {
         total,
         mse: mse_v,
         iou_loss: iou_v,
         confidence,
         localization,
+        presence,
         matched,
     })
+}
+
+/// `ln(1 + eˣ)`, stable for large |x|.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    Ok((x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
+}
+
+/// The index of the token whose centre is nearest to `c` (both in [-1, 1] image coordinates).
+fn nearest_token(grid: &[Vec<f32>], c: [f64; 2]) -> Option<usize> {
+    grid.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                i,
+                (f64::from(t[0]) - c[0]).powi(2) + (f64::from(t[1]) - c[1]).powi(2),
+            )
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(i, _)| i)
+}
+
+/// The presence map's loss on one view: every token is labelled 1 when a true box of the prompted categories
+/// has its projected centre there (`centres`, as in [`two_stage_loss`]) and 0 otherwise; a focal binary
+/// cross-entropy (γ = 2, CenterNet's: the many easy background tokens do not drown the few object tokens),
+/// summed over tokens and divided by the number of object tokens (at least 1).
+fn presence_loss(out: &HeadOutput, centres: &[Option<[f64; 2]>]) -> Result<(Tensor, f64)> {
+    let Some((heat, readout)) = out
+        .readout
+        .first()
+        .and_then(|r| r.heat.as_ref().map(|h| (h, r)))
+    else {
+        return Err(Error::invalid(
+            "presence loss",
+            "presence_weight > 0 but the head has no presence map",
+        ));
+    };
+    let grid: Vec<Vec<f32>> = readout.centres.to_dtype(DType::F32)?.to_vec2()?;
+    let mut labels = vec![0f32; grid.len()];
+    for c in centres.iter().flatten() {
+        if let Some(t) = nearest_token(&grid, *c) {
+            labels[t] = 1.0;
+        }
+    }
+    let positives = labels.iter().filter(|&&y| y > 0.0).count().max(1);
+    let x = heat.to_dtype(DType::F32)?;
+    let y = Tensor::from_vec(labels, grid.len(), x.device())?;
+    let p = candle_nn::ops::sigmoid(&x)?;
+    // −log p = softplus(−x), −log(1 − p) = softplus(x).
+    let pos = ((p.affine(-1.0, 1.0)?.sqr()? * softplus(&x.neg()?)?)? * &y)?;
+    let neg = ((p.sqr()? * softplus(&x)?)? * y.affine(-1.0, 1.0)?)?;
+    let loss = ((pos + neg)?.sum_all()? / positives as f64)?;
+    let v = f64::from(loss.to_scalar::<f32>()?);
+    Ok((loss, v))
 }
 
 /// Where the queries of one view look (the head's readout, `out.readout[0]`) and which image token holds each
@@ -365,19 +428,7 @@ impl Looks {
         let grid: Vec<Vec<f32>> = readout.centres.to_dtype(DType::F32)?.to_vec2()?;
         let tokens = centres
             .iter()
-            .map(|c| {
-                let c = (*c)?;
-                grid.iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        (
-                            i,
-                            (f64::from(t[0]) - c[0]).powi(2) + (f64::from(t[1]) - c[1]).powi(2),
-                        )
-                    })
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .map(|(i, _)| i)
-            })
+            .map(|c| nearest_token(&grid, (*c)?))
             .collect();
         // log-softmax by hand (the fused softmax has no backward): score − logsumexp.
         let s = readout.scores.to_dtype(DType::F32)?;
@@ -485,6 +536,7 @@ mod tests {
             boxes,
             logits,
             readout: Vec::new(),
+            presence: None,
         };
         let w = LossWeights {
             mse: 0.2,
@@ -492,6 +544,7 @@ mod tests {
             confidence: 1.0,
             localization: 0.0,
             confidence_target: ConfidenceTarget::Matched,
+            presence: 0.0,
         };
         let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(2, 0)]);
@@ -533,6 +586,7 @@ mod tests {
             boxes: Tensor::from_vec(flat, (2, 8), &Device::Cpu).unwrap(),
             logits: Tensor::new(&logits, &Device::Cpu).unwrap(),
             readout: Vec::new(),
+            presence: None,
         };
         let w = LossWeights {
             mse: 1.0,
@@ -540,6 +594,7 @@ mod tests {
             confidence: 1.0,
             localization: 0.0,
             confidence_target: ConfidenceTarget::Distance,
+            presence: 0.0,
         };
         let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(1, 0)]);
@@ -585,7 +640,9 @@ mod tests {
             readout: vec![Readout {
                 scores: Tensor::new(&s, &dev).unwrap(),
                 centres: ImageTokens::raster_centres(1, 4, &dev).unwrap(),
+                heat: None,
             }],
+            presence: None,
         };
         let w = LossWeights {
             mse: 1.0,
@@ -593,6 +650,7 @@ mod tests {
             confidence: 1.0,
             localization: 1.0,
             confidence_target: ConfidenceTarget::Matched,
+            presence: 0.0,
         };
         for (looking, other) in [(0usize, 1usize), (1, 0)] {
             // Swap the queries' scores: the match follows the look.
@@ -601,6 +659,7 @@ mod tests {
                 readout: vec![Readout {
                     scores: Tensor::new(&sc, &dev).unwrap(),
                     centres: ImageTokens::raster_centres(1, 4, &dev).unwrap(),
+                    heat: None,
                 }],
                 ..out.clone()
             };
@@ -630,5 +689,68 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.localization, 0.0);
+    }
+
+    /// The presence loss by hand: a 1 × 4 token raster (u = −0.75, −0.25, 0.25, 0.75); two boxes with centres in
+    /// token 2 (u = 0.3 and 0.1) and one outside the image label token 2 alone. Focal terms: the object token
+    /// (1 − p)²·softplus(−x), each background token p²·softplus(x), summed and divided by the one object token; an
+    /// absent category (no centres) labels every token background, divided by 1.
+    #[test]
+    fn presence_loss_is_the_focal_loss_over_tokens() {
+        use crate::model::box_head::{ImageTokens, Readout};
+        let dev = Device::Cpu;
+        let e = BoxEmbedding::new(&dev).unwrap();
+        let heat = [-2.0f32, 0.5, 1.5, -0.3];
+        let out = HeadOutput {
+            embedding: Tensor::zeros((1, 128), DType::F32, &dev).unwrap(),
+            boxes: Tensor::from_vec(
+                encode_box([0.0, 0.0, 10.0, 4.0, 2.0, 1.5, 0.0]).to_vec(),
+                (1, 8),
+                &dev,
+            )
+            .unwrap(),
+            logits: Tensor::zeros(1, DType::F32, &dev).unwrap(),
+            readout: vec![Readout {
+                scores: Tensor::zeros((1, 4), DType::F32, &dev).unwrap(),
+                centres: ImageTokens::raster_centres(1, 4, &dev).unwrap(),
+                heat: Some(Tensor::new(&heat, &dev).unwrap()),
+            }],
+            presence: None,
+        };
+        let w = LossWeights {
+            mse: 0.0,
+            iou: 0.0,
+            confidence: 0.0,
+            localization: 0.0,
+            confidence_target: ConfidenceTarget::Matched,
+            presence: 1.0,
+        };
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        let bg = |x: f64| sig(x).powi(2) * sp(x);
+        let obj = |x: f64| (1.0 - sig(x)).powi(2) * sp(-x);
+        let h: Vec<f64> = heat.iter().map(|&x| f64::from(x)).collect();
+        let target = [0.0, 0.0, 10.0, 4.0, 2.0, 1.5, 0.0];
+        let centres = [Some([0.3, 0.0]), Some([0.1, -0.5]), None];
+        let l = two_stage_loss(&out, &[target; 3], &centres, Frame::Camera, &w, &e).unwrap();
+        let want = bg(h[0]) + bg(h[1]) + obj(h[2]) + bg(h[3]);
+        assert!((l.presence - want).abs() < 1e-5, "{} vs {want}", l.presence);
+        let total = f64::from(l.total.to_scalar::<f32>().unwrap());
+        assert!(
+            (total - want).abs() < 1e-5,
+            "only the presence term is weighted"
+        );
+        let absent = two_stage_loss(&out, &[], &[], Frame::Camera, &w, &e).unwrap();
+        let want: f64 = h.iter().map(|&x| bg(x)).sum();
+        assert!((absent.presence - want).abs() < 1e-5);
+        // A head without a presence map cannot train one.
+        let bare = HeadOutput {
+            readout: vec![Readout {
+                heat: None,
+                ..out.readout[0].clone()
+            }],
+            ..out.clone()
+        };
+        assert!(two_stage_loss(&bare, &[], &[], Frame::Camera, &w, &e).is_err());
     }
 }

@@ -100,6 +100,7 @@ pub fn schedule_at(
             confidence: cfg.confidence_weight,
             localization: cfg.localization_weight,
             confidence_target: cfg.confidence_target,
+            presence: cfg.presence_weight,
         },
     )
 }
@@ -286,6 +287,8 @@ pub struct StepMetrics {
     pub confidence: f64,
     /// The readout's localization loss (0 when its weight is 0).
     pub localization: f64,
+    /// The presence map's loss (0 when its weight is 0).
+    pub presence: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Examples per second of the step.
@@ -397,6 +400,10 @@ impl Trainer {
             },
         )?;
         detector.pipeline.processor.config.max_pixels = cfg.max_pixels;
+        if cfg.presence_weight > 0.0 {
+            // Before the optimizer collects the head's variables (and before a resume loads them).
+            detector.head.enable_presence(cfg.seed)?;
+        }
 
         // Examples: every camera view of the training bags, each with its prompts; held-out categories are
         // neither negatives (the vocabulary leaves them out) nor positives or targets (removed per view).
@@ -722,9 +729,9 @@ impl Trainer {
     }
 
     /// Loss of one micro-batch (mean over its examples) and its parts.
-    fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 4])> {
+    fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 5])> {
         let mut total: Option<Tensor> = None;
-        let mut parts = [0.0; 4];
+        let mut parts = [0.0; 5];
         for it in batch {
             let ex = self.assemble(*it, self.epoch)?;
             let (feat, grid) = self.features(it.example, &ex.augmentation)?;
@@ -746,6 +753,7 @@ impl Trainer {
                 ("1 - IoU", l.iou_loss),
                 ("confidence", l.confidence),
                 ("localization", l.localization),
+                ("presence", l.presence),
             ]
             .into_iter()
             .enumerate()
@@ -840,7 +848,7 @@ impl Trainer {
             let (stage, lr, weights) =
                 schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
             let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
-            let mut parts = [0.0; 4];
+            let mut parts = [0.0; 5];
             let mut loss_sum = 0.0;
             let mut n_ex = 0;
             let end = (self.position + self.cfg.grad_accumulation).min(micro.len());
@@ -909,6 +917,7 @@ impl Trainer {
                 iou_loss: parts[1] / n_micro,
                 confidence: parts[2] / n_micro,
                 localization: parts[3] / n_micro,
+                presence: parts[4] / n_micro,
                 grad_norm: norm,
                 examples_per_s: n_ex as f64 / started.elapsed().as_secs_f64().max(1e-9),
             };
@@ -917,7 +926,7 @@ impl Trainer {
             writeln!(log, "{line}").map_err(|e| Error::io(&mp, e))?;
             bar.set_position(self.step as u64);
             bar.set_message(format!(
-                "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}, loc {:.3}) {:.1} ex/s",
+                "epoch {} stage {} loss {:.4} (mse {:.4}, 1-iou {:.3}, conf {:.3}, loc {:.3}, presence {:.3}) {:.1} ex/s",
                 m.epoch,
                 m.stage,
                 m.loss,
@@ -925,6 +934,7 @@ impl Trainer {
                 m.iou_loss,
                 m.confidence,
                 m.localization,
+                m.presence,
                 m.examples_per_s
             ));
             if self.step.is_multiple_of(self.cfg.checkpoint_every) {

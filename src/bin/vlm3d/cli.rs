@@ -730,8 +730,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let s = t.run(a.max_steps)?;
             if let Some(m) = &s.last {
                 println!(
-                    "step {}: loss {:.4} (mse {:.4}, 1 - IoU {:.3}, confidence {:.3}, localization {:.3})",
-                    m.step, m.loss, m.mse, m.iou_loss, m.confidence, m.localization
+                    "step {}: loss {:.4} (mse {:.4}, 1 - IoU {:.3}, confidence {:.3}, localization {:.3}, presence {:.3})",
+                    m.step, m.loss, m.mse, m.iou_loss, m.confidence, m.localization, m.presence
                 );
             }
             let vlm = if s.trained.join("model.safetensors").exists() {
