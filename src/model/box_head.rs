@@ -302,12 +302,13 @@ impl HeadOutput {
         })
     }
 
-    /// Each query's score: the sigmoid of its confidence logit, times its presence when the head has a
-    /// [`PresenceMap`].
+    /// Each query's score: the sigmoid of its confidence logit or, when the head has a [`PresenceMap`], the
+    /// geometric mean of that and its presence (a probability again, on the confidences' scale; it ranks boxes
+    /// as the product does).
     pub fn scores(&self) -> Result<Tensor> {
         let conf = candle_nn::ops::sigmoid(&self.logits)?;
         Ok(match &self.presence {
-            Some(p) => (conf * p)?,
+            Some(p) => (conf * p)?.sqrt()?,
             None => conf,
         })
     }
@@ -857,7 +858,7 @@ mod tests {
     }
 
     /// The presence map by hand (f64 loops over the variables): heat_t = (W_q·mean(q) + b_q)·(W_k·s_t + b_k)/8 +
-    /// offset; a query's presence is Σ_t softmax(readout scores)_t·σ(heat_t) and its score σ(logit)·presence.
+    /// offset; a query's presence is Σ_t softmax(readout scores)_t·σ(heat_t) and its score √(σ(logit)·presence).
     /// Adding the map leaves the other variables as they were, and a head file with a map gives a bare head one.
     #[test]
     fn presence_is_the_map_probability_where_each_query_looks() {
@@ -959,7 +960,7 @@ mod tests {
                 .map(|(&s, &x)| (f64::from(s) - m).exp() / z * sig(x))
                 .sum();
             assert!((f64::from(presence[qi]) - want).abs() < 1e-5);
-            let score = sig(f64::from(logits[qi])) * want;
+            let score = (sig(f64::from(logits[qi])) * want).sqrt();
             assert!((f64::from(final_scores[qi]) - score).abs() < 1e-5);
         }
 

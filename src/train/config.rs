@@ -115,7 +115,8 @@ pub struct TrainConfig {
     #[serde(default)]
     pub confidence_target: crate::train::loss::ConfidenceTarget,
     /// Weight of the presence map's loss (not in the paper; 0 = no presence map, the paper's head). When > 0 the
-    /// head gets a presence map and a box's score is its confidence times the map's probability where it looks.
+    /// head gets a presence map and a box's score is the geometric mean of its confidence and the map's
+    /// probability where it looks.
     #[serde(default)]
     pub presence_weight: f64,
     /// Stage 1 (MSE).

@@ -363,9 +363,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Minimum confidence of a drawn and reported box (0 keeps every query's box). The default suits the demo
-    /// model, whose confidences are low (its highest on the held-out scenes is 0.39; 1.2 % of its boxes score
-    /// above 0.15); the node's own default, for real checkpoints, is 0.3.
-    #[arg(long, default_value_t = 0.15)]
+    /// model, whose scores are low (its highest on the held-out scenes is 0.39; 1.2 % of its boxes score above
+    /// 0.25); the node's own default, for real checkpoints, is 0.3.
+    #[arg(long, default_value_t = 0.25)]
     pub score_threshold: f32,
     /// The offline pipeline instead (one sample through the detector in this process, `bev.png`); without
     /// the `ros` feature the demo is always offline.
