@@ -589,6 +589,14 @@ fn moving_average(values: &[f64], window: usize) -> Vec<f64> {
         .collect()
 }
 
+/// Whether loss values are drawn on a log scale: unless more than 1 in 20 are 0 or less (a term that is off).
+/// The few steps whose batch held no box (box terms 0) then sit on the plot's floor instead of flattening every
+/// curve onto a linear axis.
+fn log_scale(values: &[f64]) -> bool {
+    let non_positive = values.iter().filter(|v| **v <= 0.0).count();
+    non_positive < values.len() && non_positive * 20 <= values.len()
+}
+
 /// Plots the loss terms (total, embedding MSE, 1 − IoU3D, confidence BCE, and the readout's localization
 /// cross-entropy and the presence map's focal loss when the run used them) against the optimizer step, on a log
 /// scale when every value is positive, above the learning rate, from the trainer's `metrics.jsonl`. Writes a PNG
@@ -626,14 +634,16 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
         .iter()
         .flat_map(|r| terms.iter().map(move |(_, f)| f(r)))
         .collect();
-    let log = !all.is_empty() && all.iter().all(|v| *v > 0.0);
+    let log = log_scale(&all);
+    let zeros = all.iter().any(|v| *v <= 0.0);
     // On a log scale the y coordinate is log10 of the value, ticked at decades (and 2, 5 between when they are few);
     // linear: round ticks.
-    let to_y = |v: f64| if log { v.log10() } else { v };
     let (lo, hi) = all
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(to_y(v)), hi.max(to_y(v)))
+        .filter(|v| !log || **v > 0.0)
+        .map(|&v| if log { v.log10() } else { v })
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
         });
     let y_range = if all.is_empty() {
         0.0..1.0
@@ -641,6 +651,12 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
         padded(lo, hi, 0.05)
     } else {
         padded(lo.min(0.0), hi, 0.05)
+    };
+    let floor = y_range.start;
+    let to_y = |v: f64| match (log, v > 0.0) {
+        (true, true) => v.log10(),
+        (true, false) => floor,
+        (false, _) => v,
     };
     let y_ticks: Vec<f64> = if log {
         let (d0, d1) = (y_range.start.floor() as i32, y_range.end.ceil() as i32);
@@ -677,7 +693,9 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
         let (top, bottom) = body.split_vertically((68).percent());
         let x_fmt = |x: &f64| format!("{}", x.round() as i64);
         // Losses.
-        let y_desc = if log {
+        let y_desc = if log && zeros {
+            "loss (unitless, log scale; 0 on the floor)"
+        } else if log {
             "loss (unitless, log scale)"
         } else {
             "loss (unitless)"
@@ -1163,6 +1181,21 @@ mod tests {
             );
         }
         assert_eq!(read_log(&log).unwrap().len(), 40);
+        // The scale: log with up to 1 in 20 values at 0 (drawn on the floor), linear with more or none positive.
+        let mut v = vec![0.5; 40];
+        assert!(log_scale(&v));
+        v[3] = 0.0;
+        v[7] = 0.0;
+        assert!(log_scale(&v));
+        v[9] = 0.0;
+        assert!(!log_scale(&v));
+        assert!(!log_scale(&[0.0, 0.0]) && !log_scale(&[]));
+        let mut zero_step = text.replacen("\"mse\":0.5,", "\"mse\":0.0,", 1);
+        zero_step = zero_step.replacen("\"iou_loss\":0.89,", "\"iou_loss\":0.0,", 1);
+        std::fs::write(&log, &zero_step).unwrap();
+        let p = d.join("floor.png");
+        training_curves(&p, &log).unwrap();
+        colours(&p, TRAINING_SIZE);
         // A zero loss term: linear scale.
         std::fs::write(
             &log,
