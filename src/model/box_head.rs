@@ -203,6 +203,7 @@ impl SpatialReadout {
             centre: attn.matmul(&image.centres.to_dtype(dtype)?)?,
             ray: attn.matmul(&image.geometry.rays.to_dtype(dtype)?)?,
             scores,
+            attn,
         })
     }
 }
@@ -251,6 +252,8 @@ pub struct Attended {
     pub ray: Tensor,
     /// `[K, N]` attention scores before the softmax.
     pub scores: Tensor,
+    /// `[K, N]` their softmax (the attention weights).
+    pub attn: Tensor,
 }
 
 /// `[K, 2]` positions → `[K, POSITION_FEATURES]`: the coordinates and sin/cos of π·2^o times each.
@@ -366,8 +369,6 @@ pub struct DetectionHead {
     pub head: BoxHead,
     /// Where the prompted object is (`None`: the paper's head, scores are the confidences alone).
     pub presence: Option<PresenceMap>,
-    /// Width of the decoder states (to add a presence map later).
-    hidden: usize,
 }
 
 impl DetectionHead {
@@ -404,7 +405,6 @@ impl DetectionHead {
             readout,
             head,
             presence: None,
-            hidden,
         };
         this.reinitialize(seed)?;
         Ok(this)
@@ -418,27 +418,21 @@ impl DetectionHead {
         }
         let (dtype, device) = (self.queries.dtype(), self.queries.device().clone());
         let vb = VarBuilder::from_varmap(&self.varmap, dtype, &device);
-        let map = PresenceMap::new(self.hidden, vb.pp("presence"))?;
-        let keep: Vec<(String, Tensor)> = self
-            .vars()
-            .into_iter()
-            .filter(|(n, _)| !n.starts_with("presence."))
-            .map(|(n, v)| Ok((n, v.as_tensor().copy()?)))
-            .collect::<Result<_>>()?;
-        self.reinitialize(seed)?;
-        for (name, var) in self.vars() {
-            if let Some((_, t)) = keep.iter().find(|(n, _)| *n == name) {
-                var.set(t)?;
-            } else if name == "presence.offset" {
-                var.set(&var.as_tensor().zeros_like()?)?;
-            }
-        }
+        let map = PresenceMap::new(self.queries.dim(1)?, vb.pp("presence"))?;
+        self.reinitialize_only(seed, "presence.")?;
         self.presence = Some(map);
         Ok(())
     }
 
     /// Redraws every variable from `seed`, in name order (see [`DetectionHead::new`]).
     fn reinitialize(&self, seed: u64) -> Result<()> {
+        self.reinitialize_only(seed, "")
+    }
+
+    /// Draws every variable's values from `seed` as [`DetectionHead::reinitialize`] does (so a variable gets the
+    /// same values whatever else is set) but sets only those whose name starts with `prefix`; the presence map's
+    /// offset starts at 0.
+    fn reinitialize_only(&self, seed: u64, prefix: &str) -> Result<()> {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let vars = self.vars();
@@ -468,10 +462,17 @@ impl DetectionHead {
                     .map(|_| rng.random_range(-bound..bound) as f32)
                     .collect()
             };
+            if !name.starts_with(prefix) {
+                continue;
+            }
             let t = Tensor::from_vec(values, var.dims(), &Device::Cpu)?
                 .to_dtype(var.dtype())?
                 .to_device(var.device())?;
-            var.set(&t)?;
+            var.set(&if name == "presence.offset" {
+                t.zeros_like()?
+            } else {
+                t
+            })?;
         }
         Ok(())
     }
@@ -496,9 +497,8 @@ impl DetectionHead {
                 Some(map) => {
                     let heat = map.forward(&q, img)?;
                     // Where the query looks, weighted by its attention.
-                    let attn = candle_nn::ops::softmax(&a.scores, candle_core::D::Minus1)?;
                     let p = candle_nn::ops::sigmoid(&heat)?;
-                    presence.push(attn.matmul(&p.unsqueeze(1)?)?.squeeze(1)?);
+                    presence.push(a.attn.matmul(&p.unsqueeze(1)?)?.squeeze(1)?);
                     Some(heat)
                 }
                 None => None,
