@@ -76,8 +76,13 @@ impl DemoOptions {
     }
 }
 
-/// The demo model (`models/demo`: the tiny fixture's base weights with trained adapters and head), or the
-/// untrained fixture (`tests/fixtures/qwen2vl_tiny`) when the demo model is absent.
+/// What the built-in demo model is, in a few words (the demo picture's title, the commands' notes).
+pub const DEMO_MODEL_NOTE: &str = "the built-in demo model: a tiny Qwen2-VL pre-trained on synthetic scenes, \
+     then the paper's LoRA recipe, with the dense box head (scripts/train_demo_model.sh)";
+
+/// The demo model (`models/demo`: `models/tiny-synth`, a tiny Qwen2-VL pre-trained on synthetic scenes, with
+/// LoRA adapters and the dense box head trained by the paper's recipe), or the untrained fixture
+/// (`tests/fixtures/qwen2vl_tiny`) when the demo model is absent.
 pub fn default_model_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let demo = root.join("models/demo");

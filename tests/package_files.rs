@@ -1024,7 +1024,7 @@ fn training_recipes_and_node_params_validate_against_their_schemas() {
     for rel in [
         "config/train.yaml",
         "config/train_demo.yaml",
-        "config/train_demo_full.yaml",
+        "config/pretrain_synth.yaml",
         "config/train_holdout.yaml",
     ] {
         let doc = yaml_as_json(rel);

@@ -107,88 +107,13 @@ impl BenchModel {
     }
 }
 
-/// Random weights (normal, std 0.02; norms 1) under the Hugging Face names for `cfg`.
+/// Random weights under the Hugging Face names for `cfg` on `device` ([`crate::model::qwen2vl::init`]'s draw:
+/// norms 1, biases 0, the rest normal with std √(1 / fan_in)).
 pub fn random_weights(cfg: &Config, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let mut w = HashMap::new();
-    let mut put = |name: String, shape: &[usize]| -> Result<()> {
-        let t = if name.contains("norm") || name.contains("ln_q") || name.contains("layernorm") {
-            if name.ends_with("bias") {
-                Tensor::zeros(shape, DType::F32, device)?
-            } else {
-                Tensor::ones(shape, DType::F32, device)?
-            }
-        } else {
-            (Tensor::randn(0f32, 1.0, shape, device)? * 0.02)?
-        };
-        w.insert(name, t);
-        Ok(())
-    };
-    let (t, v) = (&cfg.text, &cfg.vision);
-    let hd = t.head_dim();
-    put(
-        "model.embed_tokens.weight".into(),
-        &[t.vocab_size, t.hidden_size],
-    )?;
-    put("model.norm.weight".into(), &[t.hidden_size])?;
-    for i in 0..t.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let (h, q, kv) = (
-            t.hidden_size,
-            t.num_attention_heads * hd,
-            t.num_key_value_heads * hd,
-        );
-        for (n, o, i_) in [("q_proj", q, h), ("k_proj", kv, h), ("v_proj", kv, h)] {
-            put(format!("{p}.self_attn.{n}.weight"), &[o, i_])?;
-            put(format!("{p}.self_attn.{n}.bias"), &[o])?;
-        }
-        put(format!("{p}.self_attn.o_proj.weight"), &[h, q])?;
-        put(
-            format!("{p}.mlp.gate_proj.weight"),
-            &[t.intermediate_size, h],
-        )?;
-        put(format!("{p}.mlp.up_proj.weight"), &[t.intermediate_size, h])?;
-        put(
-            format!("{p}.mlp.down_proj.weight"),
-            &[h, t.intermediate_size],
-        )?;
-        put(format!("{p}.input_layernorm.weight"), &[h])?;
-        put(format!("{p}.post_attention_layernorm.weight"), &[h])?;
-    }
-    let e = v.embed_dim;
-    put(
-        "visual.patch_embed.proj.weight".into(),
-        &[
-            e,
-            v.in_channels,
-            v.temporal_patch_size,
-            v.patch_size,
-            v.patch_size,
-        ],
-    )?;
-    for i in 0..v.depth {
-        let p = format!("visual.blocks.{i}");
-        for (n, o, i_) in [
-            ("attn.qkv", 3 * e, e),
-            ("attn.proj", e, e),
-            ("mlp.fc1", v.mlp_hidden(), e),
-            ("mlp.fc2", e, v.mlp_hidden()),
-        ] {
-            put(format!("{p}.{n}.weight"), &[o, i_])?;
-            put(format!("{p}.{n}.bias"), &[o])?;
-        }
-        for n in ["norm1", "norm2"] {
-            put(format!("{p}.{n}.weight"), &[e])?;
-            put(format!("{p}.{n}.bias"), &[e])?;
-        }
-    }
-    let m2 = e * v.spatial_merge_size * v.spatial_merge_size;
-    put("visual.merger.ln_q.weight".into(), &[e])?;
-    put("visual.merger.ln_q.bias".into(), &[e])?;
-    put("visual.merger.mlp.0.weight".into(), &[m2, m2])?;
-    put("visual.merger.mlp.0.bias".into(), &[m2])?;
-    put("visual.merger.mlp.2.weight".into(), &[v.hidden_size, m2])?;
-    put("visual.merger.mlp.2.bias".into(), &[v.hidden_size])?;
-    Ok(w)
+    crate::model::qwen2vl::init::random_weights(cfg, 0)?
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_device(device)?)))
+        .collect()
 }
 
 /// One line of the bench table.

@@ -69,6 +69,8 @@ pub struct ImageTokens {
     pub centres: Tensor,
     /// The view's geometry (the same for every prompt on the view).
     pub geometry: ViewGeometry,
+    /// Rows and columns of the token raster (`rows · cols = N`).
+    pub grid: (usize, usize),
 }
 
 /// What turns a view's attended image position into a 3D centre in the detector's frame.
@@ -280,6 +282,19 @@ pub struct HeadOutput {
     pub readout: Vec<Readout>,
     /// `[..]` the presence map's probability where each query looks (`None` without a [`PresenceMap`]).
     pub presence: Option<Tensor>,
+    /// For a dense head ([`HeadKind::Dense`]): the outputs are per image token, on this raster.
+    pub dense: Option<DenseGrid>,
+}
+
+/// What a dense head's outputs carry besides the boxes: the token raster and the raw centre channels.
+#[derive(Debug, Clone)]
+pub struct DenseGrid {
+    /// Rows and columns of the token raster (the outputs' second axis is row-major over it).
+    pub grid: (usize, usize),
+    /// `[.., N, 3]` the head's centre channels before placement: ray offset (2) and log depth.
+    pub raw_centre: Tensor,
+    /// `[.., N, 2]` each token's viewing ray (x/z, y/z) in the camera frame.
+    pub rays: Tensor,
 }
 
 /// One view's readout attention.
@@ -302,6 +317,17 @@ impl HeadOutput {
             logits: self.logits.get(v)?,
             readout: self.readout.get(v).cloned().into_iter().collect(),
             presence: self.presence.as_ref().map(|p| p.get(v)).transpose()?,
+            dense: self
+                .dense
+                .as_ref()
+                .map(|d| -> Result<DenseGrid> {
+                    Ok(DenseGrid {
+                        grid: d.grid,
+                        raw_centre: d.raw_centre.get(v)?,
+                        rays: d.rays.get(v)?,
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -352,12 +378,54 @@ impl BoxHead {
             logits: o.narrow(last, 8, 1)?.squeeze(last)?,
             readout: Vec::new(),
             presence: None,
+            dense: None,
         })
     }
 }
 
+/// Which outputs the box head reads: the paper's K box queries, or every image token (CenterNet-style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// The paper's head: one box per query, read through the [`SpatialReadout`]; boxes matched by the
+    /// Hungarian algorithm in training.
+    #[default]
+    Queries,
+    /// The same MLP on every image token, conditioned on the prompt (the mean of the query states, which
+    /// attend to the prompt) by a learned gating of the token's state ([`DetectionHead::film`]): a box and a
+    /// heat-map logit per token, the centre on the token's own ray. A box is decoded where the heat map
+    /// peaks. Where an object is no longer depends on where a query chose to look: each token answers for
+    /// its own place (measured: README, "The demo model").
+    Dense,
+}
+
+/// Most boxes a dense head decodes per view (the highest-scoring heat-map peaks).
+pub const DENSE_MAX_PER_VIEW: usize = 32;
+
+/// The tokens of a `rows` × `cols` score raster that are local maxima of their 3 × 3 neighbourhood (CenterNet's
+/// max-pool suppression: one peak per object), best first, at most `max`.
+pub fn heat_peaks(scores: &[f32], rows: usize, cols: usize, max: usize) -> Vec<usize> {
+    let mut peaks: Vec<usize> = (0..scores.len().min(rows * cols))
+        .filter(|&i| {
+            let (r, c) = (i / cols, i % cols);
+            let s = scores[i];
+            (r.saturating_sub(1)..(r + 2).min(rows)).all(|rr| {
+                (c.saturating_sub(1)..(c + 2).min(cols)).all(|cc| {
+                    let j = rr * cols + cc;
+                    // Ties go to the first token in raster order, so a flat plateau yields one peak.
+                    j == i || scores[j] < s || (scores[j] == s && j > i)
+                })
+            })
+        })
+        .collect();
+    peaks.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    peaks.truncate(max);
+    peaks
+}
+
 /// The learned part added to the VLM: query embeddings, the spatial readout and the box head, all trainable
-/// variables of one [`VarMap`] (tensor names `queries`, `readout.*`, `box_head.*`).
+/// variables of one [`VarMap`] (tensor names `queries`, `readout.*`, `box_head.*`, and `film.*` for a dense
+/// head).
 pub struct DetectionHead {
     /// Variables (for the optimizer and for saving).
     pub varmap: VarMap,
@@ -369,6 +437,9 @@ pub struct DetectionHead {
     pub head: BoxHead,
     /// Where the prompted object is (`None`: the paper's head, scores are the confidences alone).
     pub presence: Option<PresenceMap>,
+    /// The dense head's prompt gating (`hidden` → `hidden`; `None`: the query head). A token's fused
+    /// features are [state, state ⊙ film(prompt), position features].
+    pub film: Option<Linear>,
 }
 
 impl DetectionHead {
@@ -405,6 +476,7 @@ impl DetectionHead {
             readout,
             head,
             presence: None,
+            film: None,
         };
         this.reinitialize(seed)?;
         Ok(this)
@@ -422,6 +494,30 @@ impl DetectionHead {
         self.reinitialize_only(seed, "presence.")?;
         self.presence = Some(map);
         Ok(())
+    }
+
+    /// Turns the head into a dense one ([`HeadKind::Dense`]): adds the prompt gating `film.*`, drawn from
+    /// `seed` like the rest (std √(1 / hidden)); the other variables keep their values.
+    pub fn enable_dense(&mut self, seed: u64) -> Result<()> {
+        if self.film.is_some() {
+            return Ok(());
+        }
+        let (dtype, device) = (self.queries.dtype(), self.queries.device().clone());
+        let vb = VarBuilder::from_varmap(&self.varmap, dtype, &device);
+        let hidden = self.queries.dim(1)?;
+        let film = candle_nn::linear(hidden, hidden, vb.pp("film"))?;
+        self.reinitialize_only(seed, "film.")?;
+        self.film = Some(film);
+        Ok(())
+    }
+
+    /// The head's kind.
+    pub fn kind(&self) -> HeadKind {
+        if self.film.is_some() {
+            HeadKind::Dense
+        } else {
+            HeadKind::Queries
+        }
     }
 
     /// Redraws every variable from `seed`, in name order (see [`DetectionHead::new`]).
@@ -449,7 +545,10 @@ impl DetectionHead {
                 let std = 0.02 * (var.dims()[1] as f64).sqrt();
                 (0..n).map(|_| (std * normal(&mut rng)) as f32).collect()
             } else if name.ends_with(".weight") {
-                let gain = if name.starts_with("readout.") || name.starts_with("presence.") {
+                let gain = if name.starts_with("readout.")
+                    || name.starts_with("presence.")
+                    || name.starts_with("film.")
+                {
                     1.0
                 } else {
                     2.0
@@ -477,7 +576,8 @@ impl DetectionHead {
         Ok(())
     }
 
-    /// Fused features (query state, attended image states, attended position) → boxes, for every view.
+    /// Fused features (query state, attended image states, attended position) → boxes, for every view; a dense
+    /// head answers per image token instead ([`DetectionHead::forward_dense`]).
     pub fn forward(&self, inputs: &HeadInputs) -> Result<HeadOutput> {
         let views = inputs.queries.dim(0)?;
         if inputs.images.len() != views {
@@ -485,6 +585,9 @@ impl DetectionHead {
                 "head inputs",
                 format!("{} image token sets for {views} views", inputs.images.len()),
             ));
+        }
+        if let Some(film) = &self.film {
+            return self.forward_dense(film, inputs);
         }
         let mut fused = Vec::with_capacity(views);
         let mut readout = Vec::with_capacity(views);
@@ -518,14 +621,7 @@ impl DetectionHead {
         // The centre channels become a point on the attended ray, moved into the detector's frame.
         let mut boxes = Vec::with_capacity(views);
         for (v, (img, ray)) in inputs.images.iter().zip(&rays).enumerate() {
-            let raw = out.boxes.get(v)?;
-            let g = &img.geometry;
-            let dtype = raw.dtype();
-            let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?)?
-                .matmul(&g.rotation.to_dtype(dtype)?.t()?)?
-                .broadcast_add(&g.translation.to_dtype(dtype)?)?;
-            let yaw = raw.narrow(1, 6, 2)?.matmul(&g.yaw.to_dtype(dtype)?)?;
-            boxes.push(Tensor::cat(&[centre, raw.narrow(1, 3, 3)?, yaw], 1)?);
+            boxes.push(place(&out.boxes.get(v)?, ray, &img.geometry)?);
         }
         Ok(HeadOutput {
             readout,
@@ -535,6 +631,52 @@ impl DetectionHead {
             } else {
                 Some(Tensor::stack(&presence, 0)?)
             },
+            ..out
+        })
+    }
+
+    /// The dense head: per view, the prompt (mean query state) gates every image token's state, and the MLP maps
+    /// [state, gated state, position features] to a box on the token's own ray and a heat-map logit. Every view
+    /// of one call must have the same token count (the views of a rig do).
+    fn forward_dense(&self, film: &Linear, inputs: &HeadInputs) -> Result<HeadOutput> {
+        let n = inputs.images[0].states.dim(0)?;
+        let grid = inputs.images[0].grid;
+        let mut fused = Vec::with_capacity(inputs.images.len());
+        for (v, img) in inputs.images.iter().enumerate() {
+            if img.states.dim(0)? != n || img.grid != grid {
+                return Err(Error::invalid(
+                    "head inputs",
+                    format!(
+                        "a dense head needs one token raster for all views: view {v} has {:?}, view 0 {grid:?}",
+                        img.grid
+                    ),
+                ));
+            }
+            let q = inputs.queries.get(v)?;
+            let dtype = q.dtype();
+            let gate = film.forward(&q.mean_keepdim(0)?)?;
+            let s = img.states.to_dtype(dtype)?;
+            let gated = s.broadcast_mul(&gate)?;
+            fused.push(Tensor::cat(
+                &[s, gated, position_features(&img.centres.to_dtype(dtype)?)?],
+                1,
+            )?);
+        }
+        let out = self.head.forward(&Tensor::stack(&fused, 0)?)?;
+        let mut boxes = Vec::with_capacity(fused.len());
+        let mut rays = Vec::with_capacity(fused.len());
+        for (v, img) in inputs.images.iter().enumerate() {
+            let ray = img.geometry.rays.to_dtype(out.boxes.dtype())?;
+            boxes.push(place(&out.boxes.get(v)?, &ray, &img.geometry)?);
+            rays.push(ray);
+        }
+        Ok(HeadOutput {
+            dense: Some(DenseGrid {
+                grid,
+                raw_centre: out.boxes.narrow(2, 0, 3)?,
+                rays: Tensor::stack(&rays, 0)?,
+            }),
+            boxes: Tensor::stack(&boxes, 0)?,
             ..out
         })
     }
@@ -575,12 +717,26 @@ impl DetectionHead {
         if t.contains_key("presence.offset") {
             self.enable_presence(0)?;
         }
+        if t.contains_key("film.weight") {
+            self.enable_dense(0)?;
+        }
         for (name, var) in self.vars() {
             let src = super::qwen2vl::weights::get_shaped(&t, path, &name, var.dims())?;
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())
     }
+}
+
+/// Raw head channels `[K, 8]` of one view → boxes in the detector's frame: the centre channels become a point on
+/// `ray` `[K, 2]` ([`ray_centre`]) moved by the view's extrinsics, the yaw channels turn into the frame.
+fn place(raw: &Tensor, ray: &Tensor, g: &ViewGeometry) -> Result<Tensor> {
+    let dtype = raw.dtype();
+    let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?)?
+        .matmul(&g.rotation.to_dtype(dtype)?.t()?)?
+        .broadcast_add(&g.translation.to_dtype(dtype)?)?;
+    let yaw = raw.narrow(1, 6, 2)?.matmul(&g.yaw.to_dtype(dtype)?)?;
+    Ok(Tensor::cat(&[centre, raw.narrow(1, 3, 3)?, yaw], 1)?)
 }
 
 /// A standard normal draw (Box–Muller).
@@ -729,6 +885,7 @@ mod tests {
                 states: states.clone(),
                 centres: centres.clone(),
                 geometry: ViewGeometry::new(&turned, 2, 3, frame, &dev).unwrap(),
+                grid: (2, 3),
             }];
             let out = h
                 .forward(&HeadInputs {
@@ -796,6 +953,7 @@ mod tests {
             states: Tensor::ones((15, hidden), DType::F32, &dev).unwrap(),
             centres: centres.clone(),
             geometry: geometry.clone(),
+            grid: (3, 5),
         };
         let uv = h.readout.forward(&q, &same).unwrap().centre;
         let uv: Vec<Vec<f32>> = uv.to_vec2().unwrap();
@@ -831,6 +989,7 @@ mod tests {
             states: Tensor::stack(&rows, 0).unwrap(),
             centres,
             geometry,
+            grid: (3, 5),
         };
         let a = h.readout.forward(&q, &one).unwrap();
         let (pooled, uv) = (a.pooled, a.centre);
@@ -904,6 +1063,7 @@ mod tests {
                     states: states.clone(),
                     centres: ImageTokens::raster_centres(2, 3, &dev).unwrap(),
                     geometry: ViewGeometry::new(&view(), 2, 3, Frame::Camera, &dev).unwrap(),
+                    grid: (2, 3),
                 }],
             })
             .unwrap();
@@ -974,5 +1134,109 @@ mod tests {
         assert!(bare.presence.is_some());
         std::fs::remove_file(&path).unwrap();
         assert_eq!(values(&bare), values(&h));
+    }
+
+    /// Peaks in closed form: a 3 × 4 raster with two separated maxima and a plateau of equal scores, which
+    /// yields one peak (the first in raster order); the order is by score and `max` truncates.
+    #[test]
+    fn heat_peaks_are_the_local_maxima_best_first() {
+        #[rustfmt::skip]
+        let s = [
+            0.1, 0.9, 0.2, 0.1,
+            0.3, 0.4, 0.2, 0.6,
+            0.5, 0.5, 0.1, 0.2,
+        ];
+        // The bottom-left plateau (two 0.5s) gives one peak, its first token.
+        assert_eq!(heat_peaks(&s, 3, 4, 10), vec![1, 7, 8]);
+        assert_eq!(heat_peaks(&s, 3, 4, 1), vec![1]);
+        let flat = [0.5f32; 6];
+        assert_eq!(heat_peaks(&flat, 2, 3, 10), vec![0]);
+        // A corner that beats all three of its neighbours.
+        let corner = [0.0, 0.0, 0.0, 1.0];
+        assert_eq!(heat_peaks(&corner, 2, 2, 10), vec![3]);
+    }
+
+    /// The dense head by hand: per token, the MLP of [s, s ⊙ film(mean query), position features], the centre on
+    /// the token's own ray, one output per token; a file with `film.*` loads as a dense head; views with other
+    /// rasters are refused.
+    #[test]
+    fn dense_head_answers_per_token_on_its_ray() {
+        let dev = Device::Cpu;
+        let (hidden, k) = (16, 3);
+        let mut h = DetectionHead::new(hidden, k, DType::F32, &dev, 2).unwrap();
+        h.enable_dense(5).unwrap();
+        assert_eq!(h.kind(), HeadKind::Dense);
+        let q = Tensor::randn(0f32, 1.0, (1, k, hidden), &dev).unwrap();
+        let states = Tensor::randn(0f32, 1.0, (6, hidden), &dev).unwrap();
+        let centres = ImageTokens::raster_centres(2, 3, &dev).unwrap();
+        let geometry = ViewGeometry::new(&view(), 2, 3, Frame::Camera, &dev).unwrap();
+        let image = ImageTokens {
+            states: states.clone(),
+            centres: centres.clone(),
+            geometry: geometry.clone(),
+            grid: (2, 3),
+        };
+        let out = h
+            .forward(&HeadInputs {
+                queries: q.clone(),
+                images: vec![image.clone()],
+            })
+            .unwrap();
+        assert_eq!(out.boxes.dims(), &[1, 6, 8]);
+        assert_eq!(out.dense.as_ref().unwrap().grid, (2, 3));
+        // By hand.
+        let film = h.film.as_ref().unwrap();
+        let gate = film
+            .forward(&q.get(0).unwrap().mean_keepdim(0).unwrap())
+            .unwrap();
+        let fused = Tensor::cat(
+            &[
+                states.clone(),
+                states.broadcast_mul(&gate).unwrap(),
+                position_features(&centres).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let want = h.head.forward(&fused).unwrap();
+        let d = (want.logits - out.logits.get(0).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+        // Each token's centre projects back onto its own token's centre pixel when its offset channels are 0:
+        // here they are not, so compare with ray_centre of the raw channels on the token rays.
+        let placed = ray_centre(&geometry.rays, &want.boxes.narrow(1, 0, 3).unwrap()).unwrap();
+        let got = out.boxes.get(0).unwrap().narrow(1, 0, 3).unwrap();
+        let d = max_of(&(placed - got).unwrap().flatten_all().unwrap());
+        assert!(d < 1e-4, "{d}");
+        // Saved and loaded into a query head: it becomes dense with the same values.
+        let path =
+            std::env::temp_dir().join(format!("vlm3d-dense-{}.safetensors", std::process::id()));
+        h.save(&path).unwrap();
+        let mut bare = DetectionHead::new(hidden, k, DType::F32, &dev, 4).unwrap();
+        bare.load(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(bare.kind(), HeadKind::Dense);
+        assert_eq!(values(&bare), values(&h));
+        // Two views with different rasters.
+        let other = ImageTokens {
+            states: Tensor::randn(0f32, 1.0, (4, hidden), &dev).unwrap(),
+            centres: ImageTokens::raster_centres(2, 2, &dev).unwrap(),
+            geometry: ViewGeometry::new(&view(), 2, 2, Frame::Camera, &dev).unwrap(),
+            grid: (2, 2),
+        };
+        let err = h
+            .forward(&HeadInputs {
+                queries: Tensor::randn(0f32, 1.0, (2, k, hidden), &dev).unwrap(),
+                images: vec![image, other],
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one token raster"), "{err}");
     }
 }

@@ -9,7 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 use super::box_head::{
-    decode_box, DetectionHead, HeadInputs, HeadOutput, ImageTokens, ViewGeometry, DEFAULT_QUERIES,
+    decode_box, heat_peaks, DetectionHead, HeadInputs, HeadOutput, ImageTokens, ViewGeometry,
+    DEFAULT_QUERIES, DENSE_MAX_PER_VIEW,
 };
 use super::qwen2vl::preprocess::ProcessedImages;
 use super::qwen2vl::{
@@ -111,9 +112,18 @@ impl Detector {
             pipeline.model.load_lora(&t.join("adapter"))?;
             pipeline.model.merge_lora()?;
         }
+        let head_file = t.join("head.safetensors");
+        let mut config = config;
+        if head_file.exists() {
+            // The head's query count is the trained one's (a dense head needs only a few).
+            let saved = super::qwen2vl::weights::read_file(&head_file)?;
+            if let Some(q) = saved.get("queries") {
+                config.num_queries = q.dim(0)?;
+            }
+        }
         let mut det = Self::new(pipeline, config)?;
-        if t.join("head.safetensors").exists() {
-            det.head.load(&t.join("head.safetensors"))?;
+        if head_file.exists() {
+            det.head.load(&head_file)?;
         } else {
             tracing::warn!(
                 "no head.safetensors in {}: the box head is untrained",
@@ -167,6 +177,7 @@ impl Detector {
                         self.config.frame,
                         self.pipeline.model.device(),
                     )?,
+                    grid: (grid.h / m, grid.w / m),
                 })
             })
             .collect()
@@ -383,7 +394,8 @@ impl Detector {
         self.head.forward(states)
     }
 
-    /// Decodes head outputs `[views, K, ..]` into per-view boxes above the score threshold.
+    /// Decodes head outputs `[views, K, ..]` into per-view boxes above the score threshold; a dense head's
+    /// outputs only at the heat map's peaks ([`heat_peaks`], at most [`DENSE_MAX_PER_VIEW`] per view).
     pub fn decode(&self, out: &HeadOutput) -> Result<Vec<ViewDetections>> {
         let boxes = out.boxes.to_dtype(DType::F32)?.to_vec3::<f32>()?;
         let scores = out.scores()?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -392,11 +404,13 @@ impl Detector {
             .zip(&scores)
             .enumerate()
             .map(|(view, (b, s))| {
-                let mut found: Vec<crate::perception::Detection> = b
-                    .iter()
-                    .zip(s)
-                    .enumerate()
-                    .map(|(q, (raw, &score))| decode_box(q, raw, score))
+                let keep: Vec<usize> = match &out.dense {
+                    Some(d) => heat_peaks(s, d.grid.0, d.grid.1, DENSE_MAX_PER_VIEW),
+                    None => (0..b.len()).collect(),
+                };
+                let mut found: Vec<crate::perception::Detection> = keep
+                    .into_iter()
+                    .map(|q| decode_box(q, &b[q], s[q]))
                     .filter(|d| d.score >= self.config.score_threshold)
                     .collect();
                 found.sort_by(|a, b| b.score.total_cmp(&a.score));

@@ -740,11 +740,11 @@ fn demo_picture(
         .position(|f| f.sample_token == frame.sample_token)
         .unwrap_or(0);
     let truth = frame.truth_of(categories);
-    // A new user should not read the built-in model's misplaced boxes as a broken pipeline.
+    // The title says what the model is.
     let caveat = if opts.model == crate::demo::default_model_dir() {
-        " (the built-in tiny demo model: coarse boxes, low confidences)"
+        format!(" ({})", crate::demo::DEMO_MODEL_NOTE)
     } else {
-        ""
+        String::new()
     };
     let title = format!(
         "perception_node on the synthetic demo bag: prompts \"{}\"; model {}{caveat}",

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::box_head::HeadKind;
+
 pub use super::prompts::PromptConfig;
 pub use crate::data::augment::AugmentConfig;
 use crate::geometry::Frame;
@@ -119,6 +121,14 @@ pub struct TrainConfig {
     /// probability where it looks.
     #[serde(default)]
     pub presence_weight: f64,
+    /// Which head reads the decoder: `queries` (the paper's K box queries, default) or `dense` (the same MLP on
+    /// every image token with a heat map, CenterNet-style; `localization_weight` then weighs its centre term).
+    #[serde(default, skip_serializing_if = "is_default_head")]
+    pub head: HeadKind,
+    /// A `head.safetensors` (e.g. a pre-training run's) that a fresh run's head starts from instead of the seed's
+    /// draw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_head: Option<PathBuf>,
     /// Stage 1 (MSE).
     pub stage1: StageConfig,
     /// Stage 2 (MSE + IoU).
@@ -150,6 +160,10 @@ pub struct TrainConfig {
     /// overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+fn is_default_head(h: &HeadKind) -> bool {
+    *h == HeadKind::default()
 }
 
 fn is_default_augment(a: &AugmentConfig) -> bool {
@@ -200,6 +214,9 @@ impl TrainConfig {
             }
         };
         fix(&mut cfg.model);
+        if let Some(p) = cfg.init_head.as_mut() {
+            fix(p);
+        }
         cfg.train_bags.iter_mut().for_each(fix);
         cfg.val_bags.iter_mut().for_each(fix);
         cfg.validate()

@@ -21,11 +21,12 @@ use serde::Serialize;
 
 use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, TrainState};
 use super::config::{Finetune, Schedule, TrainConfig, TRAIN_CONFIG_FILE};
-use super::loss::{two_stage_loss, BoxEmbedding, LossWeights};
+use super::loss::{dense_loss, two_stage_loss, BoxEmbedding, LossWeights};
 use super::prompts::{apply_holdout, choose, training_vocabulary};
 use crate::data::augment::{apply_boxes, apply_camera, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
 use crate::geometry::{Frame, ViewCamera, VisibilityRule};
+use crate::model::box_head::HeadKind;
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::weights::NamedVars;
 use crate::model::qwen2vl::{GridThw, Qwen2VL};
@@ -66,6 +67,8 @@ pub struct TrainingExample {
     pub image_centres: Vec<Option<[f64; 2]>>,
     /// The augmented view's camera (what the head's rays are computed from).
     pub camera: ViewCamera,
+    /// Each target's centre in the camera frame (the dense head's depth and ray targets).
+    pub camera_centres: Vec<[f64; 3]>,
 }
 
 /// Stage, learning rate and loss weights of optimizer step `step` (0-based), given the stage lengths in steps.
@@ -404,6 +407,23 @@ impl Trainer {
             // Before the optimizer collects the head's variables (and before a resume loads them).
             detector.head.enable_presence(cfg.seed)?;
         }
+        if cfg.head == HeadKind::Dense {
+            detector.head.enable_dense(cfg.seed)?;
+        }
+        if let (Some(init), None) = (&cfg.init_head, &found) {
+            detector.head.load(init)?;
+            if detector.head.kind() != cfg.head {
+                return Err(Error::invalid(
+                    "init_head",
+                    format!(
+                        "{} holds a {:?} head, the recipe asks for {:?}",
+                        init.display(),
+                        detector.head.kind(),
+                        cfg.head
+                    ),
+                ));
+            }
+        }
 
         // Examples: every camera view of the training bags, each with its prompts; held-out categories are
         // neither negatives (the vocabulary leaves them out) nor positives or targets (removed per view).
@@ -678,15 +698,20 @@ impl Trainer {
         };
         let camera = apply_camera(&v.camera, &augmentation)?;
         let to_cam = v.cam_to_lidar.inverse();
-        let image_centres = boxes
+        let camera_centres: Vec<nalgebra::Point3<f64>> = boxes
             .iter()
             .map(|b| {
                 let c = nalgebra::Point3::from(b.oriented.center);
-                let c = match v.frame {
+                match v.frame {
                     Frame::Camera => c,
                     Frame::Lidar => to_cam * c,
-                };
-                camera.project(&c).filter(|p| camera.in_image(p)).map(|p| {
+                }
+            })
+            .collect();
+        let image_centres = camera_centres
+            .iter()
+            .map(|c| {
+                camera.project(c).filter(|p| camera.in_image(p)).map(|p| {
                     [
                         2.0 * p.x / f64::from(camera.width()) - 1.0,
                         2.0 * p.y / f64::from(camera.height()) - 1.0,
@@ -707,6 +732,7 @@ impl Trainer {
                 camera,
                 camera_to_lidar: v.cam_to_lidar,
             },
+            camera_centres: camera_centres.iter().map(|c| [c.x, c.y, c.z]).collect(),
         })
     }
 
@@ -732,6 +758,8 @@ impl Trainer {
     fn batch_loss(&mut self, batch: &[Item], weights: &LossWeights) -> Result<(Tensor, [f64; 5])> {
         let mut total: Option<Tensor> = None;
         let mut parts = [0.0; 5];
+        // A dense head's terms are sums over object tokens, divided by their count across the batch.
+        let mut objects: Option<f64> = None;
         for it in batch {
             let ex = self.assemble(*it, self.epoch)?;
             let (feat, grid) = self.features(it.example, &ex.augmentation)?;
@@ -740,14 +768,33 @@ impl Trainer {
                 self.detector
                     .query_states(&[feat], &[grid], &[ex.camera], &ex.text, true)?;
             let out = self.detector.head_forward(&states)?.view(0)?;
-            let l = two_stage_loss(
-                &out,
-                &ex.targets,
-                &ex.image_centres,
-                self.cfg.frame,
-                weights,
-                &self.embedding,
-            )?;
+            let l = if out.dense.is_some() {
+                dense_loss(
+                    &out,
+                    &ex.targets,
+                    &ex.image_centres,
+                    &ex.camera_centres,
+                    self.cfg.frame,
+                    weights,
+                    &self.embedding,
+                )?
+            } else {
+                two_stage_loss(
+                    &out,
+                    &ex.targets,
+                    &ex.image_centres,
+                    self.cfg.frame,
+                    weights,
+                    &self.embedding,
+                )?
+            };
+            let share = match l.normalizer {
+                Some(n) => {
+                    *objects.get_or_insert(0.0) += n;
+                    1.0
+                }
+                None => 1.0 / batch.len() as f64,
+            };
             for (k, (name, val)) in [
                 ("MSE", l.mse),
                 ("1 - IoU", l.iou_loss),
@@ -767,15 +814,20 @@ impl Trainer {
                         ),
                     ));
                 }
-                parts[k] += val / batch.len() as f64;
+                parts[k] += val * share;
             }
-            let t = (l.total / batch.len() as f64)?;
+            let t = (l.total * share)?;
             total = Some(match total {
                 None => t,
                 Some(s) => (s + t)?,
             });
         }
-        let total = total.ok_or_else(|| Error::invalid("training", "empty batch"))?;
+        let mut total = total.ok_or_else(|| Error::invalid("training", "empty batch"))?;
+        if let Some(n) = objects {
+            let n = n.max(1.0);
+            total = (total / n)?;
+            parts.iter_mut().for_each(|p| *p /= n);
+        }
         Ok((total, parts))
     }
 

@@ -100,6 +100,7 @@ pub fn random_head_inputs(
                     &dev,
                 )
                 .unwrap(),
+                grid: (rows, cols),
             })
             .collect(),
     }

@@ -33,6 +33,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Generate a synthetic dataset in the nuScenes v1.0 layout (tables, camera JPEGs, LiDAR .pcd.bin).
     Synth(SynthArgs),
+    /// Write a Qwen2-VL checkpoint folder with fresh random weights for a config.json (a base to pre-train).
+    InitModel(InitModelArgs),
     /// Train the LoRA adapters and the box head (the paper's two stages) on rosbag2 bags.
     Train(TrainArgs),
     /// Score a model (or the mean-box baseline) on an annotated bag: paper and nuScenes metrics, report.
@@ -377,6 +379,23 @@ pub struct DemoArgs {
     /// Key frames (samples) of the synthetic scene (2 Hz); the offline demo runs the first.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+}
+
+/// Arguments of `vlm3d init-model`.
+#[derive(Debug, clap::Args)]
+pub struct InitModelArgs {
+    /// The Qwen2-VL `config.json` to instantiate.
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// A checkpoint folder whose tokenizer and processor files are copied (its vocabulary must fit the config).
+    #[arg(long)]
+    pub like: std::path::PathBuf,
+    /// Output folder (created).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Seed of the weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Arguments of `vlm3d synth`.
@@ -798,7 +817,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 if opts.model == vlm3d::demo::default_model_dir() {
-                    println!("(the demo model is a tiny Qwen2-VL with random base weights and trained adapters, readout and head: it runs every stage and finds the larger objects coarsely, with low confidences; see README, Training and evaluation)");
+                    println!("({}; measured in the README, Training and evaluation)", vlm3d::demo::DEMO_MODEL_NOTE);
                 }
                 for p in &r.outputs {
                     println!("wrote {}", p.display());
@@ -837,11 +856,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             if opts.model == vlm3d::demo::default_model_dir() {
-                println!("(the demo model is a tiny Qwen2-VL with random base weights and trained adapters, readout and head: it runs every stage and finds the larger objects coarsely, with low confidences; see README, Training and evaluation)");
+                println!("({}; measured in the README, Training and evaluation)", vlm3d::demo::DEMO_MODEL_NOTE);
             }
             for p in &r.outputs {
                 println!("wrote {}", p.display());
             }
+            Ok(())
+        }
+        Command::InitModel(a) => {
+            let n = anyhow::Context::with_context(
+                vlm3d::model::qwen2vl::init::write_random_checkpoint(
+                    &a.config, &a.like, &a.out, a.seed,
+                ),
+                || format!("vlm3d init-model into {}", a.out.display()),
+            )?;
+            println!(
+                "wrote {n} random weights (seed {}) to {}",
+                a.seed,
+                a.out.display()
+            );
             Ok(())
         }
         Command::Synth(a) => {

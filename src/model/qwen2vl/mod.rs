@@ -5,6 +5,7 @@
 //! [`adapters`] (PEFT LoRA files).
 pub mod adapters;
 pub mod config;
+pub mod init;
 pub mod pipeline;
 pub mod preprocess;
 pub mod text;

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The head ablation of the README ("The demo model"): from the same random base (config/tiny_synth.config.json,
+# seed 0) on the same training bag and for the same number of steps, one change at a time against the
+# pre-training recipe (config/pretrain_synth.yaml, full fine-tuning with the vision tower), each scored by
+# `vlm3d eval` on the held-out scenes (seed 900). Run after scripts/train_demo_model.sh has made the data
+# (DEMO_DATA_ONLY=1 is enough).
+#
+#   bash scripts/ablate_demo_head.sh [VARIANT...]     # default: dense queries dense-no-centre
+#
+# Environment: VLM3D_BIN (default target/release/vlm3d), DEMO_WORK (default out/demo-model), ABLATE_STEPS
+# (stage-1 steps, default 600; stage 2 gets a sixth of it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+source env.sh
+V="${VLM3D_BIN:-target/release/vlm3d}"
+WORK="$(cd "${DEMO_WORK:-out/demo-model}" && pwd)"
+S1="${ABLATE_STEPS:-600}"
+S2=$((S1 / 6))
+if [ ! -f "$WORK/pretrain.yaml" ]; then
+    echo "ablate_demo_head.sh: run DEMO_DATA_ONLY=1 bash scripts/train_demo_model.sh first" >&2
+    exit 1
+fi
+VARIANTS=("$@")
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(dense queries dense-no-centre)
+for v in "${VARIANTS[@]}"; do
+    R="$WORK/ablation/$v"
+    mkdir -p "$R"
+    sed -e "s/^stage1: .*/stage1: {steps: $S1, lr: 5.0e-4, lambda_mse: 1.0, lambda_iou: 0.0}/" \
+        -e "s/^stage2: .*/stage2: {steps: $S2, lr: 1.0e-4, lambda_mse: 0.2, lambda_iou: 0.8}/" \
+        "$WORK/pretrain.yaml" > "$R/recipe.yaml"
+    case "$v" in
+        dense) ;;
+        # The previous demo head: 16 queries, spatial readout with its localization loss, presence map.
+        queries) sed -i -e 's/^head: .*/head: queries/' -e 's/^queries: .*/queries: 16/' \
+            -e 's/^max_negatives: .*/max_negatives: 1/' -e 's/^confidence_weight: .*/confidence_weight: 2.0/' \
+            "$R/recipe.yaml"
+            echo "presence_weight: 1.0" >> "$R/recipe.yaml" ;;
+        dense-no-centre) sed -i 's/^localization_weight: .*/localization_weight: 0.0/' "$R/recipe.yaml" ;;
+        *) echo "unknown variant $v" >&2; exit 2 ;;
+    esac
+    T=$SECONDS
+    $V train --config "$R/recipe.yaml" --out "$R/run" > "$R/train.log" 2>&1
+    echo "$v: trained in $((SECONDS - T)) s"
+    $V eval --bag "$WORK/heldout/bag" --out "$R/eval" --model "$WORK/base-init" --trained "$R/run" \
+        --score-threshold 0.05 > "$R/eval.log" 2>&1
+    grep -A2 "^| predictor" "$R/eval/report.md" | tail -1 | sed "s/^/$v: /"
+done
