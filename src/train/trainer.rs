@@ -286,9 +286,10 @@ pub struct StepMetrics {
     pub mse: f64,
     /// Mean 1 − IoU3D of matched queries.
     pub iou_loss: f64,
-    /// Confidence BCE.
+    /// Confidence BCE (a dense head: the heat map's focal loss per object).
     pub confidence: f64,
-    /// The readout's localization loss (0 when its weight is 0).
+    /// The readout's localization loss (a dense head: the centre L1 per object; 0 when its weight is 0 for the
+    /// query head).
     pub localization: f64,
     /// The presence map's loss (0 when its weight is 0).
     pub presence: f64,
