@@ -77,8 +77,8 @@ impl DemoOptions {
 }
 
 /// What the built-in demo model is, in a few words (the demo picture's title, the commands' notes).
-pub const DEMO_MODEL_NOTE: &str = "the built-in demo model: a tiny Qwen2-VL pre-trained on synthetic scenes, \
-     then the paper's LoRA recipe, with the dense box head (scripts/train_demo_model.sh)";
+pub const DEMO_MODEL_NOTE: &str =
+    "built-in demo model: tiny Qwen2-VL pre-trained on synthetic scenes + LoRA, dense head";
 
 /// The demo model (`models/demo`: `models/tiny-synth`, a tiny Qwen2-VL pre-trained on synthetic scenes, with
 /// LoRA adapters and the dense box head trained by the paper's recipe), or the untrained fixture

@@ -622,13 +622,14 @@ pub fn training_curves(path: &Path, metrics_jsonl: &Path) -> Result<()> {
         ("total loss (weighted)", |r| r.loss),
         ("embedding MSE", |r| r.mse),
         ("1 − IoU3D of matched boxes", |r| r.iou_loss),
-        ("confidence (BCE; dense head: heat-map focal)", |r| r.confidence),
+        ("confidence (BCE; dense head: heat-map focal)", |r| {
+            r.confidence
+        }),
     ];
     if rows.iter().any(|r| r.localization > 0.0) {
-        terms.push((
-            "localization (readout CE; dense head: centre L1)",
-            |r| r.localization,
-        ));
+        terms.push(("localization (readout CE; dense head: centre L1)", |r| {
+            r.localization
+        }));
     }
     if rows.iter().any(|r| r.presence > 0.0) {
         terms.push(("presence focal loss", |r| r.presence));

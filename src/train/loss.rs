@@ -428,7 +428,10 @@ pub fn dense_loss(
         let (Some(c), true) = (c, cam[2] > 1e-3) else {
             continue;
         };
-        let (fx, fy) = ((c[0] + 1.0) / 2.0 * cols as f64, (c[1] + 1.0) / 2.0 * rows as f64);
+        let (fx, fy) = (
+            (c[0] + 1.0) / 2.0 * cols as f64,
+            (c[1] + 1.0) / 2.0 * rows as f64,
+        );
         let t = (fy.floor().clamp(0.0, rows as f64 - 1.0) as usize) * cols
             + fx.floor().clamp(0.0, cols as f64 - 1.0) as usize;
         let size = targets[g][3].max(targets[g][4]) / cam[2] / ray_step;
@@ -1013,7 +1016,10 @@ mod tests {
         let l = dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(4, 0)]);
         assert_eq!(l.normalizer, Some(1.0));
-        assert!(l.mse < 1e-8 && l.iou_loss < 1e-5 && l.localization < 1e-5, "{l:?}");
+        assert!(
+            l.mse < 1e-8 && l.iou_loss < 1e-5 && l.localization < 1e-5,
+            "{l:?}"
+        );
         // Focal loss in f64: y = exp(−d²/(2σ²)) from the centre (1.7, 1.7) in token units, 1 at token 4.
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let mut want = 0.0;
@@ -1027,7 +1033,11 @@ mod tests {
                 want += -(1.0 - y).powi(4) * p.powi(2) * (1.0 - p).ln();
             }
         }
-        assert!((l.confidence - want).abs() < 1e-4, "{} vs {want}", l.confidence);
+        assert!(
+            (l.confidence - want).abs() < 1e-4,
+            "{} vs {want}",
+            l.confidence
+        );
         // The opposite heading costs nothing.
         let mut flipped = boxes.clone();
         flipped[4][6] = -enc[6];

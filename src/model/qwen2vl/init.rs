@@ -69,7 +69,12 @@ impl candle_nn::var_builder::SimpleBackend for InitBackend {
         self.draw(&s, name)?.to_dtype(dtype)?.to_device(dev)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("init: {name} requested without a shape")
     }
 
@@ -149,7 +154,8 @@ mod tests {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen2vl_tiny");
         let config = Config::from_file(&fixture.join("config.json")).unwrap();
         let drawn = random_weights(&config, 3).unwrap();
-        let reference = super::super::weights::read_file(&fixture.join("model.safetensors")).unwrap();
+        let reference =
+            super::super::weights::read_file(&fixture.join("model.safetensors")).unwrap();
         let mut names: Vec<&String> = drawn.keys().collect();
         names.sort();
         let mut want: Vec<&String> = reference.keys().collect();
