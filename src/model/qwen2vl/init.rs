@@ -43,10 +43,13 @@ impl InitBackend {
         } else {
             let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
             let std = (1.0 / fan_in as f64).sqrt();
-            let key = format!("{}/{name}", self.seed);
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(crate::data::dataset::fnv1a64(
-                key.as_bytes(),
-            ));
+            // 64-bit FNV-1a of "seed/name" (the data module's `fnv1a64`, which this layer cannot import).
+            let key = format!("{}/{name}", self.seed)
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+                });
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
             (0..n)
                 .map(|_| (std * standard_normal(&mut rng)) as f32)
                 .collect()
