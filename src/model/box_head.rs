@@ -1199,14 +1199,7 @@ mod tests {
         )
         .unwrap();
         let want = h.head.forward(&fused).unwrap();
-        let d = (want.logits - out.logits.get(0).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_of(&(want.logits - out.logits.get(0).unwrap()).unwrap());
         assert!(d < 1e-5, "{d}");
         // Each token's centre projects back onto its own token's centre pixel when its offset channels are 0:
         // here they are not, so compare with ray_centre of the raw channels on the token rays.

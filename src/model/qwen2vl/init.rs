@@ -177,22 +177,15 @@ mod tests {
         let want = (1.0 / config.text.intermediate_size as f64).sqrt();
         assert!((std / want - 1.0).abs() < 0.1, "{std} vs {want}");
         // Another seed, other values; the same seed, the same.
-        assert_eq!(
-            v("model.embed_tokens.weight"),
-            random_weights(&config, 3).unwrap()["model.embed_tokens.weight"]
+        let embedding = |seed| -> Vec<f32> {
+            random_weights(&config, seed).unwrap()["model.embed_tokens.weight"]
                 .flatten_all()
                 .unwrap()
-                .to_vec1::<f32>()
+                .to_vec1()
                 .unwrap()
-        );
-        assert_ne!(
-            v("model.embed_tokens.weight"),
-            random_weights(&config, 4).unwrap()["model.embed_tokens.weight"]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        );
+        };
+        assert_eq!(v("model.embed_tokens.weight"), embedding(3));
+        assert_ne!(v("model.embed_tokens.weight"), embedding(4));
         let out = std::env::temp_dir().join(format!("vlm3d-init-{}", std::process::id()));
         write_random_checkpoint(&fixture.join("config.json"), &fixture, &out, 3).unwrap();
         Qwen2VL::load(&out, &Device::Cpu, DType::F32).unwrap();
