@@ -59,8 +59,9 @@ unpack() {
 
 # There: candidate demo-model recipes trained side by side on the one GPU (the tiny model leaves it mostly idle),
 # each a whole schedule; their trained parts and logs come back in $OUT/<name>/ to be scored here with
-# `vlm3d eval` on the held-out seed. Candidates: the recipe scripts/train_demo_model.sh writes (`demo`; DEMO_RECIPE,
-# DEMO_SCENES and DEMO_ROPE_THETA pass through) and variants of it; SWEEP_ONLY=demo runs that one alone.
+# `vlm3d eval` on the held-out seed. Candidates: the pre-training recipe scripts/train_demo_model.sh writes (`demo`:
+# config/pretrain_synth.yaml with its work folder's paths; DEMO_SCENES passes through) and variants of it;
+# SWEEP_ONLY=demo runs that one alone.
 sweep() {
     unpack
     VLM3D_BIN=/tmp/vlm3d-cuda DEMO_WORK=/tmp/demo-model DEMO_DATA_ONLY=1 bash "$ROOT/scripts/train_demo_model.sh"
@@ -70,7 +71,7 @@ sweep() {
     for spec in "${specs[@]}"; do
         name="${spec%%:*}"
         mkdir -p "/tmp/sweep/$name"
-        sed -n '1,$p' "/tmp/demo-model/recipe.yaml" > "/tmp/sweep/$name/recipe.yaml"
+        sed -n '1,$p' "/tmp/demo-model/pretrain.yaml" > "/tmp/sweep/$name/recipe.yaml"
         case "${spec#*:}" in
             base_rope_theta=10000) sed -i "s#^model: .*#model: $ROOT/tests/fixtures/qwen2vl_tiny#" "/tmp/sweep/$name/recipe.yaml" ;;
             "") ;;
@@ -122,8 +123,8 @@ device() {
     /tmp/vlm3d-cuda synth --out "$W/nuscenes" --scenes 8 --samples-per-scene 10 --width 448 --height 252 --seed 100 --quiet
     /tmp/vlm3d-cuda convert-nuscenes --dataroot "$W/nuscenes" --out "$W/bag" --no-lidar --force --no-progress > /dev/null
     sed -e "s#^model: .*#model: $ROOT/tests/fixtures/qwen2vl_tiny#; s#^train_bags: .*#train_bags: [$W/bag]#" \
-        "$ROOT/config/train_demo.yaml" > "$W/recipe.yaml"
-    # Full fine-tuning with the vision tower: the heaviest graph the trainer builds.
+        "$ROOT/config/pretrain_synth.yaml" > "$W/recipe.yaml"
+    # Full fine-tuning with the vision tower (the pre-training recipe's): the heaviest graph the trainer builds.
     grep -q '^finetune:' "$W/recipe.yaml" || printf 'finetune: full\ntrain_vision: true\n' >> "$W/recipe.yaml"
     for dev in cuda cpu; do
         peak "train-$dev"
