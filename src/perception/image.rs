@@ -239,7 +239,8 @@ fn decode_checked(data: &[u8], codec: Codec, source: &str) -> Result<RgbImage> {
         .map_err(|_| bad(format!("corrupt {}: the decoder panicked", codec.name())))?
         .map_err(|e| bad(format!("cannot decode {}: {e}", codec.name())))?;
     check_size(img.width(), img.height(), codec.name()).map_err(&bad)?;
-    Ok(img.to_rgb8())
+    // `into_rgb8` moves an RGB image's buffer (JPEG's usual case) instead of copying it.
+    Ok(img.into_rgb8())
 }
 
 /// Walks a JPEG's markers: SOI, the header segments by their lengths up to the first SOS, then the scans'

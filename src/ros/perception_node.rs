@@ -32,6 +32,7 @@ use r2r::vision_msgs::msg::Detection3DArray;
 use r2r::visualization_msgs::msg::{Marker, MarkerArray};
 use r2r::vlm3d::msg::BoundingBox3DArray;
 use r2r::{Context, Node, Publisher, QosProfile};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::convert::{
@@ -224,10 +225,18 @@ fn cause_of(source: &str, message: &str) -> String {
 
 fn process_job(runtime: &PerceptionRuntime, cameras: &[String], job: Job) -> WorkerOut {
     let t = Instant::now();
-    let mut images = Vec::with_capacity(job.set.views.len());
-    for (i, (_, msg)) in job.set.views.iter().enumerate() {
+    // The views decode in parallel (one task each); errors are then reported in camera order.
+    let decoded: Vec<Result<RgbImage>> = job
+        .set
+        .views
+        .par_iter()
+        .enumerate()
+        .map(|(i, (_, msg))| msg.decode(&format!("{} image", cameras[i])))
+        .collect();
+    let mut images = Vec::with_capacity(decoded.len());
+    for (i, img) in decoded.into_iter().enumerate() {
         let source = format!("{} image", cameras[i]);
-        match msg.decode(&source) {
+        match img {
             Ok(img) => {
                 if let Some((w, h)) = job.expected_sizes[i] {
                     if (img.width(), img.height()) != (w, h) {

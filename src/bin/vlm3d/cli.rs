@@ -267,9 +267,19 @@ pub struct BenchArgs {
     /// Untimed detections before timing (use ≥ 3 on a GPU).
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    /// Timed detections per row; the table shows medians (use ≥ 10 on a GPU).
-    #[arg(long, default_value_t = 1)]
-    pub repeat: usize,
+    /// Timed detections per row; the table shows medians (use ≥ 10 on a GPU). Default 1; 20 with --frame.
+    #[arg(long)]
+    pub repeat: Option<usize>,
+    /// Time the frame path instead: six camera JPEGs of --camera-size decoded and pre-processed into the
+    /// model input (the node's decode + preprocess stages), against the path it replaced.
+    #[arg(long)]
+    pub frame: bool,
+    /// With --frame: camera image size, WIDTHxHEIGHT (nuScenes: 1600x900).
+    #[arg(long, default_value = "1600x900")]
+    pub camera_size: String,
+    /// With --frame: the model's pixel budget per view (the demo model's: 448 × 252).
+    #[arg(long, default_value_t = 112_896)]
+    pub max_pixels: usize,
     /// Time LoRA training steps instead (examples/s, peak host memory; f32, on --device).
     #[arg(long)]
     pub train: bool,
@@ -379,6 +389,18 @@ pub struct DemoArgs {
     /// Key frames (samples) of the synthetic scene (2 Hz); the offline demo runs the first.
     #[arg(long, default_value_t = 10)]
     pub samples: usize,
+    /// Camera image size of the synthetic scene, WIDTHxHEIGHT (nuScenes' is 1600x900; the model's pixel
+    /// budget is the same either way, so this sizes the decode and pre-processing work).
+    #[arg(long, default_value = "640x360")]
+    pub camera_size: String,
+}
+
+/// Parses `WIDTHxHEIGHT` (both ≥ 1) for the option `flag`.
+fn parse_size(s: &str, flag: &str) -> anyhow::Result<(u32, u32)> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
+        .filter(|&(w, h)| w > 0 && h > 0)
+        .ok_or_else(|| anyhow::anyhow!("{flag} {s:?} is not WIDTHxHEIGHT (e.g. 1600x900)"))
 }
 
 /// Arguments of `vlm3d init-model`.
@@ -558,6 +580,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "all" => vec![BenchModel::Tiny, BenchModel::Qwen2Vl2b],
                 o => anyhow::bail!("unknown --models {o} (tiny, 2b, all)"),
             };
+            if a.frame {
+                let (w, h) = parse_size(&a.camera_size, "--camera-size")?;
+                let repeat = a.repeat.unwrap_or(20);
+                let b = vlm3d::bench::frame::run(&vlm3d::bench::frame::FrameBenchOptions {
+                    width: w,
+                    height: h,
+                    max_pixels: a.max_pixels,
+                    repeat,
+                    work: std::path::PathBuf::from("target/bench-frame"),
+                })?;
+                print!("{}", vlm3d::bench::frame::table(&b, repeat));
+                return Ok(());
+            }
+            let repeat = a.repeat.unwrap_or(1);
             if a.train {
                 let device = vlm3d::model::device::select_device(a.device.as_deref())?;
                 let mut rows = Vec::new();
@@ -565,7 +601,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     let r = vlm3d::bench::train::run(
                         *m,
                         a.batch,
-                        a.repeat.max(1),
+                        repeat.max(1),
                         a.width,
                         a.height,
                         a.prompt_tokens,
@@ -584,7 +620,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "{dtype:?} on {}, CPU matrix products through {}; median of {} after {} warm-up",
                 vlm3d::model::device::describe(&device),
                 vlm3d::model::cpu::sgemm::backend(),
-                a.repeat,
+                repeat,
                 a.warmup
             );
             let views = a
@@ -612,7 +648,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         device: device.clone(),
                         dtype,
                         warmup: a.warmup,
-                        repeat: a.repeat,
+                        repeat,
                     })?;
                     eprintln!("{} views={} total {:.2}s", r.model, r.views, r.total_s);
                     rows.push(r);
@@ -777,6 +813,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             },
         )?),
         Command::Demo(a) => {
+            let (width, height) = parse_size(&a.camera_size, "--camera-size")?;
             // The perception node on the synthetic bag (vlm3d::ros::node_demo), then its summary table.
             #[cfg(feature = "ros")]
             if !a.offline {
@@ -786,6 +823,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 opts.samples = a.samples;
                 opts.rate = a.rate;
+                (opts.width, opts.height) = (width, height);
                 // As typed (0.3, not the f32's 0.30000001192092896).
                 opts.score_threshold = a
                     .score_threshold
@@ -838,6 +876,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 opts.model = m;
             }
             opts.samples = a.samples;
+            (opts.width, opts.height) = (width, height);
             opts.score_threshold = a.score_threshold;
             opts.device = vlm3d::model::device::select_device(a.device.as_deref())?;
             opts.dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
