@@ -112,8 +112,8 @@ fn sharded_checkpoint_loads_the_same() {
 
 #[test]
 fn resize_matches_pil_within_tolerance() {
-    // PIL bicubic (8-bit, fixed-point passes) vs the image crate's Catmull-Rom: the grid must be identical and
-    // pixels within one 8-bit intensity level (≈ 0.015 in normalized units).
+    // The reference processor's PIL bicubic vs ours (the same filter and pass order, SIMD fixed point): the grid
+    // must be identical and pixels within one 8-bit intensity level (≈ 0.015 in normalized units).
     let pipe = Pipeline::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
     let r = candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu)
         .unwrap();

@@ -68,8 +68,12 @@ fn peft_names_round_trip() {
     m.save_lora(&dir, &cfg).unwrap();
     let saved = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu)
         .unwrap();
-    assert!(saved.contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
-    assert!(saved.contains_key("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"));
+    // Today's peft names (transformers 5 nests the decoder under `model.language_model`).
+    let name = |l: usize, p: &str| {
+        format!("base_model.model.model.language_model.layers.{l}.self_attn.{p}")
+    };
+    assert!(saved.contains_key(&name(0, "q_proj.lora_A.weight")));
+    assert!(saved.contains_key(&name(1, "v_proj.lora_B.weight")));
     assert_eq!(saved.len(), 8);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
@@ -82,6 +86,26 @@ fn peft_names_round_trip() {
     assert_eq!(c2, cfg);
     assert_eq!(
         max_abs_diff(&m2.forward(&ids(), None).unwrap().0, &want),
+        0.0
+    );
+    // The same tensors under transformers 4.x's names (as older peft wrote them) load to the same model.
+    let old: std::collections::HashMap<String, candle_core::Tensor> = saved
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.replace("model.language_model.layers.", "model.layers."),
+                v.clone(),
+            )
+        })
+        .collect();
+    assert!(old
+        .keys()
+        .all(|k| k.starts_with("base_model.model.model.layers.")));
+    candle_core::safetensors::save(&old, dir.join("adapter_model.safetensors")).unwrap();
+    let mut m3 = model();
+    m3.load_lora(&dir).unwrap();
+    assert_eq!(
+        max_abs_diff(&m3.forward(&ids(), None).unwrap().0, &want),
         0.0
     );
     // A wrong rank in the file is a clear error.

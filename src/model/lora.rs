@@ -14,6 +14,26 @@ pub const ATTENTION_MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"
 /// `visual.blocks.N.attn.qkv` and `.attn.proj`).
 pub const VISION_ATTENTION_MODULES: [&str; 2] = ["qkv", "proj"];
 
+/// A `target_modules` entry as PEFT writes or reads it → our target name: PEFT matches an entry as a suffix of
+/// whole module-name components, so `attn.proj` (what we write, since a bare `proj` would also catch the
+/// vision tower's `patch_embed.proj`), `self_attn.q_proj` or `attn.qkv` name the same projections as `proj`,
+/// `q_proj`, `qkv`.
+pub fn target_from_peft(entry: &str) -> &str {
+    match entry {
+        "attn.proj" | "attn.qkv" => &entry[5..],
+        e if e.starts_with("self_attn.") && ATTENTION_MODULES.contains(&&e[10..]) => &e[10..],
+        e => e,
+    }
+}
+
+/// Our target name → the `target_modules` entry PEFT needs to adapt exactly that projection.
+pub fn target_to_peft(target: &str) -> &str {
+    match target {
+        "proj" => "attn.proj",
+        t => t,
+    }
+}
+
 /// Whether `target` names a LoRA target of either tower.
 pub fn is_lora_target(target: &str) -> bool {
     ATTENTION_MODULES.contains(&target) || VISION_ATTENTION_MODULES.contains(&target)

@@ -25,7 +25,7 @@ pub enum Command {
     /// Benchmark the converter against the `rosbags` Python library on synthetic sets.
     BenchConvert(BenchConvertArgs),
     /// Greedy text answer of a Qwen2-VL checkpoint to a prompt about images (checks a checkpoint).
-    Generate(ModelArgs),
+    Generate(GenerateArgs),
     /// Detect 3D boxes: images + prompt → JSON boxes per view.
     Detect(DetectArgs),
     /// Time the detector (vision tower, prefill, prompt + queries, box head; then a second prompt on the same
@@ -210,6 +210,17 @@ impl ModelArgs {
         let device = vlm3d::model::device::select_device(self.device.as_deref())?;
         Ok((device, dtype))
     }
+}
+
+/// Arguments of `generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub common: ModelArgs,
+    /// A PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`; made by `vlm3d train`
+    /// or by peft) applied to the model, as `PeftModel.from_pretrained` does.
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `detect`.
@@ -528,8 +539,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Generate(a) => {
-            let pipe = load_pipeline(&a)?;
+        Command::Generate(g) => {
+            let a = &g.common;
+            let mut pipe = load_pipeline(a)?;
+            if let Some(dir) = &g.adapter {
+                if !dir.join("adapter_config.json").is_file() {
+                    anyhow::bail!(
+                        "--adapter {}: no adapter_config.json there (a PEFT adapter folder holds \
+                         adapter_config.json and adapter_model.safetensors)",
+                        dir.display()
+                    );
+                }
+                let (cfg, _) = pipe.model.load_lora(dir)?;
+                pipe.model.merge_lora()?;
+                eprintln!(
+                    "adapter {}: LoRA r {} alpha {} on {:?}, merged",
+                    dir.display(),
+                    cfg.r,
+                    cfg.lora_alpha,
+                    cfg.target_modules
+                );
+            }
             let images = read_images(&a.images)?;
             println!(
                 "{}",
