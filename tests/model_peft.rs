@@ -3,7 +3,8 @@
 //! - an adapter `vlm3d` writes is loaded whole by `PeftModel.from_pretrained`, and both give the same greedy
 //!   tokens (`vlm3d generate --adapter`), for a text-only and an image prompt;
 //! - an adapter made by peft itself (non-zero B, decoder and vision tower) gives the same greedy tokens through
-//!   `vlm3d generate --adapter`.
+//!   `vlm3d generate --adapter`;
+//! - `vlm3d export`'s merged folder, loaded by transformers as a plain model, gives PeftModel's logits.
 //!
 //! The bad-input cases (an adapter that does not fit the base) need no Python and run everywhere.
 mod common;
@@ -183,6 +184,110 @@ fn an_adapter_made_by_peft_answers_alike() {
         println!("{} image(s): peft {theirs:?}, vlm3d {ours:?}", imgs.len());
         assert_eq!(ours, theirs, "greedy answer with {} image(s)", imgs.len());
     }
+}
+
+/// A run folder (`adapter/` from [`our_adapter`], a head file) exported with `vlm3d export`.
+fn exported(name: &str, dtype: Option<&str>) -> (PathBuf, PathBuf) {
+    let run_dir = scratch(name);
+    our_adapter(&run_dir.join("adapter"));
+    std::fs::write(run_dir.join("head.safetensors"), b"head bytes").unwrap();
+    let out = run_dir.join("export");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
+    c.arg("export")
+        .arg("--model")
+        .arg(fixture())
+        .arg("--trained")
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&out);
+    if let Some(d) = dtype {
+        c.args(["--dtype", d]);
+    }
+    run(&mut c).unwrap();
+    (run_dir, out)
+}
+
+#[test]
+fn merged_export_gives_peft_logits() {
+    let Some(python) = TRANSFORMERS.python_or_skip("merged_export_gives_peft_logits") else {
+        return;
+    };
+    let (run_dir, out) = exported("peft-export", None);
+    for (prompt, imgs) in [(PROMPT_TEXT, vec![]), (PROMPT_IMAGE, images())] {
+        let o = run(Command::new(&python)
+            .arg(peer_script())
+            .arg("compare")
+            .arg(fixture())
+            .arg(run_dir.join("adapter"))
+            .arg(&out)
+            .arg(prompt)
+            .args(&imgs))
+        .unwrap();
+        let line = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        let d = v["max_abs_diff"].as_f64().unwrap();
+        println!(
+            "{} image(s), {} tokens: merged export vs PeftModel logits max|Δ| {d:.2e} (scale {:.2})",
+            imgs.len(),
+            v["tokens"],
+            v["scale"].as_f64().unwrap()
+        );
+        assert!(d <= 1e-4, "{d}");
+    }
+}
+
+#[test]
+fn export_is_a_plain_checkpoint_with_the_adapter_folded_in() {
+    let (run_dir, out) = exported("export-plain", None);
+    // Loaded as a plain checkpoint, it answers as the base with the adapter merged at load.
+    // Plain tokens (the special tokens, image pads among them, come first in the fixture vocabulary).
+    let ids: Vec<u32> = (10..50).collect();
+    let plain = Qwen2VL::load(&out, &Device::Cpu, DType::F32).unwrap();
+    let mut merged = Qwen2VL::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    merged.load_lora(&run_dir.join("adapter")).unwrap();
+    merged.merge_lora().unwrap();
+    let base = Qwen2VL::load(&fixture(), &Device::Cpu, DType::F32).unwrap();
+    let (a, _) = plain.forward(&ids, None).unwrap();
+    let (b, _) = merged.forward(&ids, None).unwrap();
+    let (c, _) = base.forward(&ids, None).unwrap();
+    let d = common::max_abs_diff(&a, &b);
+    assert!(d <= 1e-5, "export vs merge at load: {d}");
+    assert!(
+        common::max_abs_diff(&a, &c) > 1e-3,
+        "the adapter changed nothing"
+    );
+    // The tokenizer, processor and head come along; the config says the dtype.
+    for f in ["tokenizer.json", "preprocessor_config.json", "config.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read(out.join("head.safetensors")).unwrap(),
+        b"head bytes"
+    );
+    // bf16: every floating tensor in bf16, and the config says so.
+    let (_, out16) = exported("export-bf16", Some("bf16"));
+    let t = candle_core::safetensors::load(out16.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(t.values().all(|t| t.dtype() == DType::BF16));
+    let cfg = std::fs::read_to_string(out16.join("config.json")).unwrap();
+    assert!(cfg.contains("bfloat16"), "{cfg}");
+    // Refusals: a non-empty output folder, a run folder without adapter or weights.
+    let mut again = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
+    again
+        .arg("export")
+        .arg("--model")
+        .arg(fixture())
+        .arg("--trained")
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&out);
+    let e = again.output().unwrap();
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("not empty"));
+    let empty = scratch("export-empty");
+    let e = vlm3d::model::export::export_merged(&fixture(), &empty, &empty.join("o"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("adapter_config.json"), "{e}");
 }
 
 /// Writes `tensors` and `config` as an adapter folder.

@@ -10,6 +10,10 @@
         greedy decoding of the chat prompt (with the images, processed by the reference image processor).
         Prints one JSON line: the adapter file's tensor names that the model did not take over exactly
         (`not_loaded`), how many it took, the generated ids and their text.
+    peft_peer.py compare MODEL ADAPTER_DIR EXPORT_DIR PROMPT [IMAGE ...]
+        The logits of PeftModel(MODEL + ADAPTER_DIR) and of Qwen2VLForConditionalGeneration.from_pretrained
+        (EXPORT_DIR), a merged export loaded as a plain model, on the chat prompt: one JSON line with their
+        largest absolute difference and the logits' scale.
 """
 import json
 import os
@@ -41,13 +45,8 @@ def make(model_dir, out, seed):
     print(json.dumps({"tensors": len(get_peft_model_state_dict(pm))}))
 
 
-def run(model_dir, adapter, max_new, prompt, images):
-    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
-    pm = PeftModel.from_pretrained(model, adapter)
-    pm.eval()
-    file = load_file(os.path.join(adapter, "adapter_model.safetensors"))
-    state = get_peft_model_state_dict(pm)
-    not_loaded = sorted(k for k, v in file.items() if k not in state or not torch.equal(state[k], v.float()))
+def inputs(model_dir, prompt, images):
+    """Input ids (image pads expanded), the image keyword arguments, the tokenizer and the pad id."""
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     vocab = tok.get_vocab()
     pad = vocab["<|image_pad|>"]
@@ -69,6 +68,18 @@ def run(model_dir, adapter, max_new, prompt, images):
                 expanded.append(t)
         ids = expanded
         kw = dict(pixel_values=out["pixel_values"].float(), image_grid_thw=grid)
+    return ids, kw, tok, pad
+
+
+def run(model_dir, adapter, max_new, prompt, images):
+    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pm = PeftModel.from_pretrained(model, adapter)
+    pm.eval()
+    file = load_file(os.path.join(adapter, "adapter_model.safetensors"))
+    state = get_peft_model_state_dict(pm)
+    not_loaded = sorted(k for k, v in file.items() if k not in state or not torch.equal(state[k], v.float()))
+    ids, kw, tok, pad = inputs(model_dir, prompt, images)
+    vocab = tok.get_vocab()
     stop = set(model.config.text_config.eos_token_id if isinstance(model.config.text_config.eos_token_id, list)
                else [model.config.text_config.eos_token_id])
     stop |= {vocab[t] for t in ["<|im_end|>", "<|endoftext|>"] if t in vocab}
@@ -87,10 +98,25 @@ def run(model_dir, adapter, max_new, prompt, images):
                       "text": tok.decode(gen, skip_special_tokens=True)}))
 
 
+def compare(model_dir, adapter, export, prompt, images):
+    ids, kw, _, pad = inputs(model_dir, prompt, images)
+    cur = torch.tensor([ids])
+    extra = dict(mm_token_type_ids=(cur == pad).int()) if images else {}
+    with torch.no_grad():
+        base = Qwen2VLForConditionalGeneration.from_pretrained(model_dir, torch_dtype=torch.float32)
+        peft_logits = PeftModel.from_pretrained(base, adapter).eval()(input_ids=cur, **kw, **extra).logits
+        plain = Qwen2VLForConditionalGeneration.from_pretrained(export, torch_dtype=torch.float32).eval()
+        export_logits = plain(input_ids=cur, **kw, **extra).logits
+    print(json.dumps({"max_abs_diff": float((peft_logits - export_logits).abs().max()),
+                      "scale": float(peft_logits.abs().max()), "tokens": len(ids)}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(*sys.argv[2:5])
     elif sys.argv[1] == "run":
         run(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
+    elif sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:])
     else:
-        sys.exit(f"unknown command {sys.argv[1]!r} (make, run)")
+        sys.exit(f"unknown command {sys.argv[1]!r} (make, run, compare)")

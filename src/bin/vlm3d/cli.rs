@@ -35,6 +35,9 @@ pub enum Command {
     Synth(SynthArgs),
     /// Write a Qwen2-VL checkpoint folder with fresh random weights for a config.json (a base to pre-train).
     InitModel(InitModelArgs),
+    /// Write a trained run as one merged Hugging Face Qwen2-VL folder (LoRA folded into the weights, with the
+    /// tokenizer and processor files, and head.safetensors) for runtimes that take plain checkpoints.
+    Export(ExportArgs),
     /// Train the LoRA adapters and the box head (the paper's two stages) on rosbag2 bags.
     Train(TrainArgs),
     /// Score a model (or the mean-box baseline) on an annotated bag: paper and nuScenes metrics, report.
@@ -412,6 +415,23 @@ fn parse_size(s: &str, flag: &str) -> anyhow::Result<(u32, u32)> {
         .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
         .filter(|&(w, h)| w > 0 && h > 0)
         .ok_or_else(|| anyhow::anyhow!("{flag} {s:?} is not WIDTHxHEIGHT (e.g. 1600x900)"))
+}
+
+/// Arguments of `vlm3d export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The base Qwen2-VL checkpoint folder the run trained on.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// The run folder (`adapter/` and/or a fine-tuned `model.safetensors`, `head.safetensors`).
+    #[arg(long)]
+    pub trained: std::path::PathBuf,
+    /// Output folder (created; must be empty).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Precision of the written weights: f32, bf16 or f16 (default: the base checkpoint's).
+    #[arg(long)]
+    pub dtype: Option<String>,
 }
 
 /// Arguments of `vlm3d init-model`.
@@ -935,6 +955,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             for p in &r.outputs {
                 println!("wrote {}", p.display());
+            }
+            Ok(())
+        }
+        Command::Export(a) => {
+            let dtype = a
+                .dtype
+                .as_deref()
+                .map(vlm3d::model::device::parse_dtype)
+                .transpose()?;
+            let r = vlm3d::model::export::export_merged(&a.model, &a.trained, &a.out, dtype)?;
+            println!(
+                "{}: {} tensors ({:?}), {} with a LoRA update folded in, {} fine-tuned",
+                a.out.display(),
+                r.tensors,
+                r.dtype,
+                r.merged,
+                r.fine_tuned
+            );
+            for f in &r.files {
+                println!("wrote {}", f.display());
             }
             Ok(())
         }

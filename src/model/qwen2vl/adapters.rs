@@ -233,7 +233,7 @@ impl Qwen2VL {
 /// Reads an `adapter_config.json`: the LoRA fields we apply, with PEFT's target spellings normalized
 /// ([`crate::model::lora::target_from_peft`]), and a refusal of every PEFT option that would change the
 /// adapter's output in a way we do not compute (so it is never silently applied differently).
-fn adapter_config(text: &str, cpath: &Path) -> Result<LoraConfig> {
+pub(crate) fn adapter_config(text: &str, cpath: &Path) -> Result<LoraConfig> {
     let bad = |key: &str, why: String| Error::format(cpath, Some(key.into()), why);
     let v: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| Error::format(cpath, None, format!("not JSON: {e}")))?;
