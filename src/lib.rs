@@ -1,7 +1,7 @@
 //! vlm3d: open-world 3D perception with a LoRA-adapted Qwen2-VL (the VLM-3D paper) as a ROS 2 package.
 //!
 //! Modules follow the house plan (`DESIGN.md`); arrows run one way, from the top of this list down:
-//! * [`geometry`]: pure math (boxes, frames, cameras, IoU, NMS).
+//! * [`geometry`]: pure math (boxes, frames, cameras, IoU, NMS); [`proc`]: this process's memory and CPU time.
 //! * [`perception`]: the rig, the one detection type, camera → LiDAR + merge across cameras (ROS-free).
 //! * [`model`]: Qwen2-VL in candle, LoRA, the box head and the [`model::detector::Detector`].
 //! * [`data`]: nuScenes tables, rosbag2 files, the synthetic world, the converter and the dataset.
@@ -19,6 +19,7 @@ pub mod eval;
 pub mod geometry;
 pub mod model;
 pub mod perception;
+pub mod proc;
 #[cfg(feature = "ros")]
 pub mod ros;
 pub mod runtime;

@@ -44,6 +44,7 @@ fn peer_script() -> PathBuf {
 /// PEFT's greedy answer with the adapter: (tensors taken over exactly, names not taken over, text).
 fn peft_answer(
     python: &Path,
+    model: &Path,
     adapter: &Path,
     prompt: &str,
     images: &[PathBuf],
@@ -51,7 +52,7 @@ fn peft_answer(
     let out = run(Command::new(python)
         .arg(peer_script())
         .arg("run")
-        .arg(fixture())
+        .arg(model)
         .arg(adapter)
         .arg(MAX_NEW)
         .arg(prompt)
@@ -74,11 +75,11 @@ fn peft_answer(
 }
 
 /// `vlm3d generate --adapter`'s answer (stdout's text, without the trailing newline).
-fn our_answer(adapter: &Path, prompt: &str, images: &[PathBuf]) -> String {
+fn our_answer(model: &Path, adapter: &Path, prompt: &str, images: &[PathBuf]) -> String {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
     c.arg("generate")
         .arg("--model")
-        .arg(fixture())
+        .arg(model)
         .arg("--adapter")
         .arg(adapter)
         .args([
@@ -139,13 +140,13 @@ fn peft_loads_our_adapter_whole_and_answers_alike() {
     let dir = scratch("peft-ours");
     let n = our_adapter(&dir);
     for (prompt, imgs) in [(PROMPT_TEXT, vec![]), (PROMPT_IMAGE, images())] {
-        let (loaded, not_loaded, theirs) = peft_answer(&python, &dir, prompt, &imgs);
+        let (loaded, not_loaded, theirs) = peft_answer(&python, &fixture(), &dir, prompt, &imgs);
         assert!(
             not_loaded.is_empty(),
             "peft did not take over {not_loaded:?}"
         );
         assert_eq!(loaded as usize, n, "every tensor of the adapter file");
-        let ours = our_answer(&dir, prompt, &imgs);
+        let ours = our_answer(&fixture(), &dir, prompt, &imgs);
         println!("{} image(s): peft {theirs:?}, vlm3d {ours:?}", imgs.len());
         assert!(!ours.is_empty());
         assert_eq!(ours, theirs, "greedy answer with {} image(s)", imgs.len());
@@ -161,7 +162,10 @@ fn peft_loads_our_adapter_whole_and_answers_alike() {
         ]);
         String::from_utf8_lossy(&run(&mut c).unwrap().stdout).to_string()
     };
-    assert_ne!(base.trim_end(), our_answer(&dir, PROMPT_TEXT, &[]));
+    assert_ne!(
+        base.trim_end(),
+        our_answer(&fixture(), &dir, PROMPT_TEXT, &[])
+    );
 }
 
 #[test]
@@ -178,12 +182,38 @@ fn an_adapter_made_by_peft_answers_alike() {
         .arg("3"))
     .unwrap();
     for (prompt, imgs) in [(PROMPT_TEXT, vec![]), (PROMPT_IMAGE, images())] {
-        let (_, not_loaded, theirs) = peft_answer(&python, &dir, prompt, &imgs);
+        let (_, not_loaded, theirs) = peft_answer(&python, &fixture(), &dir, prompt, &imgs);
         assert!(not_loaded.is_empty(), "{not_loaded:?}");
-        let ours = our_answer(&dir, prompt, &imgs);
+        let ours = our_answer(&fixture(), &dir, prompt, &imgs);
         println!("{} image(s): peft {theirs:?}, vlm3d {ours:?}", imgs.len());
         assert_eq!(ours, theirs, "greedy answer with {} image(s)", imgs.len());
     }
+}
+
+/// The committed demo model's adapter (written by `vlm3d train`) is taken over whole by PeftModel on the demo's
+/// base, which transformers loads as a Hugging Face Qwen2-VL folder, and both answer alike.
+#[test]
+fn peft_loads_the_demo_adapter_whole() {
+    let Some(python) = TRANSFORMERS.python_or_skip("peft_loads_the_demo_adapter_whole") else {
+        return;
+    };
+    let demo = vlm3d::demo::default_model_dir();
+    let adapter = demo.join("adapter");
+    let img = common::repo().join("tests/fixtures/qwen2vl_tiny/images/view1.png");
+    let (loaded, not_loaded, theirs) = peft_answer(
+        &python,
+        &demo,
+        &adapter,
+        PROMPT_IMAGE,
+        std::slice::from_ref(&img),
+    );
+    assert!(not_loaded.is_empty(), "{not_loaded:?}");
+    let file =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(loaded as usize, file.len());
+    let ours = our_answer(&demo, &adapter, PROMPT_IMAGE, &[img]);
+    assert_eq!(ours, theirs);
 }
 
 /// A run folder (`adapter/` from [`our_adapter`], a head file) exported with `vlm3d export`.

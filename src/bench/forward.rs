@@ -11,12 +11,12 @@ use candle_nn::VarBuilder;
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 
-use super::proc::{peak_rss_mib, reset_peak_rss};
 use crate::geometry::ViewCamera;
 use crate::model::detector::{Detector, DetectorConfig};
 use crate::model::qwen2vl::{
     Config, ImageProcessor, Pipeline, PreprocessorConfig, Qwen2VL, TextConfig, VisionConfig,
 };
+use crate::proc::{peak_rss_mib, reset_peak_rss};
 use crate::{Error, Result};
 
 /// Qwen2's pre-tokenization pattern (from its `tokenizer.json`): with it, a word-level vocabulary cuts the chat

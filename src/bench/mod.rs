@@ -1,13 +1,12 @@
 //! Benchmarks, apart from the concerns they measure: [`forward`] times the [`crate::model::detector::Detector`]
 //! on random weights at the tiny fixture's and Qwen2-VL-2B's dimensions, [`convert`] times
 //! `vlm3d convert-nuscenes` against the `rosbags` Python library, [`frame`] times the frame path (six camera JPEGs
-//! → model input), [`train`] times a LoRA training step, and [`proc`] reads this process's peak memory and CPU
-//! time. Each prints a table. The part-by-part profile of one vision block and one decoder layer is the
-//! `cargo bench --bench profile` target (`benches/profile.rs`).
+//! → model input), and [`train`] times a LoRA training step (memory and CPU time from [`crate::proc`]). Each
+//! prints a table. The part-by-part profile of one vision block and one decoder layer is the `cargo bench --bench
+//! profile` target (`benches/profile.rs`).
 pub mod convert;
 pub mod forward;
 pub mod frame;
-pub mod proc;
 pub mod train;
 
 /// The median of timings (the upper one of an even count); NaN for none.

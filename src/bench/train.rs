@@ -8,9 +8,9 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 
 use super::forward::{bench_prompt, random_detector, BenchModel};
-use super::proc::{peak_rss_mib, reset_peak_rss};
 use crate::geometry::{Frame, ViewCamera};
 use crate::model::lora::LoraConfig;
+use crate::proc::{peak_rss_mib, reset_peak_rss};
 use crate::train::loss::{two_stage_loss, BoxEmbedding, LossWeights};
 use crate::train::trainer::AdamW;
 use crate::{Error, Result};
@@ -30,6 +30,8 @@ pub struct TrainBenchRow {
     pub examples_per_s: f64,
     /// Peak resident memory during the row, MiB.
     pub peak_rss_mib: f64,
+    /// Resident memory after each step (the untimed first one included), MiB: a leak shows as growth.
+    pub rss_after_step_mib: Vec<f64>,
 }
 
 /// Times `steps` optimizer steps of `batch` examples (one `width`×`height` view each, a `prompt_tokens` prompt,
@@ -75,6 +77,7 @@ pub fn run(
         presence: 0.0,
     };
     let mut times = Vec::new();
+    let mut rss = Vec::new();
     for i in 0..steps + 1 {
         let t0 = Instant::now();
         let mut total = None;
@@ -105,6 +108,14 @@ pub fn run(
         if i > 0 {
             times.push(t0.elapsed().as_secs_f64());
         }
+        let now = crate::proc::rss_mib().unwrap_or(f64::NAN);
+        rss.push(now);
+        eprintln!(
+            "{} step {i}/{steps}{}: {:.2} s, RSS {now:.0} MiB",
+            which.name(),
+            if i == 0 { " (untimed)" } else { "" },
+            t0.elapsed().as_secs_f64()
+        );
     }
     let step_s = super::median(times);
     Ok(TrainBenchRow {
@@ -114,17 +125,20 @@ pub fn run(
         step_s,
         examples_per_s: batch as f64 / step_s,
         peak_rss_mib: peak_rss_mib().unwrap_or(f64::NAN),
+        rss_after_step_mib: rss,
     })
 }
 
 /// Formats rows as a markdown table.
 pub fn table(rows: &[TrainBenchRow]) -> String {
     let mut s = String::from(
-        "| model | device | examples/step | s/step (median) | examples/s | peak RSS MiB |\n|---|---|---|---|---|---|\n",
+        "| model | device | examples/step | s/step (median) | examples/s | peak RSS MiB | RSS after step 1 → last, MiB |\n|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
+        let first = r.rss_after_step_mib.first().copied().unwrap_or(f64::NAN);
+        let last = r.rss_after_step_mib.last().copied().unwrap_or(f64::NAN);
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.2} | {:.0} |\n",
+            "| {} | {} | {} | {:.3} | {:.2} | {:.0} | {first:.0} → {last:.0} |\n",
             r.model, r.device, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
         ));
     }

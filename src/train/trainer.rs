@@ -297,6 +297,10 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Examples per second of the step.
     pub examples_per_s: f64,
+    /// Resident memory of the process after the step, MiB (Linux; absent elsewhere): flat over a run, or
+    /// something is kept from step to step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mib: Option<f64>,
 }
 
 /// What a finished run reports.
@@ -973,6 +977,7 @@ impl Trainer {
                 presence: parts[4] / n_micro,
                 grad_norm: norm,
                 examples_per_s: n_ex as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                rss_mib: crate::proc::rss_mib(),
             };
             let line =
                 serde_json::to_string(&m).map_err(|e| Error::invalid("metrics", e.to_string()))?;

@@ -1072,7 +1072,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
     let mut r = vlm3d::data::convert::convert_nuscenes(&args.dataroot, &args.version, &opts)?;
     // Include loading the tables, as the rosbags baseline does.
     r.seconds = started.elapsed().as_secs_f64();
-    let peak = vlm3d::bench::proc::peak_rss_kb();
+    let peak = vlm3d::proc::peak_rss_kb();
     eprintln!(
         "wrote {}: {} scenes, {} samples, {} messages, {} annotations, {:.1} MB in {:.2} s ({:.1} samples/s, {:.1} MB/s), peak RSS {} MB",
         args.out.display(),
@@ -1093,7 +1093,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         let j = serde_json::json!({
             "scenes": r.scenes, "samples": r.samples, "messages": r.messages,
             "annotations": r.annotations, "bag_bytes": r.bag_bytes, "source_bytes": r.source_bytes,
-            "seconds": r.seconds, "cpu_seconds": vlm3d::bench::proc::cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
+            "seconds": r.seconds, "cpu_seconds": vlm3d::proc::cpu_seconds(), "peak_rss_kb": peak, "missing_lidar": r.missing_lidar,
         });
         std::fs::write(&p, j.to_string()).with_context(|| format!("writing {}", p.display()))?;
     }

@@ -8,6 +8,14 @@ pub fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Current resident set size of this process (`VmRSS`), MiB.
+pub fn rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Peak resident set size of this process in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     peak_rss_kb().map(|kb| kb as f64 / 1024.0)
