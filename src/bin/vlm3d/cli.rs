@@ -389,7 +389,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Minimum score of a drawn and reported box (0 keeps every box). The default suits the demo model: of its
-    /// held-out boxes scoring ≥ 0.05, the median scores 0.26 and 8 % score ≥ 0.5, of which 32 % lie within 2 m of
+    /// held-out boxes scoring ≥ 0.05, the median scores 0.24 and 11 % score ≥ 0.5, of which 32 % lie within 2 m of
     /// a true box of their class (9 % of those ≥ 0.25); the node's own default, for real checkpoints, is 0.3.
     #[arg(long, default_value_t = 0.5)]
     pub score_threshold: f32,
