@@ -72,7 +72,8 @@ pub fn export_merged(
     let tuned = trained.join("model.safetensors");
     let head = trained.join("head.safetensors");
     let has_adapter = adapter.join("adapter_config.json").is_file();
-    if !has_adapter && !(tuned.is_file() && trained != model) {
+    let has_tuned = tuned.is_file() && trained != model;
+    if !has_adapter && !has_tuned {
         return Err(Error::invalid(
             "export",
             format!(
@@ -93,7 +94,7 @@ pub fn export_merged(
     let dtype = dtype.unwrap_or(base_dtype);
 
     let mut fine_tuned = 0;
-    if tuned.is_file() && trained != model {
+    if has_tuned {
         for (name, t) in read_file(&tuned)? {
             if !weights.contains_key(&name) {
                 return Err(Error::format(
