@@ -216,20 +216,26 @@ fn peft_loads_the_demo_adapter_whole() {
     assert_eq!(ours, theirs);
 }
 
+/// `vlm3d export` of the run folder `trained` (on the fixture base) into `out`.
+fn export_command(trained: &Path, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
+    c.arg("export")
+        .arg("--model")
+        .arg(fixture())
+        .arg("--trained")
+        .arg(trained)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
 /// A run folder (`adapter/` from [`our_adapter`], a head file) exported with `vlm3d export`.
 fn exported(name: &str, dtype: Option<&str>) -> (PathBuf, PathBuf) {
     let run_dir = scratch(name);
     our_adapter(&run_dir.join("adapter"));
     std::fs::write(run_dir.join("head.safetensors"), b"head bytes").unwrap();
     let out = run_dir.join("export");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
-    c.arg("export")
-        .arg("--model")
-        .arg(fixture())
-        .arg("--trained")
-        .arg(&run_dir)
-        .arg("--out")
-        .arg(&out);
+    let mut c = export_command(&run_dir, &out);
     if let Some(d) = dtype {
         c.args(["--dtype", d]);
     }
@@ -301,16 +307,7 @@ fn export_is_a_plain_checkpoint_with_the_adapter_folded_in() {
     let cfg = std::fs::read_to_string(out16.join("config.json")).unwrap();
     assert!(cfg.contains("bfloat16"), "{cfg}");
     // Refusals: a non-empty output folder, a run folder without adapter or weights.
-    let mut again = Command::new(env!("CARGO_BIN_EXE_vlm3d"));
-    again
-        .arg("export")
-        .arg("--model")
-        .arg(fixture())
-        .arg("--trained")
-        .arg(&run_dir)
-        .arg("--out")
-        .arg(&out);
-    let e = again.output().unwrap();
+    let e = export_command(&run_dir, &out).output().unwrap();
     assert!(!e.status.success());
     assert!(String::from_utf8_lossy(&e.stderr).contains("not empty"));
     let empty = scratch("export-empty");

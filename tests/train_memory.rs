@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{scratch, small_bag, tiny_recipe};
+use common::{run, scratch, small_bag, tiny_recipe};
 use vlm3d::train::config::Finetune;
 
 /// Growth allowed from step 5 to step 20, MiB (allocator noise: measured +1.3 and −0.7 MiB). A loss kept alive
@@ -28,18 +28,12 @@ fn rss_growth(dir: &Path, full: bool) -> (f64, f64) {
     }
     let yaml = dir.join("train.yaml");
     std::fs::write(&yaml, serde_yaml::to_string(&cfg).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+    run(Command::new(env!("CARGO_BIN_EXE_vlm3d"))
         .args(["train", "--no-progress", "--device", "cpu", "--config"])
         .arg(&yaml)
         .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .arg(dir.join("run")))
+    .unwrap();
     let rss: Vec<f64> = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
         .unwrap()
         .lines()
