@@ -204,6 +204,17 @@ fn bad_recipes_and_bags_are_refused_by_name() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("stage1.lr"), "{err}");
+    // A precision the trainer does not compute in is refused, not silently trained in f32.
+    std::fs::write(&yaml, &text).unwrap();
+    let out = vlm3d()
+        .args(["train", "--dtype", "bf16", "--out"])
+        .arg(dir.join("o"))
+        .arg("--config")
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("f32 only"), "{err}");
     // A folder that is not a bag.
     let mut cfg: TrainConfig = serde_yaml::from_str(&text).unwrap();
     cfg.model = fixture();

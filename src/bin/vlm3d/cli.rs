@@ -128,6 +128,9 @@ pub struct EvalArgs {
     /// Where the model runs: cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Weight precision: f32, bf16 or f16 (f32 is the right choice on CPU).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// Upper bound on pixels per view.
     #[arg(long, default_value_t = 448 * 252)]
     pub max_pixels: usize,
@@ -174,6 +177,9 @@ pub struct TrainArgs {
     /// Where to train (`cpu`, `cuda`, `cuda:N`, `auto`); overrides the recipe's `device`.
     #[arg(long)]
     pub device: Option<String>,
+    /// Precision: only f32 trains today (weights, activations and AdamW moments); bf16 and f16 are refused.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -743,6 +749,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         .clone()
                         .unwrap_or_else(vlm3d::demo::default_model_dir);
                     let device = vlm3d::model::device::select_device(a.device.as_deref())?;
+                    let dtype = vlm3d::model::device::parse_dtype(&a.dtype)?;
                     let mut det = vlm3d::model::detector::Detector::load(
                         &model,
                         a.trained.as_deref(),
@@ -751,7 +758,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                             ..Default::default()
                         },
                         &device,
-                        candle_core::DType::F32,
+                        dtype,
                     )?;
                     det.pipeline.processor.config.max_pixels = a.max_pixels;
                     let run = evaluate_bag(&Predictor::Model(Box::new(det)), &opts)?;
@@ -820,6 +827,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(a) => {
+            if vlm3d::model::device::parse_dtype(&a.dtype)? != candle_core::DType::F32 {
+                anyhow::bail!(
+                    "--dtype {}: training runs in f32 only (bf16 compute with f32 master weights and moments is \
+                     not implemented); leave --dtype out or pass f32",
+                    a.dtype
+                );
+            }
             let mut cfg = vlm3d::train::TrainConfig::load(&a.config)?;
             if let Some(d) = a.device {
                 cfg.device = Some(d);
