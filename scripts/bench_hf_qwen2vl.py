@@ -33,9 +33,10 @@ DIMS = {
 }
 
 
-def one(model_name, views, width, height, prompt_tokens, device="cpu", dtype="f32", warmup=0, repeat=1):
+def random_model(model_name, tdtype):
+    """A Qwen2-VL with random weights at DIMS[model_name] (sdpa attention): (model, text dims, image / vision-start
+    / vision-end token ids). scripts/bench_hf_train.py builds its model here too."""
     import torch
-    tdtype = dict(f32=torch.float32, bf16=torch.bfloat16, f16=torch.float16)[dtype]
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     torch.manual_seed(0)
     d = DIMS[model_name]
@@ -48,7 +49,15 @@ def one(model_name, views, width, height, prompt_tokens, device="cpu", dtype="f3
                          rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope}),
         vision_config=dict(**d["vision"], in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=img_id, vision_start_token_id=vs_id, vision_end_token_id=ve_id, tie_word_embeddings=True)
-    model = Qwen2VLForConditionalGeneration._from_config(cfg, dtype=tdtype, attn_implementation="sdpa").eval()
+    model = Qwen2VLForConditionalGeneration._from_config(cfg, dtype=tdtype, attn_implementation="sdpa")
+    return model, t, (img_id, vs_id, ve_id)
+
+
+def one(model_name, views, width, height, prompt_tokens, device="cpu", dtype="f32", warmup=0, repeat=1):
+    import torch
+    tdtype = dict(f32=torch.float32, bf16=torch.bfloat16, f16=torch.float16)[dtype]
+    model, t, (img_id, vs_id, ve_id) = random_model(model_name, tdtype)
+    model = model.eval()
     model = model.to(device)
     hidden = t["hidden_size"]
     head = torch.nn.Sequential(torch.nn.Linear(hidden, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),

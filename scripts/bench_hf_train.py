@@ -28,26 +28,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 spec = importlib.util.spec_from_file_location("bench_hf_qwen2vl", os.path.join(HERE, "bench_hf_qwen2vl.py"))
 fwd = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fwd)
-DIMS, PREFIX, SUFFIX, QUERIES = fwd.DIMS, fwd.PREFIX, fwd.SUFFIX, fwd.QUERIES
+PREFIX, SUFFIX, QUERIES = fwd.PREFIX, fwd.SUFFIX, fwd.QUERIES
 BATCH = {"tiny": 4, "2b": 1}
 
 
 def one(model_name, batch, repeat, width=448, height=252, prompt_tokens=40):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    torch.manual_seed(0)
-    d = DIMS[model_name]
-    t = dict(d["text"])
-    mrope, theta = t.pop("mrope"), t.pop("rope_theta")
-    base = 151643 if t["vocab_size"] > 1000 else 0
-    img_id, vs_id, ve_id = base + 12, base + 9, base + 10
-    cfg = Qwen2VLConfig(
-        text_config=dict(**t, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope}),
-        vision_config=dict(**d["vision"], in_channels=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=img_id, vision_start_token_id=vs_id, vision_end_token_id=ve_id, tie_word_embeddings=True)
-    model = Qwen2VLForConditionalGeneration._from_config(cfg, dtype=torch.float32, attn_implementation="sdpa")
+    model, t, (img_id, vs_id, ve_id) = fwd.random_model(model_name, torch.float32)
     hidden = t["hidden_size"]
     gh, gw = height // 14, width // 14
     n_img = gh * gw // 4

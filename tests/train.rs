@@ -184,41 +184,31 @@ fn bad_recipes_and_bags_are_refused_by_name() {
     let dir = scratch("train-bad");
     let yaml = dir.join("t.yaml");
     let text = std::fs::read_to_string(common::repo().join("config/train.yaml")).unwrap();
-    std::fs::write(&yaml, text.replace("seed: 0", "seed: 0\nlearning_rate: 3")).unwrap();
-    let out = vlm3d()
-        .args(["train", "--out"])
-        .arg(dir.join("o"))
-        .arg("--config")
-        .arg(&yaml)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `vlm3d train` on `recipe` with `extra` arguments must fail; its stderr.
+    let refused = |recipe: &str, extra: &[&str]| {
+        std::fs::write(&yaml, recipe).unwrap();
+        let out = vlm3d()
+            .arg("train")
+            .args(extra)
+            .arg("--out")
+            .arg(dir.join("o"))
+            .arg("--config")
+            .arg(&yaml)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = refused(&text.replace("seed: 0", "seed: 0\nlearning_rate: 3"), &[]);
     assert!(
         err.contains("learning_rate") && err.contains("t.yaml"),
         "{err}"
     );
-    std::fs::write(&yaml, text.replace("lr: 1.0e-4", "lr: -1.0e-4")).unwrap();
-    let out = vlm3d()
-        .args(["train", "--out"])
-        .arg(dir.join("o"))
-        .arg("--config")
-        .arg(&yaml)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("stage1.lr"), "{err}");
+    let err = refused(&text.replace("lr: 1.0e-4", "lr: -1.0e-4"), &[]);
+    assert!(err.contains("stage1.lr"), "{err}");
     // A precision the trainer does not compute in is refused, not silently trained in f32.
-    std::fs::write(&yaml, &text).unwrap();
-    let out = vlm3d()
-        .args(["train", "--dtype", "bf16", "--out"])
-        .arg(dir.join("o"))
-        .arg("--config")
-        .arg(&yaml)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("f32 only"), "{err}");
+    let err = refused(&text, &["--dtype", "bf16"]);
+    assert!(err.contains("f32 only"), "{err}");
     // A folder that is not a bag.
     let mut cfg: TrainConfig = serde_yaml::from_str(&text).unwrap();
     cfg.model = fixture();
