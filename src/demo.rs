@@ -83,7 +83,16 @@ pub const DEMO_MODEL_NOTE: &str =
 /// The demo model (`models/demo`: `models/tiny-synth`, a tiny Qwen2-VL pre-trained on synthetic scenes, with
 /// LoRA adapters and the dense box head trained by the paper's recipe), or the untrained fixture
 /// (`tests/fixtures/qwen2vl_tiny`) when the demo model is absent.
+///
+/// A binary installed by `colcon build` (`<prefix>/lib/vlm3d/`) takes the copy that `CMakeLists.txt` installs
+/// into the same prefix (`<prefix>/share/vlm3d/models/demo`); others, the source tree's.
 pub fn default_model_dir() -> PathBuf {
+    if let Some(installed) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| installed_model_dir(&exe))
+    {
+        return installed;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let demo = root.join("models/demo");
     if demo.join("head.safetensors").is_file() {
@@ -91,6 +100,17 @@ pub fn default_model_dir() -> PathBuf {
     } else {
         root.join("tests/fixtures/qwen2vl_tiny")
     }
+}
+
+/// `<prefix>/share/vlm3d/models/demo` for an executable `<prefix>/lib/vlm3d/NAME`, when that model is there.
+pub fn installed_model_dir(exe: &Path) -> Option<PathBuf> {
+    let pkg_lib = exe.parent()?;
+    let lib = pkg_lib.parent()?;
+    if pkg_lib.file_name()? != "vlm3d" || lib.file_name()? != "lib" {
+        return None;
+    }
+    let demo = lib.parent()?.join("share/vlm3d/models/demo");
+    demo.join("head.safetensors").is_file().then_some(demo)
 }
 
 /// What synthetic data the demos make: one scene of `samples` key frames (2 Hz), six cameras.
@@ -362,5 +382,32 @@ fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>) {
     for i in 0..=n {
         let t = i as f64 / n as f64;
         put(img, a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::installed_model_dir;
+
+    #[test]
+    fn an_installed_binary_finds_the_demo_model_in_its_prefix() {
+        let prefix = std::env::temp_dir().join(format!("vlm3d-installed-{}", std::process::id()));
+        let demo = prefix.join("share/vlm3d/models/demo");
+        std::fs::create_dir_all(&demo).unwrap();
+        std::fs::create_dir_all(prefix.join("lib/vlm3d")).unwrap();
+        let exe = prefix.join("lib/vlm3d/perception_node");
+        assert_eq!(installed_model_dir(&exe), None, "no head.safetensors yet");
+        std::fs::write(demo.join("head.safetensors"), b"").unwrap();
+        assert_eq!(installed_model_dir(&exe), Some(demo));
+        // Not an install layout: cargo's target/debug, or another package's lib folder.
+        assert_eq!(
+            installed_model_dir(&prefix.join("lib/other/perception_node")),
+            None
+        );
+        assert_eq!(
+            installed_model_dir(&prefix.join("target/debug/perception_node")),
+            None
+        );
+        std::fs::remove_dir_all(&prefix).unwrap();
     }
 }
