@@ -135,3 +135,230 @@ fn the_devkit_evaluates_our_results_file_as_we_do() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Our number against the devkit's (NaN on both sides, or within 1e-9).
+fn same(what: &str, ours: f64, devkit: &Value) {
+    match devkit.as_f64() {
+        None => assert!(ours.is_nan(), "{what}: ours {ours}, devkit {devkit}"),
+        Some(d) => assert!((ours - d).abs() < 1e-9, "{what}: ours {ours}, devkit {d}"),
+    }
+}
+
+/// Every number of `vlm3d eval --protocol nuscenes` against the official `DetectionEval` on the same results file.
+fn compare(ours: &vlm3d::eval::nuscenes::NuscMetrics, dk: &Value) {
+    use vlm3d::eval::nuscenes::{CLASSES, TP_METRICS};
+    same("mAP", ours.mean_ap, &dk["mean_ap"]);
+    same("NDS", ours.nd_score, &dk["nd_score"]);
+    for (m, (name, _)) in TP_METRICS.iter().enumerate() {
+        same(name, ours.tp_errors[m], &dk["tp_errors"][name]);
+    }
+    for class in CLASSES {
+        let c = &ours.classes[class];
+        let n = dk["gt_counts"][class].as_u64().unwrap_or(0) as usize;
+        assert_eq!(c.truth, n, "{class}: ground truth kept");
+        for (k, d) in ["0.5", "1.0", "2.0", "4.0"].iter().enumerate() {
+            same(
+                &format!("{class} AP@{d}"),
+                c.ap[k],
+                &dk["label_aps"][class][d],
+            );
+        }
+        for (m, (name, _)) in TP_METRICS.iter().enumerate() {
+            same(
+                &format!("{class} {name}"),
+                c.tp_errors[m],
+                &dk["label_tp_errors"][class][name],
+            );
+        }
+    }
+}
+
+#[test]
+fn the_nuscenes_protocol_gives_the_devkits_numbers() {
+    use rand::{Rng, SeedableRng};
+    use vlm3d::eval::nuscenes::{self, NuscBox, CLASSES};
+    let Some(python) = DEVKIT.python_or_skip("nuScenes protocol peer test") else {
+        return;
+    };
+    let dir = common::scratch("devkit-protocol");
+    let data = dir.join("nuscenes");
+    let cfg = vlm3d::data::synth::SynthConfig {
+        scenes: 3,
+        samples_per_scene: 4,
+        seed: 11,
+        width: 320,
+        height: 180,
+        progress: false,
+        ..Default::default()
+    };
+    vlm3d::data::synth::generate(&data, &cfg).unwrap();
+    let bag = dir.join("bag");
+    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
+    o.lidar = false;
+    o.progress = false;
+    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
+    let truth = nuscenes::ground_truth(&bag).unwrap();
+
+    // 1. Noisy copies of every annotation (all classes, in range or not, with or without points): centres off by
+    // up to 3 m, sizes by ±30 %, headings by up to 0.8 rad or turned round, scores on a 0.1 grid (ties), some
+    // with a velocity or the true attribute, some dropped, some relabelled, and false positives.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut preds: std::collections::BTreeMap<String, Vec<NuscBox>> = Default::default();
+    for s in &truth {
+        let list = preds.entry(s.token.clone()).or_default();
+        for g in &s.boxes {
+            if rng.random_bool(0.15) {
+                continue;
+            }
+            let mut p = g.clone();
+            let r = 3.0 * rng.random::<f64>().powi(2);
+            let a = rng.random_range(0.0..std::f64::consts::TAU);
+            p.translation[0] += r * a.cos();
+            p.translation[1] += r * a.sin();
+            for v in &mut p.size {
+                *v *= rng.random_range(0.7..1.3);
+            }
+            let turn = rng.random_range(-0.8..0.8)
+                + if rng.random_bool(0.2) {
+                    std::f64::consts::PI
+                } else {
+                    0.0
+                };
+            let q = nalgebra::UnitQuaternion::from_quaternion(nalgebra::Quaternion::new(
+                p.rotation[0],
+                p.rotation[1],
+                p.rotation[2],
+                p.rotation[3],
+            )) * nalgebra::UnitQuaternion::from_euler_angles(0.0, 0.0, turn);
+            p.rotation = [q.w, q.i, q.j, q.k];
+            p.velocity = if rng.random_bool(0.5) {
+                [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0)]
+            } else {
+                [0.0, 0.0]
+            };
+            if rng.random_bool(0.5) {
+                p.attribute_name.clear();
+            }
+            if rng.random_bool(0.1) {
+                p.detection_name = CLASSES[rng.random_range(0..CLASSES.len())].into();
+            }
+            p.score = (rng.random_range(1..=10) as f64) / 10.0;
+            p.num_pts = -1;
+            list.push(p);
+        }
+        for _ in 0..4 {
+            let mut p = s.boxes[0].clone();
+            p.translation[0] = s.ego_translation[0] + rng.random_range(-45.0..45.0);
+            p.translation[1] = s.ego_translation[1] + rng.random_range(-45.0..45.0);
+            p.detection_name = CLASSES[rng.random_range(0..CLASSES.len())].into();
+            p.score = rng.random_range(0.0..1.0);
+            p.num_pts = -1;
+            list.push(p);
+        }
+    }
+    let results = dir.join("noisy.json");
+    nuscenes::write_results(&results, &preds).unwrap();
+    let dk = devkit(&python, &data, &results, &dir.join("devkit_noisy"));
+    let ours = nuscenes::evaluate(&truth, &preds).unwrap();
+    println!(
+        "noisy: ours mAP {} NDS {}; devkit {dk}",
+        ours.mean_ap, ours.nd_score
+    );
+    assert!(
+        ours.mean_ap > 0.05 && ours.mean_ap < 0.95,
+        "a test that can tell: {ours:?}"
+    );
+    assert!(ours.tp_errors.iter().all(|e| *e > 0.0), "{ours:?}");
+    compare(&ours, &dk);
+
+    // 2. What `vlm3d eval --protocol nuscenes` scores: a run over the classes' prompts (the mean-box baseline),
+    // written by write_nuscenes_results and scored by evaluate_run.
+    let opts = EvalOptions {
+        bag: bag.clone(),
+        nms_iou: 0.3,
+        absent_prompts: 0,
+        categories: Some(nuscenes::class_prompts()),
+    };
+    let run = evaluate_bag(&Predictor::MeanBox(mean_boxes(&bag).unwrap()), &opts).unwrap();
+    let results = dir.join("results_nusc.json");
+    write_nuscenes_results(&results, &run).unwrap();
+    let dk = devkit(&python, &data, &results, &dir.join("devkit_run"));
+    let ours = nuscenes::evaluate_run(&run, &bag).unwrap();
+    println!(
+        "mean-box run: ours mAP {} NDS {}; devkit {dk}",
+        ours.mean_ap, ours.nd_score
+    );
+    compare(&ours, &dk);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_bag_without_annotation_info_is_refused_for_the_nuscenes_protocol() {
+    // A bag whose converter did not write /vlm3d/annotation_info (as every bag before it): the protocol says
+    // what is missing and how to get it, instead of scoring without the point filter.
+    let dir = common::scratch("devkit-protocol-old-bag");
+    let data = dir.join("nuscenes");
+    let cfg = vlm3d::data::synth::SynthConfig {
+        scenes: 1,
+        samples_per_scene: 2,
+        seed: 3,
+        width: 160,
+        height: 90,
+        progress: false,
+        ..Default::default()
+    };
+    vlm3d::data::synth::generate(&data, &cfg).unwrap();
+    let bag = dir.join("bag");
+    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
+    o.lidar = false;
+    o.progress = false;
+    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
+    assert!(vlm3d::eval::nuscenes::ground_truth(&bag).is_ok());
+    // A copy of the bag with its index, poses and annotations, without the annotation info.
+    let stripped = dir.join("stripped");
+    {
+        use vlm3d::data::bag::msgs::{BoundingBox3DArrayMsg, StringMsg, TFMessage};
+        use vlm3d::data::bag::rosbag::{BagReader, BagWriter, Qos};
+        let r = BagReader::open(&bag).unwrap();
+        let mut w = BagWriter::create(&stripped, "stripped", Default::default()).unwrap();
+        let sample = w
+            .add_topic::<StringMsg>("/vlm3d/sample", Qos::Reliable)
+            .unwrap();
+        let tf = w.add_topic::<TFMessage>("/tf", Qos::Reliable).unwrap();
+        let tfs = w
+            .add_topic::<TFMessage>("/tf_static", Qos::Latched)
+            .unwrap();
+        let ann = w
+            .add_topic::<BoundingBox3DArrayMsg>("/annotations", Qos::Reliable)
+            .unwrap();
+        let mut scratch = Vec::new();
+        for m in r.messages() {
+            let m = m.unwrap();
+            let t = m.log_time;
+            match &*m.topic {
+                "/vlm3d/sample" => {
+                    w.write(sample, t, &m.decode::<StringMsg>().unwrap(), &mut scratch)
+                }
+                "/tf" => w.write(tf, t, &m.decode::<TFMessage>().unwrap(), &mut scratch),
+                "/tf_static" => w.write(tfs, t, &m.decode::<TFMessage>().unwrap(), &mut scratch),
+                "/annotations" => w.write(
+                    ann,
+                    t,
+                    &m.decode::<BoundingBox3DArrayMsg>().unwrap(),
+                    &mut scratch,
+                ),
+                _ => Ok(()),
+            }
+            .unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let e = vlm3d::eval::nuscenes::ground_truth(&stripped)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("annotation info") && e.contains("convert it again"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,7 +22,9 @@ use indicatif::ProgressBar;
 use crate::data::progress_bar;
 use nalgebra::Isometry3;
 
-use super::bag::bagschema::{BagLayout, SampleIndex, SensorKeyFrame};
+use super::bag::bagschema::{
+    AnnotationFacts, AnnotationInfo, BagLayout, SampleIndex, SensorKeyFrame,
+};
 use super::bag::msgs::{
     BoundingBox3DArrayMsg, BoundingBox3DMsg, CameraInfo, CompressedImage, Header, Point,
     PointCloud2, PointField, Pose, Quaternion, StringMsg, TFMessage, Transform, TransformStamped,
@@ -212,9 +214,39 @@ struct Topics {
     tf: TopicId,
     tf_static: TopicId,
     annotations: TopicId,
+    annotation_info: TopicId,
     sample: TopicId,
     images: BTreeMap<String, (TopicId, TopicId)>,
     lidar: BTreeMap<String, TopicId>,
+}
+
+/// The facts of a sample's annotations that their boxes do not carry ([`AnnotationInfo`]), in `boxes`' order.
+fn annotation_info(
+    nusc: &NuScenes,
+    sample_token: &str,
+    boxes: &[super::nuscenes::AnnotatedBox<'_>],
+) -> Result<AnnotationInfo> {
+    let boxes = boxes
+        .iter()
+        .map(|b| {
+            let a = b.annotation;
+            Ok(AnnotationFacts {
+                instance_id: a.instance_token.clone(),
+                num_lidar_pts: a.num_lidar_pts,
+                num_radar_pts: a.num_radar_pts,
+                attributes: a
+                    .attribute_tokens
+                    .iter()
+                    .map(|t| Ok(nusc.attribute(t)?.name.clone()))
+                    .collect::<Result<_>>()?,
+                velocity: nusc.box_velocity(a)?.map(|v| [v[0], v[1]]),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(AnnotationInfo {
+        sample_token: sample_token.to_string(),
+        boxes,
+    })
 }
 
 /// Converts an already loaded nuScenes version (see the module docs). [`convert_nuscenes`] does the same
@@ -299,6 +331,8 @@ impl<'o> Session<'o> {
             sample: writer.add_topic::<StringMsg>(&layout.sample(), Qos::Reliable)?,
             annotations: writer
                 .add_topic::<BoundingBox3DArrayMsg>(&layout.annotations(), Qos::Reliable)?,
+            annotation_info: writer
+                .add_topic::<StringMsg>(&layout.annotation_info(), Qos::Reliable)?,
             images: BTreeMap::new(),
             lidar: BTreeMap::new(),
         };
@@ -407,6 +441,7 @@ impl<'o> Session<'o> {
                         lidar: kf,
                         cameras,
                         annotations_topic: layout.annotations(),
+                        annotation_info_topic: layout.annotation_info(),
                         tf_topic: layout.tf_topic.clone(),
                         tf_static_topic: layout.tf_static_topic.clone(),
                     };
@@ -510,6 +545,10 @@ impl<'o> Session<'o> {
                         };
                         report.annotations += msg.boxes.len() as u64;
                         writer.write(topics.annotations, *t, &msg, scratch)?;
+                        let info = annotation_info(nusc, &sd.sample_token, &boxes)?;
+                        let data = serde_json::to_string(&info)
+                            .map_err(|e| Error::invalid("annotation info", e.to_string()))?;
+                        writer.write(topics.annotation_info, *t, &StringMsg { data }, scratch)?;
                         report.samples += 1;
                         bar.inc(1);
                     }

@@ -125,33 +125,36 @@ pub fn prompt_name(category: &str) -> String {
         .replace('_', " ")
 }
 
+/// nuScenes' 23 annotation categories.
+pub const NUSCENES_CATEGORIES: [&str; 23] = [
+    "animal",
+    "human.pedestrian.adult",
+    "human.pedestrian.child",
+    "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility",
+    "human.pedestrian.police_officer",
+    "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair",
+    "movable_object.barrier",
+    "movable_object.debris",
+    "movable_object.pushable_pullable",
+    "movable_object.trafficcone",
+    "static_object.bicycle_rack",
+    "vehicle.bicycle",
+    "vehicle.bus.bendy",
+    "vehicle.bus.rigid",
+    "vehicle.car",
+    "vehicle.construction",
+    "vehicle.emergency.ambulance",
+    "vehicle.emergency.police",
+    "vehicle.motorcycle",
+    "vehicle.trailer",
+    "vehicle.truck",
+];
+
 /// Prompt names of nuScenes' 23 annotation categories (deduplicated), the default negative vocabulary.
 pub fn default_vocabulary() -> Vec<String> {
-    let cats = [
-        "animal",
-        "human.pedestrian.adult",
-        "human.pedestrian.child",
-        "human.pedestrian.construction_worker",
-        "human.pedestrian.personal_mobility",
-        "human.pedestrian.police_officer",
-        "human.pedestrian.stroller",
-        "human.pedestrian.wheelchair",
-        "movable_object.barrier",
-        "movable_object.debris",
-        "movable_object.pushable_pullable",
-        "movable_object.trafficcone",
-        "static_object.bicycle_rack",
-        "vehicle.bicycle",
-        "vehicle.bus.bendy",
-        "vehicle.bus.rigid",
-        "vehicle.car",
-        "vehicle.construction",
-        "vehicle.emergency.ambulance",
-        "vehicle.emergency.police",
-        "vehicle.motorcycle",
-        "vehicle.trailer",
-        "vehicle.truck",
-    ];
+    let cats = NUSCENES_CATEGORIES;
     let mut v: Vec<String> = Vec::new();
     for c in cats {
         let n = prompt_name(c);
@@ -264,7 +267,7 @@ impl Example {
     }
 }
 
-fn iso_from_transform(t: &Transform) -> Option<Isometry3<f64>> {
+pub(crate) fn iso_from_transform(t: &Transform) -> Option<Isometry3<f64>> {
     let q = nalgebra::Quaternion::new(t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z);
     if q.norm().is_nan() || q.norm() <= 1e-9 {
         return None;

@@ -107,28 +107,14 @@ pub fn nuscenes_ap(mut scored: Vec<(f32, bool)>, n_truth: usize) -> f64 {
         prec.push(tp / (tp + fp));
         rec.push(tp / n_truth as f64);
     }
-    // numpy's interp(rec_interp, rec, prec, right=0) on 101 recall points: below the first recall the first
-    // precision; at or between recalls the segment from the last point whose recall is ≤ r (so among repeated
-    // recalls, false positives at the same recall, the last one); beyond the last recall 0.
-    let last = rec.len() - 1;
-    let interp = |r: f64| -> f64 {
-        if r > rec[last] {
-            return 0.0;
-        }
-        if r < rec[0] {
-            return prec[0];
-        }
-        let j = rec.partition_point(|&x| x <= r) - 1;
-        if j == last {
-            return prec[last];
-        }
-        prec[j] + (prec[j + 1] - prec[j]) * (r - rec[j]) / (rec[j + 1] - rec[j])
-    };
+    // numpy's interp(rec_interp, rec, prec, right=0) on the devkit's 101 recall points, kept above recall 0.1.
     let (min_recall, min_precision) = (0.1, 0.1);
-    let vals: Vec<f64> = (0..=100)
-        .map(|k| k as f64 / 100.0)
-        .filter(|&r| r > min_recall + 1e-12)
-        .map(|r| (interp(r) - min_precision).max(0.0))
+    let vals: Vec<f64> = super::nuscenes::recall_points()
+        .into_iter()
+        .skip((100.0 * min_recall) as usize + 1)
+        .map(|r| {
+            (super::nuscenes::np_interp(r, &rec, &prec, prec[0], 0.0) - min_precision).max(0.0)
+        })
         .collect();
     vals.iter().sum::<f64>() / vals.len() as f64 / (1.0 - min_precision)
 }

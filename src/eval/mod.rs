@@ -2,6 +2,7 @@
 //! LiDAR → BEV NMS path the node uses (or a per-category mean-box baseline through the same merge), for the
 //! categories present in the sample plus absent ones, scored by [`metrics`]; `metrics.json` and `report.md`.
 pub mod metrics;
+pub mod nuscenes;
 pub mod openset;
 pub mod plots;
 pub mod recorded;
@@ -344,50 +345,12 @@ pub fn evaluate_bag(predictor: &Predictor, opts: &EvalOptions) -> Result<EvalRun
     })
 }
 
-/// Writes the run's boxes in the nuScenes detection submission format (every sample of the bag, empty lists
-/// included; boxes in the global frame; `detection_name` from the class map, categories it does not score
-/// left out; size w-l-h; rotation w-x-y-z; zero velocity), so the devkit's evaluation reads it unchanged.
+/// Writes the run's boxes in the nuScenes detection submission format ([`nuscenes::predictions`]: every sample
+/// of the bag, empty lists included; boxes in the global frame; `detection_name` from the class map, categories
+/// it does not score left out; size w-l-h; rotation w-x-y-z; zero velocity; at most 500 per sample), so the
+/// devkit's evaluation reads it unchanged.
 pub fn write_nuscenes_results(path: &Path, run: &EvalRun) -> Result<()> {
-    let poses: BTreeMap<&str, &nalgebra::Isometry3<f64>> =
-        run.samples.iter().map(|(t, p)| (t.as_str(), p)).collect();
-    let mut results: serde_json::Map<String, serde_json::Value> = run
-        .samples
-        .iter()
-        .map(|(t, _)| (t.clone(), serde_json::Value::Array(Vec::new())))
-        .collect();
-    for q in &run.queries {
-        let Some(Some(name)) = run.classes.get(&q.category) else {
-            continue;
-        };
-        let pose = poses[q.sample.as_str()];
-        let list = results
-            .get_mut(&q.sample)
-            .and_then(|v| v.as_array_mut())
-            .ok_or_else(|| {
-                Error::invalid("results", format!("sample {} not in the bag", q.sample))
-            })?;
-        for d in &q.predicted {
-            let g = d.to_box3d()?.transform(pose);
-            let r = g.rotation.quaternion();
-            let [l, w, h] = g.size;
-            list.push(serde_json::json!({
-                "sample_token": q.sample,
-                "translation": [g.center.x, g.center.y, g.center.z],
-                "size": [w, l, h],
-                "rotation": [r.w, r.i, r.j, r.k],
-                "velocity": [0.0, 0.0],
-                "detection_name": name,
-                "detection_score": d.score,
-                "attribute_name": "",
-            }));
-        }
-    }
-    let doc = serde_json::json!({
-        "meta": {"use_camera": true, "use_lidar": false, "use_radar": false, "use_map": false, "use_external": false},
-        "results": results,
-    });
-    let text = serde_json::to_string(&doc).map_err(|e| Error::invalid("results", e.to_string()))?;
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    nuscenes::write_results(path, &nuscenes::predictions(run)?)
 }
 
 #[derive(Serialize)]
@@ -400,6 +363,9 @@ struct Report<'a> {
     /// Seen and held-out categories apart (with a hold-out).
     #[serde(skip_serializing_if = "Option::is_none")]
     open_set: Option<&'a openset::OpenSetSplit>,
+    /// The nuScenes detection protocol's results (with `--protocol nuscenes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nuscenes: Option<&'a nuscenes::NuscMetrics>,
 }
 
 /// Writes `metrics.json` and `report.md` for one or more named results into `out`.
@@ -420,6 +386,18 @@ pub fn write_report_open_set(
     results: &[(&str, &Metrics, &[Query])],
     holdout: &[String],
 ) -> Result<Vec<PathBuf>> {
+    write_report_protocols(out, bag, results, holdout, &[])
+}
+
+/// [`write_report_open_set`] with, per result (same order; missing entries: none), the nuScenes detection
+/// protocol's results ([`nuscenes`]): a `nuscenes` entry in `metrics.json` and a section in `report.md`.
+pub fn write_report_protocols(
+    out: &Path,
+    bag: &Path,
+    results: &[(&str, &Metrics, &[Query])],
+    holdout: &[String],
+    nusc: &[Option<&nuscenes::NuscMetrics>],
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let splits: Vec<Option<openset::OpenSetSplit>> = results
         .iter()
@@ -432,7 +410,8 @@ pub fn write_report_open_set(
     let json: Vec<Report> = results
         .iter()
         .zip(&splits)
-        .map(|((name, m, q), split)| Report {
+        .enumerate()
+        .map(|(i, ((name, m, q), split))| Report {
             name,
             bag,
             samples: q
@@ -443,6 +422,7 @@ pub fn write_report_open_set(
             queries: q.len(),
             metrics: m,
             open_set: split.as_ref(),
+            nuscenes: nusc.get(i).copied().flatten(),
         })
         .collect();
     let jp = out.join("metrics.json");
@@ -452,7 +432,8 @@ pub fn write_report_open_set(
             .map_err(|e| Error::invalid("metrics", e.to_string()))?,
     )
     .map_err(|e| Error::io(&jp, e))?;
-    let mut md = format!("# vlm3d eval: {}\n\n", bag.display());
+    let mut md = format!("# vlm3d eval: {}\n\nProtocol **prompts** (`vlm3d eval --protocol prompts`, the paper's metrics and nuScenes AP on \
+         the camera-visible boxes of the prompted categories, per (sample, prompt); rules below):\n\n", bag.display());
     md.push_str("| predictor | nuScenes mAP | Acc@0.25 | Acc@0.5 | mIoU | Accuracy | Recall | F1 |\n|---|---|---|---|---|---|---|---|\n");
     for (name, m, _) in results {
         md.push_str(&format!(
@@ -478,6 +459,14 @@ pub fn write_report_open_set(
         .collect();
     for (name, s) in &named {
         md.push_str(&openset::markdown(name, s));
+    }
+    for ((name, _, _), n) in results.iter().zip(nusc) {
+        if let Some(n) = n {
+            md.push_str(&nuscenes::markdown(name, n));
+        }
+    }
+    if nusc.iter().any(Option::is_some) {
+        md.push_str("\nProtocol **nuscenes** (`vlm3d eval --protocol nuscenes`): the official devkit's `DetectionEval` (detection_cvpr_2019) on every annotation of its 10 classes with LiDAR or radar points within the class range, the predictions of every sample's prompts for those classes (`src/eval/nuscenes.rs`).\n");
     }
     md.push_str("\nRules: see `src/eval/metrics.rs` (Hungarian matching at 3D IoU ≥ 0.25 per sample and prompt; nuScenes centre-distance AP as the devkit computes it).\n");
     let mp = out.join("report.md");

@@ -5,9 +5,11 @@
 
 The devkit maps eval splits to the published scene lists; our synthetic scenes have their own names, so the
 `mini_val` split is pointed at every scene of DATAROOT (the only change: the evaluation code runs unchanged).
-Prints one JSON line: mean_ap, and per class the AP at each centre-distance threshold and the GT count.
+Prints one JSON line: mean_ap, nd_score, the mean TP errors, per class the AP at each centre-distance threshold,
+the TP errors and the GT count (NaN written as null).
 """
 import json
+import math
 import sys
 
 from nuscenes.nuscenes import NuScenes
@@ -30,7 +32,16 @@ def main():
     for token in ev.gt_boxes.sample_tokens:
         for b in ev.gt_boxes[token]:
             gt_counts[b.detection_name] = gt_counts.get(b.detection_name, 0) + 1
-    print(json.dumps({"mean_ap": d["mean_ap"], "label_aps": d["label_aps"], "gt_counts": gt_counts}))
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+
+    print(json.dumps(clean({"mean_ap": d["mean_ap"], "nd_score": d["nd_score"], "tp_errors": d["tp_errors"],
+                            "label_aps": d["label_aps"], "label_tp_errors": d["label_tp_errors"],
+                            "gt_counts": gt_counts})))
 
 
 if __name__ == "__main__":

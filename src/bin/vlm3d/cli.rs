@@ -157,6 +157,12 @@ pub struct EvalArgs {
     /// Read the held-out categories from this training recipe (YAML) or training output folder.
     #[arg(long, conflicts_with = "holdout")]
     pub holdout_from: Option<std::path::PathBuf>,
+    /// prompts: the paper's metrics and nuScenes AP on the camera-visible boxes of the prompted categories.
+    /// nuscenes: also the official devkit's detection protocol (all annotations of its 10 classes with points,
+    /// class ranges, mAP, TP errors, NDS), every sample queried with the prompts of those classes unless
+    /// --categories says otherwise.
+    #[arg(long, default_value = "prompts", value_parser = ["prompts", "nuscenes"])]
+    pub protocol: String,
 }
 
 /// Arguments of `vlm3d train`.
@@ -716,7 +722,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ConvertNuscenes(args) => run_convert(args),
         Command::Eval(a) => {
             use vlm3d::eval::{
-                evaluate_bag, mean_boxes, write_report_open_set, EvalOptions, Predictor,
+                evaluate_bag, mean_boxes, write_report_protocols, EvalOptions, Predictor,
             };
             let holdout = match (&a.holdout, &a.holdout_from, &a.trained) {
                 (Some(h), _, _) => vlm3d::train::prompts::normalize_categories(h, "--holdout")?,
@@ -731,11 +737,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if !holdout.is_empty() {
                 println!("open set: held-out (unseen) categories {holdout:?}");
             }
+            let nusc_protocol = a.protocol == "nuscenes";
             let opts = EvalOptions {
                 bag: a.bag.clone(),
                 nms_iou: a.nms_iou,
                 absent_prompts: a.absent_prompts,
-                categories: a.categories.clone(),
+                // The devkit's protocol scores every class in every sample: each is asked for.
+                categories: match (&a.categories, nusc_protocol && a.recorded.is_none()) {
+                    (Some(c), _) => Some(c.clone()),
+                    (None, true) => Some(vlm3d::eval::nuscenes::class_prompts()),
+                    (None, false) => None,
+                },
             };
             let (name, run) = match &a.recorded {
                 Some(rec) => {
@@ -775,19 +787,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             vlm3d::eval::write_nuscenes_results(&rp, &run)?;
             println!("wrote {}", rp.display());
             let mut results = vec![(name.as_str(), &run.metrics, run.queries.as_slice())];
-            let base;
-            match a.baseline.as_deref() {
-                None => {}
+            let base = match a.baseline.as_deref() {
+                None => None,
                 Some("mean-box") => {
                     let mut means = mean_boxes(a.baseline_bag.as_deref().unwrap_or(&a.bag))?;
                     // A closed-set baseline knows no held-out category.
                     means.retain(|c, _| !holdout.contains(c));
-                    base = evaluate_bag(&Predictor::MeanBox(means), &opts)?;
-                    results.push(("mean-box baseline", &base.metrics, base.queries.as_slice()));
+                    Some(evaluate_bag(&Predictor::MeanBox(means), &opts)?)
                 }
                 Some(o) => anyhow::bail!("unknown --baseline {o:?} (mean-box)"),
+            };
+            if let Some(b) = &base {
+                results.push(("mean-box baseline", &b.metrics, b.queries.as_slice()));
             }
-            for p in write_report_open_set(&a.out, &a.bag, &results, &holdout)? {
+            let nusc: Vec<vlm3d::eval::nuscenes::NuscMetrics> = if nusc_protocol {
+                let truth = vlm3d::eval::nuscenes::ground_truth(&a.bag)?;
+                let mut v = vec![vlm3d::eval::nuscenes::evaluate(
+                    &truth,
+                    &vlm3d::eval::nuscenes::predictions(&run)?,
+                )?];
+                if let Some(b) = &base {
+                    v.push(vlm3d::eval::nuscenes::evaluate(
+                        &truth,
+                        &vlm3d::eval::nuscenes::predictions(b)?,
+                    )?);
+                }
+                v
+            } else {
+                Vec::new()
+            };
+            let nusc_refs: Vec<Option<&vlm3d::eval::nuscenes::NuscMetrics>> =
+                nusc.iter().map(Some).collect();
+            for p in write_report_protocols(&a.out, &a.bag, &results, &holdout, &nusc_refs)? {
                 println!("wrote {}", p.display());
             }
             let bars = a.out.join("categories.png");
@@ -811,6 +842,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     .next()
                     .unwrap_or("")
             );
+            for ((name, _, _), n) in results.iter().zip(&nusc) {
+                let e = n.tp_errors;
+                println!(
+                    "protocol nuscenes, {name}: mAP {:.4}, NDS {:.4} (mATE {:.3} m, mASE {:.3}, mAOE {:.3} rad, \
+                     mAVE {:.3} m/s, mAAE {:.3})",
+                    n.mean_ap, n.nd_score, e[0], e[1], e[2], e[3], e[4]
+                );
+            }
             if !holdout.is_empty() {
                 let splits = results
                     .iter()

@@ -11,6 +11,7 @@
 //! | `/tf` | `tf2_msgs/msg/TFMessage` | `map` → `base_link` | the ego pose of every converted sample_data, at the ego pose's time |
 //! | `/annotations` | `vlm3d/msg/BoundingBox3DArray` | `lidar_top` | per sample, at its LIDAR_TOP key-frame time: every annotation in the LiDAR frame, label = category name, instance_id = instance token, score 1, prompt empty |
 //! | `/vlm3d/sample` | `std_msgs/msg/String` | – | per sample, JSON [`SampleIndex`]: scene token and name, sample token, the key-frame stamps of each sensor; logged before the sample's first key-frame message |
+//! | `/vlm3d/annotation_info` | `std_msgs/msg/String` | – | per sample, right after its `/annotations`, JSON [`AnnotationInfo`]: per box (same order) the LiDAR and radar point counts, attributes and the devkit's velocity estimate, which the nuScenes detection protocol needs and a box message does not carry |
 //!
 //! Timestamps are nuScenes microseconds × 1000. Messages of one scene are written in time order (ties: the
 //! index first, then sensor data, then the annotations); scenes follow one another in the order of the
@@ -35,6 +36,8 @@ pub struct BagLayout {
     pub annotations_topic: String,
     /// Per-sample index topic (`{prefix}` is prepended).
     pub sample_topic: String,
+    /// Per-sample annotation facts topic ([`AnnotationInfo`]; `{prefix}` is prepended).
+    pub annotation_info_topic: String,
     /// Dynamic transforms topic (not prefixed: tf tools expect `/tf`).
     pub tf_topic: String,
     /// Static transforms topic (not prefixed).
@@ -54,6 +57,7 @@ impl Default for BagLayout {
             lidar_suffix: String::new(),
             annotations_topic: "/annotations".into(),
             sample_topic: "/vlm3d/sample".into(),
+            annotation_info_topic: ANNOTATION_INFO_TOPIC.into(),
             tf_topic: "/tf".into(),
             tf_static_topic: "/tf_static".into(),
             map_frame: "map".into(),
@@ -107,7 +111,15 @@ impl BagLayout {
     pub fn sample(&self) -> String {
         format!("{}{}", self.topic_prefix, self.sample_topic)
     }
+
+    /// Annotation facts topic.
+    pub fn annotation_info(&self) -> String {
+        format!("{}{}", self.topic_prefix, self.annotation_info_topic)
+    }
 }
+
+/// The default annotation facts topic (also what a reader assumes for a bag whose index does not name one).
+pub const ANNOTATION_INFO_TOPIC: &str = "/vlm3d/annotation_info";
 
 /// One sensor's key frame of a sample.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +151,9 @@ pub struct SampleIndex {
     pub cameras: BTreeMap<String, SensorKeyFrame>,
     /// Topic of the annotations.
     pub annotations_topic: String,
+    /// Topic of the annotations' [`AnnotationInfo`] (empty in bags written before it existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub annotation_info_topic: String,
     /// Topic of the ego poses.
     pub tf_topic: String,
     /// Topic of the sensor extrinsics.
@@ -155,4 +170,31 @@ impl SampleIndex {
             .min()
             .unwrap_or(self.stamp_ns)
     }
+}
+
+/// What the nuScenes detection protocol needs of a sample's annotations beyond their boxes (JSON in a
+/// `std_msgs/msg/String` on [`BagLayout::annotation_info`], one per sample, logged right after the sample's
+/// annotations): per box of the annotations message, in the same order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationInfo {
+    /// nuScenes sample token.
+    pub sample_token: String,
+    /// One entry per box of the sample's annotations message.
+    pub boxes: Vec<AnnotationFacts>,
+}
+
+/// One annotation's facts ([`AnnotationInfo`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnnotationFacts {
+    /// Instance token (the box's `instance_id`, to check the order).
+    pub instance_id: String,
+    /// LiDAR points inside the box (`num_lidar_pts`).
+    pub num_lidar_pts: i64,
+    /// Radar points inside the box (`num_radar_pts`).
+    pub num_radar_pts: i64,
+    /// Attribute names (`vehicle.moving`); nuScenes gives at most one per annotation.
+    pub attributes: Vec<String>,
+    /// Velocity in the global frame (x, y), m/s, as the devkit's `box_velocity` estimates it from the previous
+    /// and next annotations of the instance; `None` where it cannot (no neighbour, or too far apart in time).
+    pub velocity: Option<[f64; 2]>,
 }

@@ -882,6 +882,38 @@ impl NuScenes {
             .map_err(|e| self.err::<SampleAnnotation>(&ann.token, why(e)))
     }
 
+    /// An annotation's velocity in the global frame (x, y, z), m/s, as the devkit's `box_velocity` estimates it:
+    /// the centred difference over the previous and next annotations of the instance, or the one-sided one at
+    /// either end; `None` for an instance seen once, or when the annotations used lie more than 1.5 s apart
+    /// (3 s for the centred difference).
+    pub fn box_velocity(&self, ann: &SampleAnnotation) -> Result<Option<[f64; 3]>> {
+        let (has_prev, has_next) = (!ann.prev.is_empty(), !ann.next.is_empty());
+        if !has_prev && !has_next {
+            return Ok(None);
+        }
+        let first = if has_prev {
+            self.sample_annotation(&ann.prev)?
+        } else {
+            ann
+        };
+        let last = if has_next {
+            self.sample_annotation(&ann.next)?
+        } else {
+            ann
+        };
+        // Seconds as the devkit computes them (1e-6 × µs, each end apart), so the quotient is the same.
+        let t_last = 1e-6 * self.sample(&last.sample_token)?.timestamp as f64;
+        let t_first = 1e-6 * self.sample(&first.sample_token)?.timestamp as f64;
+        let dt = t_last - t_first;
+        let max_dt = if has_prev && has_next { 3.0 } else { 1.5 };
+        if dt > max_dt {
+            return Ok(None);
+        }
+        Ok(Some(std::array::from_fn(|i| {
+            (last.translation[i] - first.translation[i]) / dt
+        })))
+    }
+
     /// The annotations of `sd`'s sample expressed in `sd`'s sensor frame (global → ego at `sd`'s pose →
     /// sensor), in the order of [`NuScenes::sample_annotations`] — the boxes of the devkit's
     /// `get_sample_data` before its visibility filter.
