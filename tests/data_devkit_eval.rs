@@ -199,7 +199,59 @@ fn the_nuscenes_protocol_gives_the_devkits_numbers() {
     vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
     let truth = nuscenes::ground_truth(&bag).unwrap();
 
-    // 1. Noisy copies of every annotation (all classes, in range or not, with or without points): centres off by
+    // 1. The ground truth written as predictions (scores by position, velocity and attribute as submitted: none),
+    // then the same boxes 1.5 m off along x: found at 2 and 4 m only.
+    for dx in [0.0, 1.5] {
+        let preds: std::collections::BTreeMap<String, Vec<NuscBox>> = truth
+            .iter()
+            .map(|s| {
+                let list = s
+                    .boxes
+                    .iter()
+                    // Boxes without points are no ground truth; as predictions they would be false positives.
+                    .filter(|g| g.num_pts > 0)
+                    .enumerate()
+                    .map(|(i, g)| {
+                        let mut p = g.clone();
+                        p.translation[0] += dx;
+                        p.score = 1.0 / (1.0 + i as f64);
+                        p.velocity = [0.0, 0.0];
+                        p.attribute_name.clear();
+                        p.num_pts = -1;
+                        p
+                    })
+                    .collect();
+                (s.token.clone(), list)
+            })
+            .collect();
+        let results = dir.join(format!("truth_{dx}.json"));
+        nuscenes::write_results(&results, &preds).unwrap();
+        let dk = devkit(
+            &python,
+            &data,
+            &results,
+            &dir.join(format!("devkit_truth_{dx}")),
+        );
+        let ours = nuscenes::evaluate(&truth, &preds).unwrap();
+        println!(
+            "truth moved {dx} m: ours mAP {} NDS {}",
+            ours.mean_ap, ours.nd_score
+        );
+        let car = &ours.classes["car"];
+        if dx == 0.0 {
+            assert!(car.ap.iter().all(|a| (a - 1.0).abs() < 1e-9), "{car:?}");
+            assert!(car.tp_errors[0].abs() < 1e-9, "{car:?}");
+        } else {
+            assert!(
+                car.ap[0] == 0.0 && car.ap[1] == 0.0 && car.ap[3] > 0.99,
+                "{car:?}"
+            );
+            assert!((car.tp_errors[0] - 1.5).abs() < 1e-6, "{car:?}");
+        }
+        compare(&ours, &dk);
+    }
+
+    // 2. Noisy copies of every annotation (all classes, in range or not, with or without points): centres off by
     // up to 3 m, sizes by ±30 %, headings by up to 0.8 rad or turned round, scores on a 0.1 grid (ties), some
     // with a velocity or the true attribute, some dropped, some relabelled, and false positives.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -271,7 +323,7 @@ fn the_nuscenes_protocol_gives_the_devkits_numbers() {
     assert!(ours.tp_errors.iter().all(|e| *e > 0.0), "{ours:?}");
     compare(&ours, &dk);
 
-    // 2. What `vlm3d eval --protocol nuscenes` scores: a run over the classes' prompts (the mean-box baseline),
+    // 3. What `vlm3d eval --protocol nuscenes` scores: a run over the classes' prompts (the mean-box baseline),
     // written by write_nuscenes_results and scored by evaluate_run.
     let opts = EvalOptions {
         bag: bag.clone(),
@@ -359,6 +411,94 @@ fn a_bag_without_annotation_info_is_refused_for_the_nuscenes_protocol() {
     assert!(
         e.contains("annotation info") && e.contains("convert it again"),
         "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn vlm3d_eval_protocol_nuscenes_prints_the_devkits_numbers_for_the_demo_model() {
+    // The command a user runs, on the demo model's output for a small synthetic set at its resolution.
+    let Some(python) = DEVKIT.python_or_skip("nuScenes protocol CLI peer test") else {
+        return;
+    };
+    let dir = common::scratch("devkit-protocol-cli");
+    let data = dir.join("nuscenes");
+    let cfg = vlm3d::data::synth::SynthConfig {
+        scenes: 1,
+        samples_per_scene: 3,
+        seed: 900,
+        width: 448,
+        height: 252,
+        progress: false,
+        ..Default::default()
+    };
+    vlm3d::data::synth::generate(&data, &cfg).unwrap();
+    let bag = dir.join("bag");
+    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
+    o.lidar = false;
+    o.progress = false;
+    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
+    let out = dir.join("eval");
+    let o = run(Command::new(env!("CARGO_BIN_EXE_vlm3d"))
+        .current_dir(repo())
+        .args([
+            "eval",
+            "--protocol",
+            "nuscenes",
+            "--score-threshold",
+            "0.05",
+            "--bag",
+        ])
+        .arg(&bag)
+        .arg("--out")
+        .arg(&out))
+    .unwrap_or_else(|e| panic!("vlm3d eval: {e}"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("protocol nuscenes"))
+        .unwrap_or_else(|| panic!("no protocol line in {stdout}"));
+    println!("{line}");
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let n = &metrics[0]["nuscenes"];
+    let dk = devkit(
+        &python,
+        &data,
+        &out.join("results_nusc.json"),
+        &dir.join("devkit"),
+    );
+    println!("devkit {dk}");
+    // The printed line (4 decimals) and metrics.json (every digit) against the devkit.
+    let mean_ap = n["mean_ap"].as_f64().unwrap();
+    let nds = n["nd_score"].as_f64().unwrap();
+    same("mAP", mean_ap, &dk["mean_ap"]);
+    same("NDS", nds, &dk["nd_score"]);
+    assert!(
+        line.contains(&format!("mAP {mean_ap:.4}, NDS {nds:.4}")),
+        "{line}"
+    );
+    assert!(mean_ap > 0.0, "the demo model finds something: {n}");
+    for (m, (name, _)) in vlm3d::eval::nuscenes::TP_METRICS.iter().enumerate() {
+        same(
+            name,
+            n["tp_errors"][m].as_f64().unwrap(),
+            &dk["tp_errors"][name],
+        );
+    }
+    for class in vlm3d::eval::nuscenes::CLASSES {
+        for (k, d) in ["0.5", "1.0", "2.0", "4.0"].iter().enumerate() {
+            same(
+                &format!("{class} AP@{d}"),
+                n["classes"][class]["ap"][k].as_f64().unwrap(),
+                &dk["label_aps"][class][d],
+            );
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Protocol **prompts**") && report.contains("protocol nuscenes"),
+        "report.md names the protocol of each table"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
