@@ -329,7 +329,7 @@ fn finish(bag: &Path, p: Partial) -> Result<SampleTruth> {
         }
         let o = &b.center.orientation;
         let q = nalgebra::Quaternion::new(o.w, o.x, o.y, o.z);
-        if !(q.norm() > 1e-9) {
+        if q.norm().is_nan() || q.norm() <= 1e-9 {
             return Err(Error::format(
                 bag,
                 at(format!("annotation {i}")),
@@ -770,7 +770,9 @@ fn keep(b: &NuscBox, ego: &[f64; 3], racks: &[OrientedBox3D]) -> bool {
     let Some(range) = class_range(&b.detection_name) else {
         return false;
     };
-    if !(b.ego_dist(ego) < range) || b.num_pts == 0 {
+    // A NaN distance is out of range, as `ego_dist < range` is false for it in the devkit.
+    let in_range = b.ego_dist(ego) < range;
+    if !in_range || b.num_pts == 0 {
         return false;
     }
     if matches!(b.detection_name.as_str(), "bicycle" | "motorcycle") {

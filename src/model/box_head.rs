@@ -713,7 +713,15 @@ impl DetectionHead {
     /// Loads values saved by [`DetectionHead::save`] into a head of matching shape (a file with a presence map
     /// adds one to the head).
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let t = super::qwen2vl::weights::read_file(path)?;
+        self.load_tensors(&super::qwen2vl::weights::read_file(path)?, path)
+    }
+
+    /// [`BoxHead::load`] from tensors already read from `path` (named in errors).
+    pub fn load_tensors(
+        &mut self,
+        t: &std::collections::HashMap<String, Tensor>,
+        path: &Path,
+    ) -> Result<()> {
         if t.contains_key("presence.offset") {
             self.enable_presence(0)?;
         }
@@ -721,7 +729,7 @@ impl DetectionHead {
             self.enable_dense(0)?;
         }
         for (name, var) in self.vars() {
-            let src = super::qwen2vl::weights::get_shaped(&t, path, &name, var.dims())?;
+            let src = super::qwen2vl::weights::get_shaped(t, path, &name, var.dims())?;
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())

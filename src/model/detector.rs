@@ -114,16 +114,18 @@ impl Detector {
         }
         let head_file = t.join("head.safetensors");
         let mut config = config;
-        if head_file.exists() {
-            // The head's query count is the trained one's (a dense head needs only a few).
-            let saved = super::qwen2vl::weights::read_file(&head_file)?;
-            if let Some(q) = saved.get("queries") {
-                config.num_queries = q.dim(0)?;
-            }
+        let saved = if head_file.exists() {
+            Some(super::qwen2vl::weights::read_file(&head_file)?)
+        } else {
+            None
+        };
+        // The head's query count is the trained one's (a dense head needs only a few).
+        if let Some(q) = saved.as_ref().and_then(|s| s.get("queries")) {
+            config.num_queries = q.dim(0)?;
         }
         let mut det = Self::new(pipeline, config)?;
-        if head_file.exists() {
-            det.head.load(&head_file)?;
+        if let Some(saved) = &saved {
+            det.head.load_tensors(saved, &head_file)?;
         } else {
             tracing::warn!(
                 "no head.safetensors in {}: the box head is untrained",
