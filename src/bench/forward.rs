@@ -186,10 +186,39 @@ pub fn random_detector(
     device: &Device,
     dtype: DType,
 ) -> Result<Detector> {
+    Ok(random_detector_with(which, max_pixels, device, dtype, None)?.0)
+}
+
+/// [`random_detector`] whose weights that `trainable` accepts (by checkpoint name) are variables, returned beside
+/// it, as full fine-tuning loads them.
+pub fn random_detector_with(
+    which: BenchModel,
+    max_pixels: usize,
+    device: &Device,
+    dtype: DType,
+    trainable: Option<crate::model::qwen2vl::weights::WeightFilter>,
+) -> Result<(Detector, crate::model::qwen2vl::weights::NamedVars)> {
     let cfg = which.config();
     let weights = random_weights(&cfg, device)?;
     let vb = VarBuilder::from_tensors(weights, dtype, device);
+    let (vb, vars) = match trainable {
+        None => (vb, None),
+        Some(f) => {
+            let (backend, vars) = crate::model::qwen2vl::weights::TrainableBackend::new(vb, f);
+            (
+                VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+                Some(vars),
+            )
+        }
+    };
     let model = Qwen2VL::from_var_builder(cfg.clone(), vb, std::path::Path::new(which.name()))?;
+    let vars = match vars {
+        None => Vec::new(),
+        Some(v) => v
+            .lock()
+            .map(|v| v.clone())
+            .map_err(|_| crate::Error::invalid("trainable weights", "lock poisoned"))?,
+    };
     let processor = ImageProcessor::new(PreprocessorConfig {
         max_pixels,
         ..PreprocessorConfig::default()
@@ -200,13 +229,14 @@ pub fn random_detector(
         processor,
         dir: PathBuf::from(which.name()),
     };
-    Detector::new(
+    let det = Detector::new(
         pipeline,
         DetectorConfig {
             score_threshold: 0.0,
             ..DetectorConfig::default()
         },
-    )
+    )?;
+    Ok((det, vars))
 }
 
 /// A prompt of `n` tokens under [`bench_tokenizer`] (one word each).

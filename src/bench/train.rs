@@ -1,13 +1,14 @@
-//! `vlm3d bench --train`: one LoRA training step (frozen vision features computed once, decoder with LoRA on q, k,
-//! v, o, box head, the stage-2 loss, backward, AdamW) on random weights at the tiny fixture's or Qwen2-VL-2B's
-//! dimensions: examples per second and peak resident memory.
+//! `vlm3d bench --train`: one training step (frozen vision features computed once, the decoder with LoRA on q, k,
+//! v, o — or, with full fine-tuning, every decoder weight trained — box head, the stage-2 loss, backward, AdamW)
+//! on random weights at the tiny fixture's or Qwen2-VL-2B's dimensions: examples per second and peak resident
+//! memory.
 use std::time::Instant;
 
 use candle_core::{DType, Device};
 use image::RgbImage;
 use rand::{Rng, SeedableRng};
 
-use super::forward::{bench_prompt, random_detector, BenchModel};
+use super::forward::{bench_prompt, random_detector_with, BenchModel};
 use crate::geometry::{Frame, ViewCamera};
 use crate::model::lora::LoraConfig;
 use crate::proc::{peak_rss_mib, reset_peak_rss};
@@ -20,6 +21,8 @@ use crate::{Error, Result};
 pub struct TrainBenchRow {
     /// Model size.
     pub model: &'static str,
+    /// What trains: `LoRA` (r 16 on q, k, v, o) or `full` (every decoder weight).
+    pub mode: &'static str,
     /// Where it ran (`cpu`, `cuda:0`).
     pub device: String,
     /// Examples (view, prompt) per step.
@@ -35,9 +38,12 @@ pub struct TrainBenchRow {
 }
 
 /// Times `steps` optimizer steps of `batch` examples (one `width`×`height` view each, a `prompt_tokens` prompt,
-/// two target boxes) after one untimed step.
+/// two target boxes) after one untimed step; LoRA, or with `full` every decoder weight (the vision tower frozen,
+/// as its features are cached; `lm_head` unused).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     which: BenchModel,
+    full: bool,
     batch: usize,
     steps: usize,
     width: usize,
@@ -53,8 +59,18 @@ pub fn run(
     }
     reset_peak_rss();
     let dev = dev.clone();
-    let mut det = random_detector(which, width * height, &dev, DType::F32)?;
-    let mut vars = det.pipeline.model.attach_lora(&LoraConfig::default())?;
+    let trainable: Option<crate::model::qwen2vl::weights::WeightFilter> = full.then(|| {
+        Box::new(|name: &str| {
+            !name.starts_with("lm_head.")
+                && !name.starts_with("visual.")
+                && !name.starts_with("model.visual.")
+        }) as crate::model::qwen2vl::weights::WeightFilter
+    });
+    let (mut det, mut vars) =
+        random_detector_with(which, width * height, &dev, DType::F32, trainable)?;
+    if !full {
+        vars = det.pipeline.model.attach_lora(&LoraConfig::default())?;
+    }
     vars.extend(det.head.vars());
     let mut opt = AdamW::new(vars.clone(), 0.01)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -120,6 +136,7 @@ pub fn run(
     let step_s = super::median(times);
     Ok(TrainBenchRow {
         model: which.name(),
+        mode: if full { "full" } else { "LoRA" },
         device: crate::model::device::describe(&dev),
         batch,
         step_s,
@@ -132,14 +149,14 @@ pub fn run(
 /// Formats rows as a markdown table.
 pub fn table(rows: &[TrainBenchRow]) -> String {
     let mut s = String::from(
-        "| model | device | examples/step | s/step (median) | examples/s | peak RSS MiB | RSS after step 1 → last, MiB |\n|---|---|---|---|---|---|---|\n",
+        "| model | trains | device | examples/step | s/step (median) | examples/s | peak RSS MiB | RSS after step 1 → last, MiB |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let first = r.rss_after_step_mib.first().copied().unwrap_or(f64::NAN);
         let last = r.rss_after_step_mib.last().copied().unwrap_or(f64::NAN);
         s.push_str(&format!(
-            "| {} | {} | {} | {:.3} | {:.2} | {:.0} | {first:.0} → {last:.0} |\n",
-            r.model, r.device, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
+            "| {} | {} | {} | {} | {:.3} | {:.2} | {:.0} | {first:.0} → {last:.0} |\n",
+            r.model, r.mode, r.device, r.batch, r.step_s, r.examples_per_s, r.peak_rss_mib
         ));
     }
     s

@@ -312,6 +312,9 @@ pub struct BenchArgs {
     /// With --train: examples per step.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// With --train: train every decoder weight instead of LoRA adapters (full fine-tuning).
+    #[arg(long, requires = "train")]
+    pub full: bool,
 }
 
 /// Arguments of `vlm3d convert-nuscenes`.
@@ -662,6 +665,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 for m in &models {
                     let r = vlm3d::bench::train::run(
                         *m,
+                        a.full,
                         a.batch,
                         repeat.max(1),
                         a.width,
