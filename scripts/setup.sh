@@ -5,7 +5,8 @@
 #   bash scripts/setup.sh --cuda # also: the CUDA toolchain for `--features cuda` builds (then: source env-cuda.sh)
 #
 # * With a sourced ROS 2 Jazzy (ROS_DISTRO=jazzy, AMENT_PREFIX_PATH set): uses it, and builds only what it
-#   lacks: this package's interfaces (msg/), and tf2_msgs / vision_msgs when the system has none.
+#   lacks: this package's interfaces (msg/), and tf2_msgs / vision_msgs / autoware_perception_msgs when the
+#   system has none (subsets in scripts/interfaces/).
 # * Otherwise: builds a local ROS 2 Jazzy prefix from the package registry's wheels in .ros2_prefix/
 #   (git-ignored), makes it usable for r2r (cmake paths, librmw_implementation), and builds the same
 #   interface packages into .ros2_prefix/install.
@@ -291,7 +292,7 @@ build_interfaces() {
 }
 
 step "Interface packages into $INSTALL"
-for pkg in tf2_msgs vision_msgs; do
+for pkg in tf2_msgs vision_msgs autoware_perception_msgs; do
     if has_pkg "$pkg"; then
         info "$pkg: provided by the sourced ROS 2"
         rm -f "$INSTALL/.stamp-$pkg"
@@ -360,7 +361,8 @@ import rclpy
 from vlm3d.msg import BoundingBox3DArray
 from vision_msgs.msg import Detection3DArray
 from tf2_msgs.msg import TFMessage
-print("rclpy + vlm3d, vision_msgs, tf2_msgs messages: ok")' 2>&1)"; then
+from autoware_perception_msgs.msg import DetectedObjects
+print("rclpy + vlm3d, vision_msgs, tf2_msgs, autoware_perception_msgs messages: ok")' 2>&1)"; then
     die "the environment in env.sh does not work: $out"
 fi
 info "$out"

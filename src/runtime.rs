@@ -2,6 +2,9 @@
 //! vision tower and the image prefill once, answer every standing prompt on that prefix (the detector's
 //! KV-cache reuse), move each view's boxes into the LiDAR frame and merge the cameras with BEV NMS. `vlm3d
 //! eval` scores through [`detect_prompt`], the node through [`PerceptionRuntime::process`]: one code path.
+//! [`autoware`] gives the boxes as Autoware's `DetectedObject` fields (the label mapping lives there).
+pub mod autoware;
+
 use std::time::Instant;
 
 use image::RgbImage;

@@ -66,6 +66,7 @@ fn package_xml_is_format_3_and_matches_the_crate() {
         "sensor_msgs",
         "vision_msgs",
         "tf2_msgs",
+        "autoware_perception_msgs",
     ] {
         assert!(
             deps.contains(needed),
@@ -74,12 +75,12 @@ fn package_xml_is_format_3_and_matches_the_crate() {
     }
 }
 
-/// (type, name) of every field of a .msg file.
+/// (type, name) of every field of a .msg file (constants, `TYPE NAME=VALUE`, are not fields).
 fn msg_fields(path: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .map(|l| l.split('#').next().unwrap().trim())
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.is_empty() && !l.contains('='))
         .map(|l| {
             let parts: Vec<_> = l.split_whitespace().collect();
             assert_eq!(parts.len(), 2, "{}: field line {l:?}", path.display());
@@ -139,6 +140,24 @@ fn messages_are_listed_in_cmake_and_well_formed() {
     );
 }
 
+/// (type, name, value) of every constant of a .msg file.
+fn msg_constants(path: &Path) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter_map(|l| l.split_once('='))
+        .map(|(decl, value)| {
+            let parts: Vec<_> = decl.split_whitespace().collect();
+            assert_eq!(parts.len(), 2, "{}: constant {decl:?}", path.display());
+            (
+                parts[0].to_string(),
+                parts[1].to_string(),
+                value.trim().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn bundled_standard_interfaces_match_their_definitions() {
     // Wire compatibility with the real packages depends on exact field types and names.
@@ -187,6 +206,94 @@ fn bundled_standard_interfaces_match_their_definitions() {
             ("Detection3D[]", "detections")
         ])
     );
+    // autoware_perception_msgs 1.12.0 (autowarefoundation/autoware_msgs), the DetectedObjects family only.
+    let aw = dir.join("autoware_perception_msgs");
+    let mut files: Vec<String> = std::fs::read_dir(aw.join("msg"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "DetectedObject.msg",
+            "DetectedObjectKinematics.msg",
+            "DetectedObjects.msg",
+            "ObjectClassification.msg",
+            "Shape.msg"
+        ]
+    );
+    let cmake = std::fs::read_to_string(aw.join("CMakeLists.txt")).unwrap();
+    for file in &files {
+        assert!(
+            cmake.contains(&format!("msg/{file}")),
+            "CMakeLists.txt lacks msg/{file}"
+        );
+    }
+    let license = std::fs::read_to_string(aw.join("LICENSE")).unwrap();
+    assert!(license.contains("Apache License") && license.contains("The Autoware Foundation"));
+    assert_eq!(
+        f("autoware_perception_msgs/msg/DetectedObjects.msg"),
+        s(&[
+            ("std_msgs/Header", "header"),
+            ("DetectedObject[]", "objects")
+        ])
+    );
+    assert_eq!(
+        f("autoware_perception_msgs/msg/DetectedObject.msg"),
+        s(&[
+            ("float32", "existence_probability"),
+            ("ObjectClassification[]", "classification"),
+            ("DetectedObjectKinematics", "kinematics"),
+            ("Shape", "shape"),
+        ])
+    );
+    assert_eq!(
+        f("autoware_perception_msgs/msg/ObjectClassification.msg"),
+        s(&[("uint8", "label"), ("float32", "probability")])
+    );
+    assert_eq!(
+        f("autoware_perception_msgs/msg/DetectedObjectKinematics.msg"),
+        s(&[
+            ("geometry_msgs/PoseWithCovariance", "pose_with_covariance"),
+            ("bool", "has_position_covariance"),
+            ("uint8", "orientation_availability"),
+            ("geometry_msgs/TwistWithCovariance", "twist_with_covariance"),
+            ("bool", "has_twist"),
+            ("bool", "has_twist_covariance"),
+        ])
+    );
+    assert_eq!(
+        f("autoware_perception_msgs/msg/Shape.msg"),
+        s(&[
+            ("uint8", "type"),
+            ("geometry_msgs/Polygon", "footprint"),
+            ("geometry_msgs/Vector3", "dimensions"),
+        ])
+    );
+    // The library's label values and shape/orientation constants are the definitions' (the node publishes them).
+    use vlm3d::runtime::autoware::{ObjectLabel, ORIENTATION_SIGN_UNKNOWN, SHAPE_BOUNDING_BOX};
+    let constant = |file: &str, name: &str| -> u8 {
+        let all = msg_constants(&aw.join("msg").join(file));
+        let (ty, _, v) = all
+            .iter()
+            .find(|(_, n, _)| n == name)
+            .unwrap_or_else(|| panic!("{file}: no constant {name}"));
+        assert_eq!(ty, "uint8", "{file}: {name}");
+        v.parse().unwrap()
+    };
+    for l in ObjectLabel::ALL {
+        assert_eq!(
+            constant("ObjectClassification.msg", l.constant_name()),
+            l.value(),
+            "{l:?}"
+        );
+    }
+    assert_eq!(constant("Shape.msg", "BOUNDING_BOX"), SHAPE_BOUNDING_BOX);
+    assert_eq!(
+        constant("DetectedObjectKinematics.msg", "SIGN_UNKNOWN"),
+        ORIENTATION_SIGN_UNKNOWN
+    );
 }
 
 /// The rig file, through the library's own loader (the one the node and the generator use).
@@ -223,7 +330,7 @@ fn nuscenes_rig_follows_the_converter_conventions() {
 }
 
 /// The parameters perception_node reads, in the order of config/perception_node.param.yaml.
-const PERCEPTION_PARAMS: [&str; 18] = [
+const PERCEPTION_PARAMS: [&str; 19] = [
     "rig_file",
     "model_path",
     "trained_path",
@@ -242,6 +349,7 @@ const PERCEPTION_PARAMS: [&str; 18] = [
     "tf_wait_s",
     "use_camera_info",
     "diagnostics_period_s",
+    "publish_autoware_objects",
 ];
 
 #[test]
@@ -358,6 +466,8 @@ fn perception_params_validate_against_their_schema() {
         ("diagnostics_period_s", json!(0.0)),
         ("diagnostics_period_s", json!(61.0)),
         ("rig_file", json!(null)),
+        ("publish_autoware_objects", json!("true")),
+        ("publish_autoware_objects", json!(1)),
     ] {
         assert!(!v.is_valid(&with(key, &bad)), "{key} = {bad} accepted");
     }
@@ -374,6 +484,7 @@ fn perception_params_validate_against_their_schema() {
         ("sync_slop_s", json!(1.0)),
         ("diagnostics_period_s", json!(60.0)),
         ("model_path", json!("/data/qwen2-vl-2b")),
+        ("publish_autoware_objects", json!(false)),
     ] {
         let errors: Vec<String> = v
             .iter_errors(&with(key, &good))
@@ -819,6 +930,7 @@ fn perception_launch_is_consistent() {
         ("~/input/prompt", "/vlm3d/prompt"),
         ("~/output/boxes", "/vlm3d/boxes"),
         ("~/output/detections", "/vlm3d/detections"),
+        ("~/output/objects", "/vlm3d/objects"),
         ("~/output/markers", "/vlm3d/markers"),
     ] {
         assert_eq!(node.remap(from), Some(to));

@@ -2,8 +2,9 @@
 //! synthetic bag's six camera streams, their CameraInfo, `/tf_static` and prompts, and listens to the outputs.
 //!
 //! * the boxes equal `Detector::detect` + `merge_views` on the same images (1e-4), with the LiDAR frame and the
-//!   CAM_FRONT image's stamp, in `vlm3d/BoundingBox3DArray` and `vision_msgs/Detection3DArray`; the markers
-//!   outline exactly those boxes;
+//!   CAM_FRONT image's stamp, in `vlm3d/BoundingBox3DArray` and `vision_msgs/Detection3DArray`; the same frame's
+//!   `autoware_perception_msgs/DetectedObjects`, on the topic `~/output/objects` is remapped to, carries every
+//!   prompt's boxes with the Autoware label, score and `SIGN_UNKNOWN`; the markers outline exactly those boxes;
 //! * robustness, one case at a time on one running node: each bad input is reported on `/diagnostics` (and in
 //!   the log at most once per cause and interval), the node keeps running, memory stays flat under a 200 Hz
 //!   flood, dropped sets are counted, and good input gives the right boxes again.
@@ -294,6 +295,8 @@ impl Node {
         );
         let kid = Kid(Command::new(env!("CARGO_BIN_EXE_perception_node"))
             .args(["--ros-args", "-r", &format!("__ns:={ns}")])
+            // As launch/perception.launch.xml does: the private name remapped to a plain topic.
+            .args(["-r", &format!("~/output/objects:={ns}/objects")])
             .args(["-p", &prompts])
             .args(["-p", "score_threshold:=0.0", "-p", "max_boxes:=20"])
             .args([
@@ -313,6 +316,11 @@ impl Node {
 
     fn topic(&self, private: &str) -> String {
         format!("{}/perception_node/{private}", self.ns)
+    }
+
+    /// Where `~/output/objects` is remapped to.
+    fn objects_topic(&self) -> String {
+        format!("{}/objects", self.ns)
     }
 
     fn alive(&mut self) -> bool {
@@ -361,6 +369,8 @@ fn wire(peer: &mut Peer, node: &Node) {
     ] {
         peer.cmd(json!({"cmd": "subscribe", "topic": node.topic(t), "type": ty}));
     }
+    peer.cmd(json!({"cmd": "subscribe", "topic": node.objects_topic(),
+        "type": "autoware_perception_msgs/msg/DetectedObjects"}));
     peer.cmd(json!({"cmd": "subscribe", "topic": "/diagnostics", "type": "diagnostic_msgs/msg/DiagnosticArray"}));
     let names: Vec<String> = (0..CAMS).map(|i| format!("img{i}")).collect();
     let r = peer.cmd(json!({"cmd": "wait_matched", "names": names, "timeout": 120.0}));
@@ -456,10 +466,12 @@ fn node_publishes_the_offline_boxes_in_the_lidar_frame() {
         node.topic("output/detections"),
         node.topic("output/markers"),
     );
+    let ot = node.objects_topic();
     let stamp = s.stamp_ns;
     let ok = peer.until(Duration::from_secs(120), |g| {
         boxes_at(g, &bt, stamp).len() >= 2
             && boxes_at(g, &dt, stamp).len() >= 2
+            && !boxes_at(g, &ot, stamp).is_empty()
             && g.get(&mt).is_some_and(|m| !m.is_empty())
     });
     assert!(ok, "no outputs; node log:\n{}", node.log_text());
@@ -495,6 +507,51 @@ fn node_publishes_the_offline_boxes_in_the_lidar_frame() {
             label: label.into(),
             ..d
         }));
+    }
+    // Autoware's type: one message for the frame, the boxes of both prompts in prompt order, the same header.
+    let objects = boxes_at(&peer.got, &ot, stamp);
+    assert_eq!(objects.len(), 1, "one DetectedObjects per frame");
+    let box_msgs = boxes_at(&peer.got, &bt, stamp);
+    assert_eq!(objects[0]["header"], box_msgs[0]["header"]);
+    let got = objects[0]["objects"].as_array().unwrap();
+    assert_eq!(got.len(), all_boxes.len());
+    // ObjectClassification.CAR, .PEDESTRIAN; DetectedObjectKinematics.SIGN_UNKNOWN; Shape.BOUNDING_BOX.
+    let autoware_label = |l: &str| match l {
+        "car" => 1,
+        "pedestrian" => 7,
+        other => panic!("{other}"),
+    };
+    let published: Vec<&Value> = prompts
+        .iter()
+        .flat_map(|p| {
+            box_msgs.iter().find(|m| m["prompt"] == p.as_str()).unwrap()["boxes"]
+                .as_array()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(published.len(), got.len());
+    for ((o, b), want) in got.iter().zip(&published).zip(&all_boxes) {
+        let score = f64::from(want.score);
+        assert!((o["existence_probability"].as_f64().unwrap() - score).abs() < 1e-6);
+        let class = o["classification"].as_array().unwrap();
+        assert_eq!(class.len(), 1);
+        assert_eq!(
+            class[0]["label"],
+            autoware_label(&want.label),
+            "{}",
+            want.label
+        );
+        assert!((class[0]["probability"].as_f64().unwrap() - score).abs() < 1e-6);
+        let k = &o["kinematics"];
+        assert_eq!(k["pose_with_covariance"]["pose"], b["center"]);
+        assert_eq!(k["orientation_availability"], 1);
+        assert_eq!(k["has_position_covariance"], false);
+        assert_eq!(k["has_twist"], false);
+        assert_eq!(o["shape"]["type"], 0);
+        assert_eq!(o["shape"]["dimensions"], b["size"]);
+        for (axis, v) in ["x", "y", "z"].iter().zip(&want.bbox[3..6]) {
+            assert!((o["shape"]["dimensions"][axis].as_f64().unwrap() - v).abs() < 1e-4);
+        }
     }
     // Markers: a DELETEALL, then per box a 24-point line list on its edges and a text.
     let markers = peer.got[&mt].last().unwrap()["markers"]

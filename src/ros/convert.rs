@@ -1,7 +1,13 @@
 //! Conversions between the package's messages and the library's one detection type
-//! ([`crate::perception::Detection`], grouped per prompt as [`crate::perception::Detections`]).
+//! ([`crate::perception::Detection`], grouped per prompt as [`crate::perception::Detections`]), and from it to
+//! the ecosystem's `vision_msgs/Detection3DArray` and Autoware's `autoware_perception_msgs/DetectedObjects`.
+use r2r::autoware_perception_msgs::msg::{
+    DetectedObject, DetectedObjectKinematics, DetectedObjects, ObjectClassification, Shape,
+};
 use r2r::builtin_interfaces::msg::Time;
-use r2r::geometry_msgs::msg::{Point, Pose, PoseWithCovariance, Quaternion, Vector3};
+use r2r::geometry_msgs::msg::{
+    Point, Polygon, Pose, PoseWithCovariance, Quaternion, TwistWithCovariance, Vector3,
+};
 use r2r::std_msgs::msg::Header;
 use r2r::vision_msgs::msg::{
     BoundingBox3D as VisionBox, Detection3D, Detection3DArray, ObjectHypothesis,
@@ -11,6 +17,7 @@ use r2r::vlm3d::msg::{BoundingBox3D, BoundingBox3DArray};
 
 use crate::geometry::PinholeCamera;
 use crate::perception::{Detection, Detections};
+use crate::runtime::autoware::AutowareObject;
 use crate::{Error, Result};
 
 /// The quaternion of a rotation by `yaw` radians about +z.
@@ -175,6 +182,70 @@ pub fn to_detection3d_array(m: &BoundingBox3DArray) -> Detection3DArray {
     }
 }
 
+/// One frame's boxes, every prompt's in prompt order, as Autoware's `DetectedObjects` (one message per frame, as
+/// Autoware's trackers take one per sensor frame): header = the frame's (the first prompt's stamp and frame, as
+/// on `BoundingBox3DArray`), each box an object with the fields of [`AutowareObject`] (label from the box's
+/// category, probabilities = score, bounding-box shape, `SIGN_UNKNOWN` orientation, no covariance, no twist).
+/// `None` for a frame without prompts; an invalid box is an error (no message rather than one that disagrees
+/// with the boxes).
+pub fn to_detected_objects(frame: &[Detections]) -> Result<Option<DetectedObjects>> {
+    let Some(first) = frame.first() else {
+        return Ok(None);
+    };
+    let mut objects = Vec::with_capacity(frame.iter().map(|d| d.boxes.len()).sum());
+    for b in frame.iter().flat_map(|d| &d.boxes) {
+        let o = AutowareObject::from_detection(b)?;
+        let [x, y, z] = o.position;
+        let [qx, qy, qz, qw] = o.orientation_xyzw;
+        let [dx, dy, dz] = o.dimensions;
+        objects.push(DetectedObject {
+            existence_probability: o.existence_probability,
+            classification: vec![ObjectClassification {
+                label: o.label.value(),
+                probability: o.classification_probability,
+            }],
+            kinematics: DetectedObjectKinematics {
+                pose_with_covariance: PoseWithCovariance {
+                    pose: Pose {
+                        position: Point { x, y, z },
+                        orientation: Quaternion {
+                            x: qx,
+                            y: qy,
+                            z: qz,
+                            w: qw,
+                        },
+                    },
+                    covariance: vec![0.0; 36],
+                },
+                has_position_covariance: false,
+                orientation_availability: o.orientation_availability,
+                twist_with_covariance: TwistWithCovariance {
+                    covariance: vec![0.0; 36],
+                    ..Default::default()
+                },
+                has_twist: false,
+                has_twist_covariance: false,
+            },
+            shape: Shape {
+                type_: o.shape_type,
+                footprint: Polygon::default(),
+                dimensions: Vector3 {
+                    x: dx,
+                    y: dy,
+                    z: dz,
+                },
+            },
+        });
+    }
+    Ok(Some(DetectedObjects {
+        header: Header {
+            stamp: time_from_nanos(first.stamp_ns),
+            frame_id: first.frame_id.clone(),
+        },
+        objects,
+    }))
+}
+
 /// A `CameraInfo`'s row-major K as a pinhole camera: `Ok(None)` for ROS's "uncalibrated" all-zero K (and a K that
 /// is not 3 × 3), an error for an invalid one (non-finite, non-positive focal length, singular).
 pub fn pinhole_from_camera_info(
@@ -266,6 +337,71 @@ mod tests {
         let mut m = BoundingBox3DArray::from(&sample());
         m.boxes[0].center.position.x = f64::NAN;
         assert!(Detections::try_from(&m).is_err());
+    }
+
+    /// The library's constants are the message's, and each box of each prompt becomes one object.
+    #[test]
+    fn autoware_objects_carry_every_prompts_boxes() {
+        use crate::runtime::autoware::{ObjectLabel, ORIENTATION_SIGN_UNKNOWN, SHAPE_BOUNDING_BOX};
+        assert_eq!(SHAPE_BOUNDING_BOX, Shape::BOUNDING_BOX as u8);
+        assert_eq!(
+            ORIENTATION_SIGN_UNKNOWN,
+            DetectedObjectKinematics::SIGN_UNKNOWN as u8
+        );
+        assert_eq!(ObjectLabel::Car.value(), ObjectClassification::CAR as u8);
+        assert_eq!(
+            ObjectLabel::Pedestrian.value(),
+            ObjectClassification::PEDESTRIAN as u8
+        );
+        assert_eq!(
+            ObjectLabel::Unknown.value(),
+            ObjectClassification::UNKNOWN as u8
+        );
+        let cars = sample();
+        let mut cones = sample();
+        cones.prompt = "find every traffic cone".into();
+        cones.boxes[0].label = "traffic cone".into();
+        cones.boxes[0].score = 0.25;
+        let m = to_detected_objects(&[cars.clone(), cones])
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.header, BoundingBox3DArray::from(&cars).header);
+        assert_eq!(m.objects.len(), 2);
+        let o = &m.objects[0];
+        assert_eq!(o.existence_probability, 0.875);
+        assert_eq!(o.classification.len(), 1);
+        assert_eq!(o.classification[0].label, ObjectClassification::CAR as u8);
+        assert_eq!(o.classification[0].probability, 0.875);
+        let k = &o.kinematics;
+        assert_eq!(
+            k.pose_with_covariance.pose,
+            BoundingBox3D::from(&cars.boxes[0]).center
+        );
+        assert_eq!(k.pose_with_covariance.covariance.len(), 36);
+        assert!(!k.has_position_covariance && !k.has_twist && !k.has_twist_covariance);
+        assert_eq!(
+            k.orientation_availability,
+            DetectedObjectKinematics::SIGN_UNKNOWN as u8
+        );
+        assert_eq!(o.shape.type_, Shape::BOUNDING_BOX as u8);
+        assert_eq!(
+            (
+                o.shape.dimensions.x,
+                o.shape.dimensions.y,
+                o.shape.dimensions.z
+            ),
+            (4.5, 1.9, 1.6)
+        );
+        assert!(o.shape.footprint.points.is_empty());
+        let cone = &m.objects[1].classification[0];
+        assert_eq!(
+            (cone.label, cone.probability),
+            (ObjectClassification::UNKNOWN as u8, 0.25)
+        );
+        assert!(to_detected_objects(&[]).unwrap().is_none());
+        let mut bad = sample();
+        bad.boxes[0].score = f32::NAN;
+        assert!(to_detected_objects(&[bad]).is_err());
     }
 
     #[test]

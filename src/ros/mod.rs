@@ -1,7 +1,8 @@
 //! ROS 2 glue (r2r): the only module that imports r2r, compiled with the `ros` feature.
 //!
 //! * [`convert`]: the package's messages (`vlm3d/msg/BoundingBox3DArray`) to and from the library's
-//!   [`crate::perception::Detections`], and to the ecosystem's `vision_msgs/Detection3DArray`.
+//!   [`crate::perception::Detections`], and to the ecosystem's `vision_msgs/Detection3DArray` and Autoware's
+//!   `autoware_perception_msgs/DetectedObjects`.
 //! * [`perception_node`]: the product: six cameras and standing prompts in, boxes, markers and health out.
 //! * [`params`]: typed, range-checked ROS parameters.
 //! * [`play`] and [`record`]: a rosbag2 player and recorder over r2r (`vlm3d play`, `vlm3d record`).

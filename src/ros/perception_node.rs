@@ -11,7 +11,8 @@
 //! (`sensor_msgs/CompressedImage`, or `sensor_msgs/Image` with `image_transport: raw`),
 //! `~/input/<camera frame>/camera_info`, `~/input/prompt` (`std_msgs/String`, transient-local; one standing
 //! prompt per line), `/tf_static`; out: `~/output/boxes` (`vlm3d/BoundingBox3DArray`, one per prompt),
-//! `~/output/detections` (`vision_msgs/Detection3DArray`), `~/output/markers`
+//! `~/output/detections` (`vision_msgs/Detection3DArray`), `~/output/objects`
+//! (`autoware_perception_msgs/DetectedObjects`, one per frame, with `publish_autoware_objects`), `~/output/markers`
 //! (`visualization_msgs/MarkerArray`), `~/debug/processing_time_ms` (+ `/<stage>`),
 //! `~/debug/pipeline_latency_ms`, `~/debug/frame_stats` (JSON per frame), `/diagnostics`.
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, BoxStream, StreamExt};
 use image::RgbImage;
 use nalgebra::{Isometry3, Quaternion, Translation3, UnitQuaternion};
+use r2r::autoware_perception_msgs::msg::DetectedObjects;
 use r2r::builtin_interfaces::msg::Duration as RosDuration;
 use r2r::diagnostic_msgs::msg::{DiagnosticArray, DiagnosticStatus, KeyValue};
 use r2r::geometry_msgs::msg::{Point, Pose, Vector3};
@@ -36,8 +38,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::convert::{
-    nanos_from_time, pinhole_from_camera_info, time_from_nanos, to_detection3d_array,
-    yaw_to_quaternion,
+    nanos_from_time, pinhole_from_camera_info, time_from_nanos, to_detected_objects,
+    to_detection3d_array, yaw_to_quaternion,
 };
 use super::params::Params;
 use crate::geometry::{Frame, PinholeCamera};
@@ -93,6 +95,8 @@ pub struct PerceptionNodeParams {
     pub use_camera_info: bool,
     /// Reporting interval of `/diagnostics`, seconds.
     pub diagnostics_period_s: f64,
+    /// Publish `~/output/objects` (`autoware_perception_msgs/DetectedObjects`).
+    pub publish_autoware_objects: bool,
 }
 
 impl PerceptionNodeParams {
@@ -126,6 +130,7 @@ impl PerceptionNodeParams {
             tf_wait_s: p.number("tf_wait_s", 1.0, 0.0, 60.0, false)?,
             use_camera_info: p.bool("use_camera_info", true)?,
             diagnostics_period_s: p.number("diagnostics_period_s", 1.0, 0.0, 60.0, true)?,
+            publish_autoware_objects: p.bool("publish_autoware_objects", true)?,
         })
     }
 }
@@ -382,6 +387,8 @@ fn isometry_of(t: &r2r::geometry_msgs::msg::Transform) -> Option<Isometry3<f64>>
 struct Outputs {
     boxes: Publisher<BoundingBox3DArray>,
     detections: Publisher<Detection3DArray>,
+    /// `None` without `publish_autoware_objects`.
+    objects: Option<Publisher<DetectedObjects>>,
     markers: Publisher<MarkerArray>,
     processing: Publisher<Float64>,
     stages: Vec<(String, Publisher<Float64>)>,
@@ -480,6 +487,11 @@ pub fn run_perception_node() -> Result<()> {
     let out = Outputs {
         boxes: node.create_publisher("~/output/boxes", qos.clone())?,
         detections: node.create_publisher("~/output/detections", qos.clone())?,
+        objects: if params.publish_autoware_objects {
+            Some(node.create_publisher("~/output/objects", qos.clone())?)
+        } else {
+            None
+        },
         markers: node.create_publisher("~/output/markers", qos.clone())?,
         processing: node.create_publisher("~/debug/processing_time_ms", qos.clone())?,
         stages: crate::perception::health::STAGES
@@ -903,6 +915,17 @@ impl State {
             let _ = out.detections.publish(&to_detection3d_array(&msg));
             let _ = out.boxes.publish(&msg);
         }
+        if let Some(objects) = &out.objects {
+            match to_detected_objects(&output.detections) {
+                Ok(Some(m)) => {
+                    let _ = objects.publish(&m);
+                }
+                Ok(None) => {}
+                Err(e) => self
+                    .errors
+                    .report("autoware objects: invalid box", e.to_string()),
+            }
+        }
         let _ = out.markers.publish(&frame_markers(&output.detections));
         let publish_ms = t.elapsed().as_secs_f64() * 1e3;
         self.sets_processed += 1;
@@ -1076,6 +1099,7 @@ mod tests {
         let ok = PerceptionNodeParams::from_params(&Params::from_values([])).unwrap();
         assert_eq!(ok.output_frame, "lidar_top");
         assert_eq!(ok.prompts.len(), 1);
+        assert!(ok.publish_autoware_objects, "on by default");
         for (k, v) in [
             ("score_threshold", ParameterValue::Double(1.5)),
             ("device", ParameterValue::String("gpu".into())),
@@ -1084,6 +1108,10 @@ mod tests {
             ("max_boxes", ParameterValue::Integer(0)),
             ("prompts", ParameterValue::StringArray(vec![])),
             ("use_camera_info", ParameterValue::Integer(1)),
+            (
+                "publish_autoware_objects",
+                ParameterValue::String("yes".into()),
+            ),
         ] {
             let e = PerceptionNodeParams::from_params(&Params::from_values([(k.to_string(), v)]))
                 .unwrap_err();
