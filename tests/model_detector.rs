@@ -133,6 +133,48 @@ fn batched_views_equal_single_views() {
 }
 
 #[test]
+fn a_micro_batch_of_prompts_equals_each_example_alone() {
+    // The trainer's micro-batch: each view its own prompt. Two prompts of one token count share a decoder batch,
+    // a longer one gets its own; every view's states equal its own single-example pass, and the head's outputs
+    // (what the losses read) too.
+    let det = detector(0.0);
+    let imgs: Vec<_> = (0..4).map(|v| image(&format!("view{v}"))).collect();
+    let (feats, grids) = det.encode_images(&imgs).unwrap();
+    let prompts = [
+        "Find the car.",
+        "Find the bus.",
+        "Find every pedestrian near the crosswalk.",
+        "Find the car.",
+    ];
+    let all = det
+        .query_states_prompts(&feats, &grids, &cameras(4), &prompts, true)
+        .unwrap();
+    let out = det.head_forward(&all).unwrap();
+    for v in 0..4 {
+        let one = det
+            .query_states(
+                &feats[v..v + 1],
+                &grids[v..v + 1],
+                &cameras(1),
+                prompts[v],
+                true,
+            )
+            .unwrap();
+        let d = max_abs_diff(&all.queries.get(v).unwrap(), &one.queries.get(0).unwrap())
+            .max(max_abs_diff(&all.images[v].states, &one.images[0].states));
+        assert!(d <= 1e-5, "view {v} ({}): {d}", prompts[v]);
+        let o = det.head_forward(&one).unwrap();
+        let d = max_abs_diff(&out.view(v).unwrap().boxes, &o.view(0).unwrap().boxes);
+        assert!(d <= 1e-4, "view {v}: head boxes {d}");
+    }
+    // The prompts are told apart: the bus view's states are not the car view's.
+    assert!(max_abs_diff(&all.queries.get(0).unwrap(), &all.queries.get(1).unwrap()) > 1e-3);
+    assert!(det
+        .query_states_prompts(&feats, &grids, &cameras(4), &prompts[..3], true)
+        .is_err());
+}
+
+#[test]
 fn head_shapes_and_decoding() {
     let det = detector(0.0);
     assert_eq!(HIDDEN_LAYERS, [512, 256, 128]);

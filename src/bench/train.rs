@@ -96,17 +96,18 @@ pub fn run(
     let mut rss = Vec::new();
     for i in 0..steps + 1 {
         let t0 = Instant::now();
+        // The examples go through the decoder and the head as one batch, as the trainer's micro-batches do.
+        let s = det.query_states(
+            &vec![feat.clone(); batch],
+            &vec![grid; batch],
+            &vec![camera.clone(); batch],
+            &prompt,
+            true,
+        )?;
+        let out = det.head_forward(&s)?;
         let mut total = None;
-        for _ in 0..batch {
-            let s = det.query_states(
-                std::slice::from_ref(&feat),
-                &[grid],
-                std::slice::from_ref(&camera),
-                &prompt,
-                true,
-            )?;
-            let out = det.head_forward(&s)?.view(0)?;
-            let l = two_stage_loss(&out, &targets, &[], Frame::Camera, &w, &emb)?.total;
+        for v in 0..batch {
+            let l = two_stage_loss(&out.view(v)?, &targets, &[], Frame::Camera, &w, &emb)?.total;
             total = Some(match total {
                 None => l,
                 Some(t) => (t + l)?,

@@ -264,6 +264,33 @@ impl Detector {
         Ok((Tensor::stack(&embs, 0)?, p, next))
     }
 
+    /// One suffix (prompt and queries) per view, all of one length, from position `start` on.
+    fn suffix_inputs_each(&self, suffixes: &[&[u32]], start: i64) -> Result<(Tensor, Positions)> {
+        let model = &self.pipeline.model;
+        let first = suffixes
+            .first()
+            .ok_or_else(|| Error::invalid("views", "no view"))?;
+        if suffixes.iter().all(|s| s == first) {
+            // One prompt: embed once and repeat.
+            return self.suffix_inputs(suffixes.len(), first, start);
+        }
+        let queries = self.head.queries.clone();
+        let embs = suffixes
+            .iter()
+            .map(|s| {
+                let e = model.embed(s, None)?;
+                Ok(Tensor::cat(&[&e, &queries.to_dtype(e.dtype())?], 0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let n = embs[0].dim(0)?;
+        let b = embs.len();
+        let row: Vec<i64> = (0..n as i64).map(|i| start + i).collect();
+        Ok((
+            Tensor::stack(&embs, 0)?,
+            [vec![row.clone(); b], vec![row.clone(); b], vec![row; b]],
+        ))
+    }
+
     fn suffix_inputs(&self, b: usize, suffix: &[u32], start: i64) -> Result<(Tensor, Positions)> {
         let model = &self.pipeline.model;
         let emb = model.embed(suffix, None)?;
@@ -352,22 +379,54 @@ impl Detector {
         prompt: &str,
         diff: bool,
     ) -> Result<HeadInputs> {
-        if feats.len() != grids.len() || feats.is_empty() {
+        let prompts = vec![prompt; grids.len()];
+        self.query_states_prompts(feats, grids, cameras, &prompts, diff)
+    }
+
+    /// [`Detector::query_states`] with a prompt per view (a training micro-batch: each example its own view and
+    /// prompt). Views of one image size whose prompts have one token count go through the decoder as one batch
+    /// (no padding, so no masks: the sequences have one length and share their positions); the others in
+    /// further batches.
+    pub fn query_states_prompts(
+        &self,
+        feats: &[Tensor],
+        grids: &[GridThw],
+        cameras: &[ViewCamera],
+        prompts: &[&str],
+        diff: bool,
+    ) -> Result<HeadInputs> {
+        if feats.len() != grids.len() || feats.is_empty() || prompts.len() != grids.len() {
             return Err(Error::invalid(
                 "views",
-                format!("{} feature sets for {} grids", feats.len(), grids.len()),
+                format!(
+                    "{} feature sets, {} grids and {} prompts",
+                    feats.len(),
+                    grids.len(),
+                    prompts.len()
+                ),
             ));
         }
         Self::check_cameras(grids.len(), cameras)?;
-        let suffix = self.suffix_ids(prompt)?;
+        let suffixes: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| self.suffix_ids(p))
+            .collect::<Result<_>>()?;
         let k = self.head.num_queries();
         let mut rows: Vec<Option<Tensor>> = vec![None; grids.len()];
         let mut images: Vec<Option<ImageTokens>> = vec![None; grids.len()];
-        for views in Self::groups(grids) {
-            let grid = grids[views[0]];
+        let mut groups: Vec<((GridThw, usize), Vec<usize>)> = Vec::new();
+        for (i, g) in grids.iter().enumerate() {
+            let key = (*g, suffixes[i].len());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((key, vec![i])),
+            }
+        }
+        for ((grid, _), views) in groups {
             let ids = self.prefix_ids(grid)?;
             let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
-            let (semb, spos) = self.suffix_inputs(views.len(), &suffix, next)?;
+            let suffix: Vec<&[u32]> = views.iter().map(|&v| suffixes[v].as_slice()).collect();
+            let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
             let emb = Tensor::cat(&[&emb, &semb], 1)?;
             let pos: Positions = std::array::from_fn(|a| {
                 pos[a]

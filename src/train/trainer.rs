@@ -765,14 +765,43 @@ impl Trainer {
         let mut parts = [0.0; 5];
         // A dense head's terms are sums over object tokens, divided by their count across the batch.
         let mut objects: Option<f64> = None;
+        // The micro-batch's examples go through the decoder and the head together: one pass per image size
+        // (and prompt length, [`Detector::query_states_prompts`]), not one graph per example.
+        let mut examples = Vec::with_capacity(batch.len());
+        let mut feats = Vec::with_capacity(batch.len());
+        let mut grids = Vec::with_capacity(batch.len());
         for it in batch {
             let ex = self.assemble(*it, self.epoch)?;
             let (feat, grid) = self.features(it.example, &ex.augmentation)?;
+            examples.push(ex);
+            feats.push(feat);
+            grids.push(grid);
+        }
+        let mut outs: Vec<Option<crate::model::box_head::HeadOutput>> = vec![None; batch.len()];
+        let mut by_grid: Vec<(GridThw, Vec<usize>)> = Vec::new();
+        for (i, g) in grids.iter().enumerate() {
+            match by_grid.iter_mut().find(|(k, _)| k == g) {
+                Some((_, v)) => v.push(i),
+                None => by_grid.push((*g, vec![i])),
+            }
+        }
+        for (_, members) in &by_grid {
+            let f: Vec<Tensor> = members.iter().map(|&i| feats[i].clone()).collect();
+            let g: Vec<GridThw> = members.iter().map(|&i| grids[i]).collect();
+            let c: Vec<ViewCamera> = members
+                .iter()
+                .map(|&i| examples[i].camera.clone())
+                .collect();
+            let p: Vec<&str> = members.iter().map(|&i| examples[i].text.as_str()).collect();
+            let states = self.detector.query_states_prompts(&f, &g, &c, &p, true)?;
+            let out = self.detector.head_forward(&states)?;
+            for (j, &i) in members.iter().enumerate() {
+                outs[i] = Some(out.view(j)?);
+            }
+        }
+        for ((it, ex), out) in batch.iter().zip(&examples).zip(outs) {
+            let out = out.ok_or_else(|| Error::invalid("training", "an example got no output"))?;
             let v = &self.views[it.example];
-            let states =
-                self.detector
-                    .query_states(&[feat], &[grid], &[ex.camera], &ex.text, true)?;
-            let out = self.detector.head_forward(&states)?.view(0)?;
             let l = if out.dense.is_some() {
                 dense_loss(
                     &out,
