@@ -100,7 +100,7 @@ pub fn run(
         let s = det.query_states(
             &vec![feat.clone(); batch],
             &vec![grid; batch],
-            &vec![camera.clone(); batch],
+            &vec![camera; batch],
             &prompt,
             true,
         )?;

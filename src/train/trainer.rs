@@ -788,10 +788,7 @@ impl Trainer {
         for (_, members) in &by_grid {
             let f: Vec<Tensor> = members.iter().map(|&i| feats[i].clone()).collect();
             let g: Vec<GridThw> = members.iter().map(|&i| grids[i]).collect();
-            let c: Vec<ViewCamera> = members
-                .iter()
-                .map(|&i| examples[i].camera.clone())
-                .collect();
+            let c: Vec<ViewCamera> = members.iter().map(|&i| examples[i].camera).collect();
             let p: Vec<&str> = members.iter().map(|&i| examples[i].text.as_str()).collect();
             let states = self.detector.query_states_prompts(&f, &g, &c, &p, true)?;
             let out = self.detector.head_forward(&states)?;
