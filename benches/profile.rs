@@ -125,6 +125,13 @@ fn profile_vision_block_parts() {
         let t_att_unfused = best(&|| {
             vlm3d::model::cpu::fused::segment_attention_unfused(&qkv, &cs, &cs, &segs, 16).unwrap()
         });
+        // All views and heads in one batched product (the path off the f32 CPU: CUDA, Metal).
+        let t_att_batched = best(&|| {
+            vlm3d::model::qwen2vl::vision::segment_attention_batched(
+                &qkv, &cs, &cs, &segs, 16, false,
+            )
+            .unwrap()
+        });
         let (mut t_qk, mut t_sm, mut t_av) = (0.0, 0.0, 0.0);
         let mut outs = vec![];
         for v in 0..views {
@@ -158,7 +165,7 @@ fn profile_vision_block_parts() {
         let (h, t_gelu) = secs(|| vlm3d::model::cpu::fused::quick_gelu(&h).unwrap());
         let (_, t_fc2) = secs(|| lin(&h, &w2));
         println!(
-            "views {views}: ln {t_ln:.3} qkv {t_qkv:.3} qkv+bias {t_bias:.3} attention {t_att_fused:.3} (unfused {t_att_unfused:.3}) perm {t_perm:.3} rope {t_rope:.3} residual {t_res:.3} qk {t_qk:.3} softmax {t_sm:.3} \
+            "views {views}: ln {t_ln:.3} qkv {t_qkv:.3} qkv+bias {t_bias:.3} attention {t_att_fused:.3} (unfused {t_att_unfused:.3}, batched {t_att_batched:.3}) perm {t_perm:.3} rope {t_rope:.3} residual {t_res:.3} qk {t_qk:.3} softmax {t_sm:.3} \
              av {t_av:.3} cat+transpose {t_tr:.3} proj {t_proj:.3} fc1 {t_fc1:.3} fc1+bias {t_bias1:.3} gelu {t_gelu:.3} \
              (unfused {t_gelu_unfused:.3}) fc2 {t_fc2:.3}"
         );
