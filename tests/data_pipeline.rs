@@ -145,6 +145,7 @@ fn synth_convert_dataset_match_the_tables() {
             m
         });
     let mut n_boxes = 0;
+    let mut n_infos = 0;
     let mut last_t = 0;
     for m in reader.messages() {
         let m = m.unwrap();
@@ -243,6 +244,29 @@ fn synth_convert_dataset_match_the_tables() {
                         .all(|t| t.header.frame_id == "base_link"));
                 }
             }
+            "std_msgs/msg/String" if &*m.topic == "/vlm3d/annotation_info" => {
+                // Per box of the sample's annotations, in their order: the table's point counts and attributes.
+                let s: StringMsg = m.decode().unwrap();
+                let info: vlm3d::data::bag::bagschema::AnnotationInfo =
+                    serde_json::from_str(&s.data).unwrap();
+                let sample = nusc.sample(&info.sample_token).unwrap();
+                let anns = nusc.sample_annotations(sample);
+                assert_eq!(info.boxes.len(), anns.len());
+                for (f, a) in info.boxes.iter().zip(&anns) {
+                    assert_eq!(f.instance_id, a.instance_token);
+                    assert_eq!(
+                        (f.num_lidar_pts, f.num_radar_pts),
+                        (a.num_lidar_pts, a.num_radar_pts)
+                    );
+                    assert_eq!(f.attributes.len(), a.attribute_tokens.len());
+                    // A velocity exactly where the instance has a neighbouring annotation.
+                    assert_eq!(
+                        f.velocity.is_some(),
+                        !(a.prev.is_empty() && a.next.is_empty())
+                    );
+                }
+                n_infos += 1;
+            }
             "std_msgs/msg/String" => {
                 let s: StringMsg = m.decode().unwrap();
                 assert!(s.data.contains("scene_token"));
@@ -252,6 +276,7 @@ fn synth_convert_dataset_match_the_tables() {
         last_t = last_t.max(m.log_time);
     }
     assert_eq!(n_boxes, nusc.tables().sample_annotation.len());
+    assert_eq!(n_infos, nusc.tables().sample.len());
     assert!(n_boxes > 0);
 
     // The dataset: per sample and camera, boxes visible by the paper's rule, equal to the tables' boxes.
