@@ -54,22 +54,18 @@ fn the_devkit_evaluates_our_results_file_as_we_do() {
         return;
     };
     let dir = common::scratch("devkit-eval");
+    let bag = common::synth_bag(
+        &dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 2,
+            samples_per_scene: 3,
+            seed: 4,
+            width: 320,
+            height: 180,
+            ..Default::default()
+        },
+    );
     let data = dir.join("nuscenes");
-    let cfg = vlm3d::data::synth::SynthConfig {
-        scenes: 2,
-        samples_per_scene: 3,
-        seed: 4,
-        width: 320,
-        height: 180,
-        progress: false,
-        ..Default::default()
-    };
-    vlm3d::data::synth::generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
     let opts = EvalOptions {
         bag: bag.clone(),
         nms_iou: 0.3,
@@ -181,22 +177,18 @@ fn the_nuscenes_protocol_gives_the_devkits_numbers() {
         return;
     };
     let dir = common::scratch("devkit-protocol");
+    let bag = common::synth_bag(
+        &dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 3,
+            samples_per_scene: 4,
+            seed: 11,
+            width: 320,
+            height: 180,
+            ..Default::default()
+        },
+    );
     let data = dir.join("nuscenes");
-    let cfg = vlm3d::data::synth::SynthConfig {
-        scenes: 3,
-        samples_per_scene: 4,
-        seed: 11,
-        width: 320,
-        height: 180,
-        progress: false,
-        ..Default::default()
-    };
-    vlm3d::data::synth::generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
     let truth = nuscenes::ground_truth(&bag).unwrap();
 
     // 1. The ground truth written as predictions (scores by position, velocity and attribute as submitted: none),
@@ -349,22 +341,17 @@ fn a_bag_without_annotation_info_is_refused_for_the_nuscenes_protocol() {
     // A bag whose converter did not write /vlm3d/annotation_info (as every bag before it): the protocol says
     // what is missing and how to get it, instead of scoring without the point filter.
     let dir = common::scratch("devkit-protocol-old-bag");
-    let data = dir.join("nuscenes");
-    let cfg = vlm3d::data::synth::SynthConfig {
-        scenes: 1,
-        samples_per_scene: 2,
-        seed: 3,
-        width: 160,
-        height: 90,
-        progress: false,
-        ..Default::default()
-    };
-    vlm3d::data::synth::generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
+    let bag = common::synth_bag(
+        &dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 1,
+            samples_per_scene: 2,
+            seed: 3,
+            width: 160,
+            height: 90,
+            ..Default::default()
+        },
+    );
     assert!(vlm3d::eval::nuscenes::ground_truth(&bag).is_ok());
     // A copy of the bag with its index, poses and annotations, without the annotation info.
     let stripped = dir.join("stripped");
@@ -422,22 +409,18 @@ fn vlm3d_eval_protocol_nuscenes_prints_the_devkits_numbers_for_the_demo_model() 
         return;
     };
     let dir = common::scratch("devkit-protocol-cli");
+    let bag = common::synth_bag(
+        &dir,
+        vlm3d::data::synth::SynthConfig {
+            scenes: 1,
+            samples_per_scene: 3,
+            seed: 900,
+            width: 448,
+            height: 252,
+            ..Default::default()
+        },
+    );
     let data = dir.join("nuscenes");
-    let cfg = vlm3d::data::synth::SynthConfig {
-        scenes: 1,
-        samples_per_scene: 3,
-        seed: 900,
-        width: 448,
-        height: 252,
-        progress: false,
-        ..Default::default()
-    };
-    vlm3d::data::synth::generate(&data, &cfg).unwrap();
-    let bag = dir.join("bag");
-    let mut o = vlm3d::data::convert::ConvertOptions::new(&bag);
-    o.lidar = false;
-    o.progress = false;
-    vlm3d::data::convert::convert_nuscenes(&data, "v1.0-mini", &o).unwrap();
     let out = dir.join("eval");
     let o = run(Command::new(env!("CARGO_BIN_EXE_vlm3d"))
         .current_dir(repo())
