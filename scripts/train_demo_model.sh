@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Trains the demo model in two steps, as the paper starts from a pretrained Qwen2-VL:
 #   1. a base that sees: a tiny Qwen2-VL (config/tiny_synth.config.json) drawn at random by `vlm3d init-model`
-#      and trained as a whole with the dense box head on synthetic scenes (config/pretrain_synth.yaml), then
-#      the same recipe continued from its weights and head with a fresh schedule twice (config/pretrain_synth_more.yaml,
-#      config/pretrain_synth_third.yaml; each schedule ended with every loss still falling) → models/tiny-synth (a
-#      Hugging Face Qwen2-VL folder);
+#      and trained as a whole with the dense box head on synthetic scenes (config/pretrain_synth.yaml)
+#      → models/tiny-synth (a Hugging Face Qwen2-VL folder);
 #   2. the paper's recipe on top of it: LoRA r16 / alpha 32 on q, k, v, o, stage 1 MSE then MSE + 3D IoU
 #      (config/train_demo.yaml), the head starting from step 1's → models/demo (the base's files, adapter/,
 #      head.safetensors).
@@ -15,8 +13,8 @@
 #
 # Environment: VLM3D_BIN (a built vlm3d binary instead of the release build), DEMO_WORK (work folder, default
 # out/demo-model), DEMO_SCENES, DEMO_DATA_ONLY=1 (make the data, the base and the recipes, then stop),
-# DEMO_SKIP_PRETRAIN=1 (step 2 only, on the committed models/tiny-synth and the continued pre-training's head
-# in the work folder).
+# DEMO_SKIP_PRETRAIN=1 (step 2 only, on the committed models/tiny-synth and the pre-training's head in the
+# work folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK="${DEMO_WORK:-out/demo-model}"
@@ -59,14 +57,8 @@ fi
 # The recipes with this work folder's paths.
 sed -e "s#^model: .*#model: $WORK/base-init#" -e "s#^train_bags: .*#train_bags: [$WORK/train/bag]#" \
     config/pretrain_synth.yaml > "$WORK/pretrain.yaml"
-sed -e "s#^model: .*#model: $WORK/base-a#" -e "s#^train_bags: .*#train_bags: [$WORK/train/bag]#" \
-    -e "s#^init_head: .*#init_head: $WORK/pretrain/head.safetensors#" \
-    config/pretrain_synth_more.yaml > "$WORK/pretrain2.yaml"
-sed -e "s#^model: .*#model: $WORK/base-b#" -e "s#^train_bags: .*#train_bags: [$WORK/train/bag]#" \
-    -e "s#^init_head: .*#init_head: $WORK/pretrain2/head.safetensors#" \
-    config/pretrain_synth_third.yaml > "$WORK/pretrain3.yaml"
 sed -e "s#^model: .*#model: $PWD/models/tiny-synth#" -e "s#^train_bags: .*#train_bags: [$WORK/train/bag]#" \
-    -e "s#^init_head: .*#init_head: $WORK/pretrain3/head.safetensors#" \
+    -e "s#^init_head: .*#init_head: $WORK/pretrain/head.safetensors#" \
     config/train_demo.yaml > "$WORK/train_demo.yaml"
 if [ -n "${DEMO_DATA_ONLY:-}" ]; then
     exit 0
@@ -87,17 +79,7 @@ if [ -z "${DEMO_SKIP_PRETRAIN:-}" ]; then
     S1=$SECONDS
     $V train --config "$WORK/pretrain.yaml" --out "$WORK/pretrain" "$@"
     echo "pre-training took $((SECONDS - S1)) s"
-    hf_folder "$WORK/pretrain" "$WORK/base-a"
-    echo "== step 1b: pre-training continued (config/pretrain_synth_more.yaml)"
-    S1=$SECONDS
-    $V train --config "$WORK/pretrain2.yaml" --out "$WORK/pretrain2" "$@"
-    echo "continued pre-training took $((SECONDS - S1)) s"
-    hf_folder "$WORK/pretrain2" "$WORK/base-b"
-    echo "== step 1c: pre-training continued again (config/pretrain_synth_third.yaml)"
-    S1=$SECONDS
-    $V train --config "$WORK/pretrain3.yaml" --out "$WORK/pretrain3" "$@"
-    echo "third pre-training phase took $((SECONDS - S1)) s"
-    hf_folder "$WORK/pretrain3" models/tiny-synth
+    hf_folder "$WORK/pretrain" models/tiny-synth
 fi
 
 echo "== step 2: the paper's LoRA recipe on models/tiny-synth (config/train_demo.yaml)"

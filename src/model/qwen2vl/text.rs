@@ -5,9 +5,8 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::TextConfig;
-use super::vision::rotate_half;
 use super::weights::{linear, tensor};
-use crate::model::cpu::fused::silu_mul;
+use crate::model::cpu::fused::{rope_diff, silu_mul};
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled};
 use crate::model::lora::LoraLinear;
@@ -85,10 +84,7 @@ impl Attention {
         let k = shape(self.k_proj.forward_t(x, diff)?, self.n_kv)?;
         let v = shape(self.v_proj.forward_t(x, diff)?, self.n_kv)?;
         let (q, k) = if diff {
-            let c = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
-            let sn = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
-            let r = |t: &Tensor| t.broadcast_mul(&c)? + rotate_half(t)?.broadcast_mul(&sn)?;
-            (r(&q)?, r(&k)?)
+            (rope_diff(&q, cos, sin)?, rope_diff(&k, cos, sin)?)
         } else {
             (
                 candle_nn::rotary_emb::rope(&q, cos, sin)?,
@@ -119,7 +115,7 @@ impl Attention {
             None => att,
         };
         let att = if diff {
-            candle_nn::ops::softmax(&att, D::Minus1)?
+            crate::model::cpu::fused::softmax_last_dim_diff(&att)?
         } else {
             crate::model::cpu::fused::softmax_last_dim(&att)?
         };

@@ -23,20 +23,13 @@ use super::config::VisionConfig;
 use super::preprocess::GridThw;
 use super::weights::{layer_norm, linear, tensor};
 use crate::model::cpu::fused::{
-    quick_gelu, segment_attention, segment_attention_unfused, softmax_last_dim,
+    quick_gelu, rope_diff, segment_attention, segment_attention_unfused, softmax_last_dim,
+    softmax_last_dim_diff,
 };
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled, linear_xwt, uses_blas};
 use crate::model::lora::LoraLinear;
 use crate::{Error, Result};
-
-/// Swaps the two halves of the last dimension, negating the second: `[-x2, x1]`.
-pub(crate) fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
-    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
-}
 
 pub(crate) struct Block {
     norm1: LayerNorm,
@@ -113,8 +106,8 @@ const MAX_BATCH_SCORES: usize = 1 << 28;
 /// with one image size is a single batch, and images of different sizes cost one batch per distinct size
 /// (split further only past [`MAX_BATCH_SCORES`]). Empty segments are skipped.
 ///
-/// With `diff` every op has a backward pass (the rotary embedding as `x·cos + rotate_half(x)·sin`, candle's
-/// composite softmax); without it candle's `rope` kernel and the softmax of [`softmax_last_dim`].
+/// With `diff` every op has a backward pass ([`rope_diff`], [`softmax_last_dim_diff`]: fused on the f32 CPU
+/// path, candle's composite ops elsewhere); without it candle's `rope` kernel and [`softmax_last_dim`].
 pub fn segment_attention_batched(
     qkv: &Tensor,
     cos: &Tensor,
@@ -204,9 +197,7 @@ fn batched_attention(
             );
             let rotate = |t: Tensor| -> candle_core::Result<Tensor> {
                 if diff {
-                    let c = Tensor::cat(&[&c, &c], D::Minus1)?.unsqueeze(1)?;
-                    let s = Tensor::cat(&[&s, &s], D::Minus1)?.unsqueeze(1)?;
-                    t.broadcast_mul(&c)? + rotate_half(&t)?.broadcast_mul(&s)?
+                    rope_diff(&t, &c, &s)
                 } else {
                     candle_nn::rotary_emb::rope(&t, &c.contiguous()?, &s.contiguous()?)
                 }
@@ -217,7 +208,7 @@ fn batched_attention(
             let vb = flat(part(2)?)?;
             let att = batched_matmul_bt_scaled(&qb, &kb, scale)?.to_dtype(DType::F32)?;
             let att = if diff {
-                candle_nn::ops::softmax(&att, D::Minus1)?
+                softmax_last_dim_diff(&att)?
             } else {
                 softmax_last_dim(&att)?
             };
@@ -422,6 +413,14 @@ impl VisionModel {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    /// `[−x2, x1]` of the halves of the last dimension (the reference's rotate-half).
+    fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+        Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
