@@ -2,6 +2,7 @@
 //!
 //! `ros2 run vlm3d perception_node --ros-args --params-file config/perception_node.param.yaml`
 fn main() -> anyhow::Result<()> {
+    vlm3d::model::cpu::init_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,5 +1,6 @@
 //! `training_node`: the trainer as a ROS 2 node (logic in `vlm3d::ros::training_node`).
 fn main() -> anyhow::Result<()> {
+    vlm3d::model::cpu::init_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -5,6 +5,7 @@ use clap::Parser;
 mod cli;
 
 fn main() -> anyhow::Result<()> {
+    vlm3d::model::cpu::init_threads();
     let cli = cli::Cli::parse();
     cli::init_logging(&cli.log);
     cli::run(cli)

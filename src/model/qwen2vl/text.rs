@@ -1,7 +1,7 @@
 //! The Qwen2 text decoder with multimodal rotary embeddings (M-RoPE), grouped-query attention, an explicit
 //! KV cache, and LoRA-capable attention projections. Every forward takes a `diff` flag: `false` uses candle's
 //! fused kernels (fast, no gradients), `true` uses gradient-capable ops only (for training).
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::TextConfig;

@@ -16,7 +16,7 @@
 //! `nvcc` in its build script, on top of candle's own kernels, which already take about 28 minutes on two cores
 //! (`scripts/gpu_check.sh`), and it covers only f16/bf16; so it does not build without a CUDA toolkit and was
 //! not tried.
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::config::VisionConfig;
