@@ -12,11 +12,12 @@ use vlm3d::model::box_head::HeadKind;
 use vlm3d::train::{TrainConfig, Trainer};
 
 /// Optimizer steps of the two stages (batches of 8 examples).
-const STAGE1_STEPS: usize = 90;
-const STAGE2_STEPS: usize = 20;
+const STAGE1_STEPS: usize = 210;
+const STAGE2_STEPS: usize = 120;
 
 #[test]
 fn two_samples_are_fitted_in_about_a_minute() {
+    vlm3d::model::cpu::init_threads();
     let dir = scratch("train-overfit");
     // One scene, two key frames, eight objects, at half the demo's image size (an 8 × 4 token raster: fast).
     let bag = synth_bag(
@@ -48,7 +49,10 @@ fn two_samples_are_fitted_in_about_a_minute() {
     cfg.stage1.steps = Some(STAGE1_STEPS);
     cfg.stage1.lr = 1e-3;
     cfg.stage2.steps = Some(STAGE2_STEPS);
-    cfg.stage2.lr = 3e-4;
+    cfg.stage2.lr = 1e-3;
+    // The centre is what the far objects (28–44 m here) miss: its own-unit term weighs 3 (1 in the demo recipe).
+    cfg.localization_weight = 3.0;
+    let t0 = std::time::Instant::now();
     cfg.checkpoint_every = 1000;
     assert_eq!(cfg.head, HeadKind::Dense);
     let run = dir.join("run");
@@ -56,6 +60,7 @@ fn two_samples_are_fitted_in_about_a_minute() {
     t.progress = false;
     t.run(None).unwrap();
     drop(t);
+    println!("training took {:.1} s", t0.elapsed().as_secs_f64());
 
     // Before the fit: the same base and head, untouched (so the bound below is about what training did).
     let before_dir = dir.join("before");
@@ -81,8 +86,9 @@ fn two_samples_are_fitted_in_about_a_minute() {
         "only {} true boxes: the set is too small",
         near.len()
     );
-    // Measured on the committed base and head (2026-12-06): median 0.94 m (20.56 m before the fit), 10 of 15
-    // within 1.5 m, 2 of 15 within 0.5 m with IoU ≥ 0.5. The bounds leave room for another CPU's rounding.
+    // Measured on the committed base and head (2026-12-07): median 1.02 m (17.92 m before the fit), 9 of 15
+    // within 1.5 m, 4 of 15 within 0.5 m with IoU ≥ 0.5 (sizes fit to a few cm; the misses are depths of the
+    // objects 30–44 m away). The bounds leave room for another CPU's rounding.
     assert!(
         median(&near) <= 1.5 && median(&near) <= 0.75 * median(&before),
         "not fitted: median distance {:.2} m (before {:.2} m)",
@@ -92,6 +98,11 @@ fn two_samples_are_fitted_in_about_a_minute() {
     assert!(
         2 * within >= near.len(),
         "not fitted: {within} of {} true boxes within 1.5 m",
+        near.len()
+    );
+    assert!(
+        exact >= 2,
+        "not fitted: {exact} of {} true boxes within 0.5 m with IoU ≥ 0.5",
         near.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -123,13 +134,31 @@ fn nearest(
             let tp = t.params();
             let dist =
                 |d: &vlm3d::perception::Detection| (d.bbox[0] - tp[0]).hypot(d.bbox[1] - tp[1]);
-            near.push(q.predicted.iter().map(dist).fold(f64::INFINITY, f64::min));
-            exact += usize::from(q.predicted.iter().any(|d| {
-                let iou = vlm3d::geometry::Box3D::from_params(d.bbox)
+            let iou = |d: &vlm3d::perception::Detection| {
+                vlm3d::geometry::Box3D::from_params(d.bbox)
                     .map(|p| iou_3d(&p, t))
-                    .unwrap_or(0.0);
-                dist(d) <= 0.5 && iou >= 0.5
-            }));
+                    .unwrap_or(0.0)
+            };
+            near.push(q.predicted.iter().map(dist).fold(f64::INFINITY, f64::min));
+            exact += usize::from(q.predicted.iter().any(|d| dist(d) <= 0.5 && iou(d) >= 0.5));
+            // Per box, what the nearest prediction gets wrong (for a failing run's log).
+            if let Some(d) = q
+                .predicted
+                .iter()
+                .min_by(|a, b| dist(a).total_cmp(&dist(b)))
+            {
+                println!(
+                    "  {:<22} range {:5.1} m: nearest {:.2} m, IoU {:.2}, size {:.2?} vs {:.2?}, yaw {:+.2} vs {:+.2}",
+                    q.category,
+                    tp[0].hypot(tp[1]),
+                    dist(d),
+                    iou(d),
+                    &d.bbox[3..6],
+                    &tp[3..6],
+                    d.bbox[6],
+                    tp[6]
+                );
+            }
         }
     }
     near.sort_by(f64::total_cmp);

@@ -42,6 +42,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Score a model (or the mean-box baseline) on an annotated bag: paper and nuScenes metrics, report.
     Eval(EvalArgs),
+    /// Plot a training run's learning curves (its `metrics.jsonl`) to a PNG.
+    PlotTraining(PlotTrainingArgs),
     /// Publish a rosbag2 folder's messages with their recorded timing and /clock (for machines without
     /// `ros2 bag play`).
     #[cfg(feature = "ros")]
@@ -447,6 +449,17 @@ pub struct ExportArgs {
     /// Precision of the written weights: f32, bf16 or f16 (default: the base checkpoint's).
     #[arg(long)]
     pub dtype: Option<String>,
+}
+
+/// Arguments of `vlm3d plot-training`.
+#[derive(Debug, clap::Args)]
+pub struct PlotTrainingArgs {
+    /// The run's metrics log (`OUT/metrics.jsonl` of `vlm3d train`).
+    #[arg(long)]
+    pub log: std::path::PathBuf,
+    /// The PNG to write.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }
 
 /// Arguments of `vlm3d init-model`.
@@ -1013,6 +1026,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             for p in &r.outputs {
                 println!("wrote {}", p.display());
             }
+            Ok(())
+        }
+        Command::PlotTraining(a) => {
+            vlm3d::eval::plots::training_curves(&a.out, &a.log)?;
+            println!("wrote {}", a.out.display());
             Ok(())
         }
         Command::Export(a) => {

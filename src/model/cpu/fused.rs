@@ -6,7 +6,8 @@
 //!
 //! [`segment_attention`] is the vision tower's attention (rotary embedding, scores, softmax, weighted values)
 //! one image and head at a time, so the scores stay in cache and no `[heads, rows, rows]` tensor is ever
-//! allocated; it has no backward pass (the vision tower is frozen) and falls back to candle's ops likewise.
+//! allocated; it has no backward pass (inference) and falls back to candle's ops likewise. Training takes
+//! [`softmax_last_dim_diff`] and [`rope_diff`], fused with fused backward passes.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -190,8 +191,8 @@ impl CustomOp2 for SiluMul {
     }
 }
 
-/// Softmax over the last dimension, rows in parallel, with [`fast_exp`]; no backward pass (inference). Other
-/// devices and dtypes use candle's kernel.
+/// Softmax over the last dimension, rows in parallel, with [`fast_exp`]; records no backward pass (inference;
+/// [`softmax_last_dim_diff`] for training). Other devices and dtypes use candle's kernel.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     if fast_path(&[x]) && x.rank() > 0 && x.dim(x.rank() - 1)? > 0 {
         x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)

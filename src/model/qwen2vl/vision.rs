@@ -412,7 +412,7 @@ impl VisionModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Var, D};
 
     /// `[−x2, x1]` of the halves of the last dimension (the reference's rotate-half).
     fn rotate_half(x: &Tensor) -> candle_core::Result<Tensor> {
