@@ -456,7 +456,7 @@ pub struct ExportArgs {
 pub struct PlotTrainingArgs {
     /// The run's metrics log (`OUT/metrics.jsonl` of `vlm3d train`).
     #[arg(long)]
-    pub log: std::path::PathBuf,
+    pub metrics: std::path::PathBuf,
     /// The PNG to write.
     #[arg(long)]
     pub out: std::path::PathBuf,
@@ -1029,7 +1029,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::PlotTraining(a) => {
-            vlm3d::eval::plots::training_curves(&a.out, &a.log)?;
+            vlm3d::eval::plots::training_curves(&a.out, &a.metrics)?;
             println!("wrote {}", a.out.display());
             Ok(())
         }
@@ -1173,4 +1173,32 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         std::fs::write(&p, j.to_string()).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// clap's own consistency check of the command tree, and a subcommand parsed into its fields: an argument
+    /// that shadows the global `--log` (as `plot-training --log` once did) passes the check and only panics when
+    /// its subcommand is parsed.
+    #[test]
+    fn command_line_parses() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+        let cli = super::Cli::try_parse_from([
+            "vlm3d",
+            "plot-training",
+            "--metrics",
+            "run/metrics.jsonl",
+            "--out",
+            "curves.png",
+        ])
+        .unwrap();
+        match cli.command {
+            super::Command::PlotTraining(a) => {
+                assert!(a.metrics.ends_with("run/metrics.jsonl") && a.out.ends_with("curves.png"))
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
 }
