@@ -72,7 +72,15 @@ if [[ "${ROS_DISTRO:-}" == "jazzy" && -n "${AMENT_PREFIX_PATH:-}" ]]; then
         if [[ -e "$p/share/ament_index/resource_index/packages/rcl" ]]; then
             case "$p" in
             "$PREFIX"*) ;; # our own prefix (env.sh sourced): not a system install
-            *) SYSTEM_PREFIX="$p" ;;
+            *)
+                if [[ -f "$p/pyvenv.cfg" ]]; then
+                    # A Python venv: another checkout's wheel prefix (its env.sh sourced), whose libraries
+                    # need that checkout's environment; not a system install to build against.
+                    info "ignoring $p: another vlm3d checkout's wheel prefix, not a system ROS 2"
+                else
+                    SYSTEM_PREFIX="$p"
+                fi
+                ;;
             esac
             break
         fi
