@@ -126,6 +126,20 @@ fn zip_map(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
     y
 }
 
+/// The two f32 inputs of an elementwise [`CustomOp2`], which must have one shape (`what` names the op in errors).
+fn cpu_f32_pair<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    s2: &'a CpuStorage,
+    l2: &Layout,
+    what: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    if l1.shape() != l2.shape() {
+        candle_core::bail!("{what}: {:?} vs {:?}", l1.shape(), l2.shape());
+    }
+    Ok((cpu_f32(s1, l1, what)?, cpu_f32(s2, l2, what)?))
+}
+
 struct QuickGelu;
 
 impl CustomOp1 for QuickGelu {
@@ -161,11 +175,7 @@ impl CustomOp2 for SiluMul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = cpu_f32(s1, l1, "silu·mul")?;
-        let u = cpu_f32(s2, l2, "silu·mul")?;
-        if g.len() != u.len() {
-            candle_core::bail!("silu·mul: {:?} vs {:?}", l1.shape(), l2.shape());
-        }
+        let (g, u) = cpu_f32_pair(s1, l1, s2, l2, "silu·mul")?;
         let y = zip_map(g, u, |g, u| g * sigmoid(g) * u);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -253,11 +263,7 @@ impl CustomOp2 for SoftmaxBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = cpu_f32(s1, l1, "softmax backward")?;
-        let g = cpu_f32(s2, l2, "softmax backward")?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("softmax backward: {:?} vs {:?}", l1.shape(), l2.shape());
-        }
+        let (y, g) = cpu_f32_pair(s1, l1, s2, l2, "softmax backward")?;
         let width = l1.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut dx = vec![0f32; y.len()];
         dx.par_chunks_mut(width)
