@@ -50,6 +50,68 @@ pub const DEPTH_SCALE: f64 = 20.0;
 pub const RAY_OFFSET_SCALE: f64 = 0.1;
 /// Range of the log-depth channel (before [`DEPTH_SCALE`]): 0.4 m to 150 m.
 const LOG_DEPTH_RANGE: (f64, f64) = (-4.0, 2.0);
+/// The reference view of [`CentreCoding::View`]: how wide (in x/z) one token of the nuScenes front camera
+/// looks at the default pixel budget (100 of its 1600 pixels across 16 token columns, fx 1266.4 px). In such
+/// a view the centre channels have the units [`RAY_OFFSET_SCALE`] and [`DEPTH_SCALE`].
+pub const TOKEN_ANGLE_REF: f64 = 0.079;
+/// Name of the scalar in `head.safetensors` that marks [`CentreCoding::View`] and holds its reference.
+const CENTRE_REF_TENSOR: &str = "centre.token_angle_ref";
+
+/// How the head's three centre channels (two ray offsets, a log depth) are scaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CentreCoding {
+    /// One scale for every view: ray offset × [`RAY_OFFSET_SCALE`], depth [`DEPTH_SCALE`] · exp(channel)
+    /// (the default, and every committed model's; their files carry no `centre.token_angle_ref`).
+    #[default]
+    Fixed,
+    /// Scaled by how wide a token of the view looks (`token_angle` = token width in pixels / focal length):
+    /// the offsets are fractions of a token, and the depth is what an object's apparent size in tokens says
+    /// (an object looks the same in a view whose tokens are twice as wide when it is half as far). A head
+    /// sees pixels, not focal lengths, so with one fixed scale the same appearance must mean different depths
+    /// in nuScenes' CAM_BACK (fx 809) and its other cameras (fx ≈ 1260), or after a crop or a zoom; this is
+    /// Cube R-CNN's "virtual depth" in token units. Units of the reference view: `reference` =
+    /// [`TOKEN_ANGLE_REF`]. Measured (README, "The demo model"): a trained fixed-unit model compensates for
+    /// CAM_BACK by itself, and switching it to these units cost more than 583 steps of fine-tuning recovered.
+    View,
+}
+
+impl CentreCoding {
+    /// The units of the centre channels in a view whose token looks `token_angle` (x/z, y/z) wide.
+    pub fn units(self, token_angle: [f64; 2]) -> CentreUnits {
+        match self {
+            Self::Fixed => CentreUnits {
+                offset: [RAY_OFFSET_SCALE; 2],
+                depth: DEPTH_SCALE,
+            },
+            Self::View => CentreUnits {
+                offset: token_angle.map(|a| RAY_OFFSET_SCALE * a / TOKEN_ANGLE_REF),
+                depth: DEPTH_SCALE * TOKEN_ANGLE_REF / token_angle[1],
+            },
+        }
+    }
+}
+
+/// What one unit of each centre channel means in one view (see [`CentreCoding`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CentreUnits {
+    /// Ray offset (x/z, y/z) per unit of the two offset channels.
+    pub offset: [f64; 2],
+    /// Depth (metres) where the log-depth channel is 0.
+    pub depth: f64,
+}
+
+impl CentreUnits {
+    /// The centre channels that place a camera-frame point `centre` (z > 0) from a token whose ray is `ray`:
+    /// the inverse of [`ray_centre`] (within its depth clamp).
+    pub fn encode(&self, ray: [f64; 2], centre: [f64; 3]) -> [f32; 3] {
+        [
+            ((centre[0] / centre[2] - ray[0]) / self.offset[0]) as f32,
+            ((centre[1] / centre[2] - ray[1]) / self.offset[1]) as f32,
+            (centre[2] / self.depth).ln() as f32,
+        ]
+    }
+}
 
 /// The decoder's states the head reads for a batch of views.
 #[derive(Debug, Clone)]
@@ -85,6 +147,9 @@ pub struct ViewGeometry {
     /// `[2, 2]` the head's yaw channels (sin, cos of a yaw about the LiDAR frame's +z) → the detector frame's
     /// (identity for LiDAR-frame boxes).
     pub yaw: Tensor,
+    /// How wide one token looks (x/z across a column, y/z down a row): its size in pixels over the focal
+    /// lengths, the same at any image resolution.
+    pub token_angle: [f64; 2],
 }
 
 impl ViewGeometry {
@@ -98,6 +163,10 @@ impl ViewGeometry {
     ) -> Result<Self> {
         let cam = &view.camera;
         let (w, h) = (f64::from(cam.width()), f64::from(cam.height()));
+        let token_angle = [
+            w / cols.max(1) as f64 / cam.k()[(0, 0)],
+            h / rows.max(1) as f64 / cam.k()[(1, 1)],
+        ];
         let mut rays = Vec::with_capacity(rows * cols * 2);
         for r in 0..rows {
             for k in 0..cols {
@@ -141,21 +210,28 @@ impl ViewGeometry {
                 device,
             )?,
             yaw: Tensor::from_vec(yaw.map(|v| v as f32).to_vec(), (2, 2), device)?,
+            token_angle,
         })
     }
 }
 
 /// The box centre of each query on its viewing ray: `ray` `[K, 2]` (x/z, y/z) where the query looks, `raw`
-/// `[K, 3]` its two ray-offset channels and its log-depth channel → `[K, 3]` camera-frame centres
-/// `z · (ray + RAY_OFFSET_SCALE · offset, 1)` with `z = DEPTH_SCALE · exp(log depth)` (log depth clamped to
-/// 0.4–150 m).
-pub fn ray_centre(ray: &Tensor, raw: &Tensor) -> Result<Tensor> {
-    let offset = (raw.narrow(1, 0, 2)? * RAY_OFFSET_SCALE)?;
+/// `[K, 3]` its two ray-offset channels and its log-depth channel, in the view's `units` → `[K, 3]`
+/// camera-frame centres `z · (ray + units.offset · offset, 1)` with `z = units.depth · exp(log depth)` (log
+/// depth clamped to e⁻⁴–e² units: 0.4–150 m for 20 m).
+pub fn ray_centre(ray: &Tensor, raw: &Tensor, units: &CentreUnits) -> Result<Tensor> {
+    let scale = Tensor::from_vec(
+        units.offset.map(|v| v as f32).to_vec(),
+        (1, 2),
+        raw.device(),
+    )?
+    .to_dtype(raw.dtype())?;
+    let offset = raw.narrow(1, 0, 2)?.broadcast_mul(&scale)?;
     let z = (raw
         .narrow(1, 2, 1)?
         .clamp(LOG_DEPTH_RANGE.0, LOG_DEPTH_RANGE.1)?
         .exp()?
-        * DEPTH_SCALE)?;
+        * units.depth)?;
     let xy = (ray + offset)?.broadcast_mul(&z)?;
     Ok(Tensor::cat(&[xy, z], 1)?)
 }
@@ -295,6 +371,8 @@ pub struct DenseGrid {
     pub raw_centre: Tensor,
     /// `[.., N, 2]` each token's viewing ray (x/z, y/z) in the camera frame.
     pub rays: Tensor,
+    /// Per view, the units of the centre channels.
+    pub units: Vec<CentreUnits>,
 }
 
 /// One view's readout attention.
@@ -325,6 +403,7 @@ impl HeadOutput {
                         grid: d.grid,
                         raw_centre: d.raw_centre.get(v)?,
                         rays: d.rays.get(v)?,
+                        units: d.units.get(v).copied().into_iter().collect(),
                     })
                 })
                 .transpose()?,
@@ -440,6 +519,8 @@ pub struct DetectionHead {
     /// The dense head's prompt gating (`hidden` → `hidden`; `None`: the query head). A token's fused
     /// features are [state, state ⊙ film(prompt), position features].
     pub film: Option<Linear>,
+    /// The units of the centre channels (a fresh head: [`CentreCoding::Fixed`]; a loaded one: its file's).
+    pub centre: CentreCoding,
 }
 
 impl DetectionHead {
@@ -477,6 +558,7 @@ impl DetectionHead {
             head,
             presence: None,
             film: None,
+            centre: CentreCoding::Fixed,
         };
         this.reinitialize(seed)?;
         Ok(this)
@@ -621,7 +703,7 @@ impl DetectionHead {
         // The centre channels become a point on the attended ray, moved into the detector's frame.
         let mut boxes = Vec::with_capacity(views);
         for (v, (img, ray)) in inputs.images.iter().zip(&rays).enumerate() {
-            boxes.push(place(&out.boxes.get(v)?, ray, &img.geometry)?);
+            boxes.push(place(&out.boxes.get(v)?, ray, &img.geometry, self.centre)?);
         }
         Ok(HeadOutput {
             readout,
@@ -667,7 +749,7 @@ impl DetectionHead {
         let mut rays = Vec::with_capacity(fused.len());
         for (v, img) in inputs.images.iter().enumerate() {
             let ray = img.geometry.rays.to_dtype(out.boxes.dtype())?;
-            boxes.push(place(&out.boxes.get(v)?, &ray, &img.geometry)?);
+            boxes.push(place(&out.boxes.get(v)?, &ray, &img.geometry, self.centre)?);
             rays.push(ray);
         }
         Ok(HeadOutput {
@@ -675,6 +757,11 @@ impl DetectionHead {
                 grid,
                 raw_centre: out.boxes.narrow(2, 0, 3)?,
                 rays: Tensor::stack(&rays, 0)?,
+                units: inputs
+                    .images
+                    .iter()
+                    .map(|img| self.centre.units(img.geometry.token_angle))
+                    .collect(),
             }),
             boxes: Tensor::stack(&boxes, 0)?,
             ..out
@@ -699,13 +786,20 @@ impl DetectionHead {
         v
     }
 
-    /// Saves queries and head to a safetensors file.
+    /// Saves queries and head to a safetensors file (with a scalar `centre.token_angle_ref` that marks
+    /// [`CentreCoding::View`]).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let t: HashMap<String, Tensor> = self
+        let mut t: HashMap<String, Tensor> = self
             .vars()
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
+        if self.centre == CentreCoding::View {
+            t.insert(
+                CENTRE_REF_TENSOR.into(),
+                Tensor::new(&[TOKEN_ANGLE_REF as f32], &Device::Cpu)?,
+            );
+        }
         candle_core::safetensors::save(&t, path)?;
         Ok(())
     }
@@ -728,6 +822,22 @@ impl DetectionHead {
         if t.contains_key("film.weight") {
             self.enable_dense(0)?;
         }
+        self.centre = match t.get(CENTRE_REF_TENSOR) {
+            None => CentreCoding::Fixed,
+            Some(r) => {
+                let r = r.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                // f32 storage of the constant.
+                if r.len() != 1 || (r[0] - TOKEN_ANGLE_REF).abs() > 1e-6 {
+                    return Err(Error::invalid(
+                        path.display().to_string(),
+                        format!(
+                            "{CENTRE_REF_TENSOR} is {r:?}; this build's heads use [{TOKEN_ANGLE_REF}]"
+                        ),
+                    ));
+                }
+                CentreCoding::View
+            }
+        };
         for (name, var) in self.vars() {
             let src = super::qwen2vl::weights::get_shaped(t, path, &name, var.dims())?;
             var.set(&src.to_dtype(var.dtype())?.to_device(var.device())?)?;
@@ -738,9 +848,9 @@ impl DetectionHead {
 
 /// Raw head channels `[K, 8]` of one view → boxes in the detector's frame: the centre channels become a point on
 /// `ray` `[K, 2]` ([`ray_centre`]) moved by the view's extrinsics, the yaw channels turn into the frame.
-fn place(raw: &Tensor, ray: &Tensor, g: &ViewGeometry) -> Result<Tensor> {
+fn place(raw: &Tensor, ray: &Tensor, g: &ViewGeometry, coding: CentreCoding) -> Result<Tensor> {
     let dtype = raw.dtype();
-    let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?)?
+    let centre = ray_centre(ray, &raw.narrow(1, 0, 3)?, &coding.units(g.token_angle))?
         .matmul(&g.rotation.to_dtype(dtype)?.t()?)?
         .broadcast_add(&g.translation.to_dtype(dtype)?)?;
     let yaw = raw.narrow(1, 6, 2)?.matmul(&g.yaw.to_dtype(dtype)?)?;
@@ -862,7 +972,8 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let c: Vec<Vec<f32>> = ray_centre(&ray, &raw).unwrap().to_vec2().unwrap();
+        let units = CentreCoding::Fixed.units([0.3, 0.4]);
+        let c: Vec<Vec<f32>> = ray_centre(&ray, &raw, &units).unwrap().to_vec2().unwrap();
         let p = nalgebra::Point3::new(c[0][0] as f64, c[0][1] as f64, c[0][2] as f64);
         assert!((p.z - 7.5).abs() < 1e-4, "{p}");
         let back = cam.project(&p).unwrap();
@@ -871,6 +982,59 @@ mod tests {
         assert!((c[1][2] as f64 / z - 1.0).abs() < 1e-5, "{c:?}");
         assert!((c[1][0] as f64 / c[1][2] as f64 - (r.x + RAY_OFFSET_SCALE)).abs() < 1e-5);
         assert!((c[1][1] as f64 / c[1][2] as f64 - (r.y - 2.0 * RAY_OFFSET_SCALE)).abs() < 1e-5);
+    }
+
+    /// The view coding by closed forms: a view's token angle is its token's pixels over the focal length; in
+    /// the reference view the units are the fixed ones; an object of one apparent size in tokens gets one depth
+    /// channel in views of different focal lengths (twice the token angle: half the depth), and its offsets are
+    /// fractions of a token; `encode` inverts `ray_centre`.
+    #[test]
+    fn view_coding_reads_depth_from_apparent_size_in_tokens() {
+        let dev = Device::Cpu;
+        // 800 × 600 with fx 700, fy 650 on a 20 × 15 raster: tokens 40 px wide and high.
+        let g = ViewGeometry::new(&view(), 15, 20, Frame::Camera, &dev).unwrap();
+        assert!((g.token_angle[0] - 40.0 / 700.0).abs() < 1e-12);
+        assert!((g.token_angle[1] - 40.0 / 650.0).abs() < 1e-12);
+        let reference = CentreCoding::View.units([TOKEN_ANGLE_REF; 2]);
+        assert_eq!(reference, CentreCoding::Fixed.units([0.5, 0.5]));
+        // A 2 m tall object 30 m away in a view with tokens 0.05 wide spans 2 / 30 / 0.05 = 1.33 tokens; at
+        // 15 m in a view with tokens 0.1 wide it spans the same.
+        let (a, b) = (
+            CentreCoding::View.units([0.05; 2]),
+            CentreCoding::View.units([0.1; 2]),
+        );
+        let ea = a.encode([0.0, 0.0], [0.0, 0.0, 30.0]);
+        let eb = b.encode([0.0, 0.0], [0.0, 0.0, 15.0]);
+        assert!((ea[2] - eb[2]).abs() < 1e-6, "{ea:?} {eb:?}");
+        assert!((ea[2] as f64 - (30.0 * 0.05 / (DEPTH_SCALE * TOKEN_ANGLE_REF)).ln()).abs() < 1e-6);
+        // Half a token right, a quarter down, in either view.
+        let oa = a.encode(
+            [0.1, 0.2],
+            [(0.1 + 0.025) * 30.0, (0.2 + 0.0125) * 30.0, 30.0],
+        );
+        let ob = b.encode(
+            [0.1, 0.2],
+            [(0.1 + 0.05) * 15.0, (0.2 + 0.025) * 15.0, 15.0],
+        );
+        let half = 0.5 * TOKEN_ANGLE_REF / RAY_OFFSET_SCALE;
+        for o in [oa, ob] {
+            assert!(
+                (o[0] as f64 - half).abs() < 1e-5 && (o[1] as f64 - half / 2.0).abs() < 1e-5,
+                "{o:?}"
+            );
+        }
+        // ray_centre of the encoded channels gives the point back.
+        let ray = Tensor::new(&[[0.1f32, 0.2]], &dev).unwrap();
+        let raw = Tensor::new(&[ob], &dev).unwrap();
+        let c: Vec<f32> = ray_centre(&ray, &raw, &b)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (got, want) in c.iter().zip([0.15 * 15.0, 0.225 * 15.0, 15.0]) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "{c:?}");
+        }
     }
 
     /// The same head and states with LiDAR-frame geometry give the camera-frame centres moved by the view's
@@ -1211,19 +1375,36 @@ mod tests {
         assert!(d < 1e-5, "{d}");
         // Each token's centre projects back onto its own token's centre pixel when its offset channels are 0:
         // here they are not, so compare with ray_centre of the raw channels on the token rays.
-        let placed = ray_centre(&geometry.rays, &want.boxes.narrow(1, 0, 3).unwrap()).unwrap();
+        let units = h.centre.units(geometry.token_angle);
+        let placed =
+            ray_centre(&geometry.rays, &want.boxes.narrow(1, 0, 3).unwrap(), &units).unwrap();
         let got = out.boxes.get(0).unwrap().narrow(1, 0, 3).unwrap();
         let d = max_of(&(placed - got).unwrap().flatten_all().unwrap());
         assert!(d < 1e-4, "{d}");
         // Saved and loaded into a query head: it becomes dense with the same values.
         let path =
             std::env::temp_dir().join(format!("vlm3d-dense-{}.safetensors", std::process::id()));
+        // A view-unit head records its coding.
+        h.centre = CentreCoding::View;
         h.save(&path).unwrap();
         let mut bare = DetectionHead::new(hidden, k, DType::F32, &dev, 4).unwrap();
+        bare.centre = CentreCoding::Fixed;
         bare.load(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
         assert_eq!(bare.kind(), HeadKind::Dense);
         assert_eq!(values(&bare), values(&h));
+        assert_eq!(bare.centre, CentreCoding::View);
+        // A file without the coding's marker is a head of the fixed units (trained before the marker).
+        let mut t = crate::model::qwen2vl::weights::read_file(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        t.remove(CENTRE_REF_TENSOR);
+        bare.load_tensors(&t, &path).unwrap();
+        assert_eq!(bare.centre, CentreCoding::Fixed);
+        t.insert(
+            CENTRE_REF_TENSOR.into(),
+            Tensor::new(&[0.5f32], &dev).unwrap(),
+        );
+        let err = bare.load_tensors(&t, &path).unwrap_err().to_string();
+        assert!(err.contains(CENTRE_REF_TENSOR), "{err}");
         // Two views with different rasters.
         let other = ImageTokens {
             states: Tensor::randn(0f32, 1.0, (4, hidden), &dev).unwrap(),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::box_head::HeadKind;
+use crate::model::box_head::{CentreCoding, HeadKind};
 
 pub use super::prompts::PromptConfig;
 pub use crate::data::augment::AugmentConfig;
@@ -125,6 +125,11 @@ pub struct TrainConfig {
     /// every image token with a heat map, CenterNet-style; `localization_weight` then weighs its centre term).
     #[serde(default, skip_serializing_if = "is_default_head")]
     pub head: HeadKind,
+    /// Units of the head's centre channels: `fixed` (default: one scale for every view) or `view` (scaled by
+    /// each view's token angle, so that a depth is read from an object's apparent size in tokens). It overrides
+    /// the coding of an `init_head` file; the saved head records it.
+    #[serde(default, skip_serializing_if = "is_default_centre")]
+    pub centre_units: CentreCoding,
     /// A `head.safetensors` (e.g. a pre-training run's) that a fresh run's head starts from instead of the seed's
     /// draw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +165,10 @@ pub struct TrainConfig {
     /// overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+}
+
+fn is_default_centre(c: &CentreCoding) -> bool {
+    *c == CentreCoding::default()
 }
 
 fn is_default_head(h: &HeadKind) -> bool {

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::matching::hungarian_match;
 use crate::geometry::{iou_3d_with_grad, Box3D, Frame};
-use crate::model::box_head::{HeadOutput, DEPTH_SCALE, RAY_OFFSET_SCALE};
+use crate::model::box_head::HeadOutput;
 use crate::{Error, Result};
 
 /// Width of the stage-1 embedding (the paper's).
@@ -371,8 +371,8 @@ fn heat_sigma(apparent_tokens: f64) -> f64 {
 /// nearer box when two share a token); the heat map learns a focal loss (α = 2, β = 4) towards 1 at assigned
 /// tokens and a Gaussian of the distance to each centre elsewhere (spread: [`heat_sigma`] of the box's apparent
 /// size). At each assigned token: the paper's stage-1 MSE on the 128-d embeddings, the stage-2 `1 − IoU3D`,
-/// and (`weights.localization`) an L1 on the centre channels in their own units: the ray offset towards the
-/// centre's ray (× [`RAY_OFFSET_SCALE`]) and the log depth. The yaw target is the true heading or its opposite,
+/// and (`weights.localization`) an L1 on the centre channels in their own units (the view's
+/// [`CentreUnits`]): the ray offset towards the centre's ray and the log depth. The yaw target is the true heading or its opposite,
 /// whichever is nearer the prediction (the synthetic objects, like many real ones, look alike from front and
 /// back; IoU and nuScenes' AP do not see the difference). Values are sums over the assigned tokens
 /// (`normalizer`).
@@ -415,6 +415,12 @@ pub fn dense_loss(
     let device = boxes.device().clone();
     let raw: Vec<Vec<f32>> = boxes.to_vec2()?;
     let rays: Vec<Vec<f32>> = dense.rays.to_dtype(DType::F32)?.to_vec2()?;
+    let [units] = dense.units[..] else {
+        return Err(Error::invalid(
+            "dense loss",
+            format!("one view's outputs expected, got {}", dense.units.len()),
+        ));
+    };
     // Rays per token column: the apparent size in tokens of an object is its size / depth over this.
     let ray_step = if cols > 1 {
         f64::from((rays[1][0] - rays[0][0]).abs()).max(1e-6)
@@ -500,12 +506,8 @@ pub fn dense_loss(
         let want: Vec<f32> = matched
             .iter()
             .flat_map(|&(t, g)| {
-                let c = camera_centres[g];
-                [
-                    ((c[0] / c[2] - f64::from(rays[t][0])) / RAY_OFFSET_SCALE) as f32,
-                    ((c[1] / c[2] - f64::from(rays[t][1])) / RAY_OFFSET_SCALE) as f32,
-                    (c[2] / DEPTH_SCALE).ln() as f32,
-                ]
+                let ray = [f64::from(rays[t][0]), f64::from(rays[t][1])];
+                units.encode(ray, camera_centres[g])
             })
             .collect();
         let want = Tensor::from_vec(want, (matched.len(), 3), &device)?;
@@ -670,6 +672,7 @@ impl Looks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::box_head::{CentreCoding, DEPTH_SCALE, RAY_OFFSET_SCALE};
 
     #[test]
     fn embedding_is_an_isometry_of_the_scaled_encoding() {
@@ -957,6 +960,16 @@ mod tests {
 
     /// A dense output on a 2 × 3 raster whose token rays are 0.1 apart in x/z (columns) and y/z (rows).
     fn dense_out(boxes: Vec<[f32; 8]>, logits: Vec<f32>, raw_centre: Vec<[f32; 3]>) -> HeadOutput {
+        dense_out_in(boxes, logits, raw_centre, CentreCoding::Fixed)
+    }
+
+    /// [`dense_out`] with the centre channels in `coding`'s units.
+    fn dense_out_in(
+        boxes: Vec<[f32; 8]>,
+        logits: Vec<f32>,
+        raw_centre: Vec<[f32; 3]>,
+        coding: CentreCoding,
+    ) -> HeadOutput {
         use crate::model::box_head::DenseGrid;
         let dev = Device::Cpu;
         let rays: Vec<f32> = (0..6)
@@ -978,6 +991,7 @@ mod tests {
                 )
                 .unwrap(),
                 rays: Tensor::from_vec(rays, (6, 2), &dev).unwrap(),
+                units: vec![coding.units([0.1, 0.1])],
             }),
         }
     }
@@ -1019,6 +1033,53 @@ mod tests {
         assert!(
             l.mse < 1e-8 && l.iou_loss < 1e-5 && l.localization < 1e-5,
             "{l:?}"
+        );
+        // In a view's units (tokens 0.1 wide against the reference's 0.079): offsets in units of
+        // 0.1 · 0.1 / 0.079, depth in units of 20 m · 0.079 / 0.1 = 15.8 m.
+        let mut view_centre = raw_centre.clone();
+        view_centre[4] = [
+            (0.02 / (0.01 / 0.079)) as f32,
+            (0.02 / (0.01 / 0.079)) as f32,
+            (10.0f64 / 15.8).ln() as f32,
+        ];
+        let out_view = dense_out_in(
+            boxes.clone(),
+            logits.clone(),
+            view_centre,
+            CentreCoding::View,
+        );
+        let lv = dense_loss(
+            &out_view,
+            &[target],
+            &[Some(uv)],
+            &[cam],
+            Frame::Camera,
+            &w,
+            &e,
+        )
+        .unwrap();
+        assert!(lv.localization < 1e-5, "{lv:?}");
+        // The fixed units' channels are off by the unit ratios in the view's: |0.2 − 0.158| · 2 + |ln 1.266|.
+        let lx = dense_loss(
+            &dense_out_in(
+                boxes.clone(),
+                logits.clone(),
+                raw_centre.clone(),
+                CentreCoding::View,
+            ),
+            &[target],
+            &[Some(uv)],
+            &[cam],
+            Frame::Camera,
+            &w,
+            &e,
+        )
+        .unwrap();
+        let want_l1 = 2.0 * (0.2 - 0.2 * 0.79) + (20.0f64 / 15.8).ln();
+        assert!(
+            (lx.localization - want_l1).abs() < 1e-4,
+            "{} vs {want_l1}",
+            lx.localization
         );
         // Focal loss in f64: y = exp(−d²/(2σ²)) from the centre (1.7, 1.7) in token units, 1 at token 4.
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());

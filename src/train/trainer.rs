@@ -525,6 +525,15 @@ impl Trainer {
                 (vars, None)
             }
         };
+        // The recipe's centre units, whatever an init_head or an older checkpoint's file said.
+        if detector.head.centre != cfg.centre_units {
+            tracing::info!(
+                "centre units {:?} (the loaded head had {:?})",
+                cfg.centre_units,
+                detector.head.centre
+            );
+            detector.head.centre = cfg.centre_units;
+        }
         let cfg_vision_trains = cfg.train_vision || detector.pipeline.model.vision_adapted();
         let mut all = lora_vars;
         if let Some((_, vars)) = &tuned {
