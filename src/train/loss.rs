@@ -1042,45 +1042,19 @@ mod tests {
             (0.02 / (0.01 / 0.079)) as f32,
             (10.0f64 / 15.8).ln() as f32,
         ];
-        let out_view = dense_out_in(
-            boxes.clone(),
-            logits.clone(),
-            view_centre,
-            CentreCoding::View,
-        );
-        let lv = dense_loss(
-            &out_view,
-            &[target],
-            &[Some(uv)],
-            &[cam],
-            Frame::Camera,
-            &w,
-            &e,
-        )
-        .unwrap();
-        assert!(lv.localization < 1e-5, "{lv:?}");
+        // The view units' localization term for centre channels `raw`.
+        let view_l1 = |raw: Vec<[f32; 3]>| {
+            let out = dense_out_in(boxes.clone(), logits.clone(), raw, CentreCoding::View);
+            dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e)
+                .unwrap()
+                .localization
+        };
+        let lv = view_l1(view_centre);
+        assert!(lv < 1e-5, "{lv}");
         // The fixed units' channels are off by the unit ratios in the view's: |0.2 − 0.158| · 2 + |ln 1.266|.
-        let lx = dense_loss(
-            &dense_out_in(
-                boxes.clone(),
-                logits.clone(),
-                raw_centre.clone(),
-                CentreCoding::View,
-            ),
-            &[target],
-            &[Some(uv)],
-            &[cam],
-            Frame::Camera,
-            &w,
-            &e,
-        )
-        .unwrap();
+        let lx = view_l1(raw_centre.clone());
         let want_l1 = 2.0 * (0.2 - 0.2 * 0.79) + (20.0f64 / 15.8).ln();
-        assert!(
-            (lx.localization - want_l1).abs() < 1e-4,
-            "{} vs {want_l1}",
-            lx.localization
-        );
+        assert!((lx - want_l1).abs() < 1e-4, "{lx} vs {want_l1}");
         // Focal loss in f64: y = exp(−d²/(2σ²)) from the centre (1.7, 1.7) in token units, 1 at token 4.
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let mut want = 0.0;
