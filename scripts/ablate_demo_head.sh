@@ -9,7 +9,8 @@
 #
 # Variants: dense (the recipe as committed), queries (the previous query head), dense-no-centre (no centre term in
 # its own units), view-units (centre channels in each view's token units, `centre_units: view`, instead of one
-# scale for every view).
+# scale for every view), by-view (each epoch ordered by view, `batch_by_view: true`: a batch's examples share the
+# vision tower's passes).
 #
 # Environment: VLM3D_BIN (default target/release/vlm3d), DEMO_WORK (default out/demo-model), ABLATE_STEPS
 # (stage-1 steps, default 600; stage 2 gets a sixth of it), ABLATE_FROM_DEMO=1 (start every variant from the
@@ -56,6 +57,8 @@ for v in "${VARIANTS[@]}"; do
             echo "presence_weight: 1.0" >> "$R/recipe.yaml" ;;
         dense-no-centre) sed -i 's/^localization_weight: .*/localization_weight: 0.0/' "$R/recipe.yaml" ;;
         view-units) echo "centre_units: view" >> "$R/recipe.yaml" ;;
+        # The same recipe with each epoch ordered by view, so a batch's examples share tower passes.
+        by-view) echo "batch_by_view: true" >> "$R/recipe.yaml" ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
     T=$SECONDS

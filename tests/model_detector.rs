@@ -175,6 +175,96 @@ fn a_micro_batch_of_prompts_equals_each_example_alone() {
 }
 
 #[test]
+fn prompts_of_one_view_share_its_prefix_with_equal_states_and_gradients() {
+    // A training batch ordered by view: several prompts (of different token counts) on one feature tensor run its
+    // image prefix once. States, head outputs and the gradient into the shared features equal those of the same
+    // examples with the features as separate tensors (one whole pass each).
+    let det = detector(0.0);
+    let imgs: Vec<_> = (0..2).map(|v| image(&format!("view{v}"))).collect();
+    let (feats, grids) = det.encode_images(&imgs).unwrap();
+    let vars: Vec<candle_core::Var> = feats
+        .iter()
+        .map(|f| candle_core::Var::from_tensor(f).unwrap())
+        .collect();
+    let prompts = [
+        "Find the car.",
+        "Find every pedestrian near the crosswalk.",
+        "Find the bus.",
+        "Find the bus.",
+        "Find the car.",
+    ];
+    let which = [0usize, 0, 1, 0, 1];
+    let g: Vec<_> = which.iter().map(|&v| grids[v]).collect();
+    let cams = cameras(5);
+    let run = |shared: bool| {
+        let f: Vec<Tensor> = which
+            .iter()
+            .map(|&v| {
+                let t = vars[v].as_tensor();
+                if shared {
+                    t.clone()
+                } else {
+                    // A new tensor of the same values: nothing to share.
+                    (t * 1.0).unwrap()
+                }
+            })
+            .collect();
+        let states = det
+            .query_states_prompts(&f, &g, &cams, &prompts, true)
+            .unwrap();
+        let out = det.head_forward(&states).unwrap();
+        let loss =
+            (out.boxes.sqr().unwrap().sum_all().unwrap() + out.logits.sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let gv: Vec<Tensor> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        (states, out, gv)
+    };
+    let (a, oa, ga) = run(true);
+    let (b, ob, gb) = run(false);
+    for (e, prompt) in prompts.iter().enumerate() {
+        let d = max_abs_diff(&a.queries.get(e).unwrap(), &b.queries.get(e).unwrap())
+            .max(max_abs_diff(&a.images[e].states, &b.images[e].states));
+        assert!(d <= 1e-5, "example {e} ({prompt}): {d}");
+        // And the example alone, prefix and prompt in one pass.
+        let v = which[e];
+        let one = det
+            .query_states(
+                &feats[v..v + 1],
+                &grids[v..v + 1],
+                &cameras(1),
+                prompt,
+                true,
+            )
+            .unwrap();
+        let d = max_abs_diff(&a.queries.get(e).unwrap(), &one.queries.get(0).unwrap())
+            .max(max_abs_diff(&a.images[e].states, &one.images[0].states));
+        assert!(d <= 1e-5, "example {e} ({prompt}) alone: {d}");
+    }
+    assert!(max_abs_diff(&oa.boxes, &ob.boxes) <= 1e-4);
+    for v in 0..2 {
+        let scale: f32 = gb[v]
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let d = max_abs_diff(&ga[v], &gb[v]);
+        assert!(
+            scale > 0.0 && d <= 1e-5 * scale.max(1.0),
+            "view {v}: gradient {d} (scale {scale})"
+        );
+    }
+    // Two prompts of one view are told apart.
+    assert!(max_abs_diff(&a.queries.get(0).unwrap(), &a.queries.get(3).unwrap()) > 1e-3);
+}
+
+#[test]
 fn head_shapes_and_decoding() {
     let det = detector(0.0);
     assert_eq!(HIDDEN_LAYERS, [512, 256, 128]);

@@ -312,6 +312,68 @@ fn full_finetuning_trains_every_weight_resumes_and_loads() {
 }
 
 #[test]
+fn batch_by_view_keeps_a_views_prompts_together_and_its_shared_tower_trains() {
+    let dir = scratch("train-by-view");
+    let bag = bag(&dir);
+    let mut cfg = recipe(&bag, 4, 0);
+    cfg.finetune = vlm3d::train::config::Finetune::Full;
+    cfg.train_vision = true;
+    cfg.max_negatives = Some(2);
+    cfg.batch_by_view = true;
+    let mut t = Trainer::new(cfg, &dir.join("run"), false).unwrap();
+    t.progress = false;
+    let key = |e: &vlm3d::train::trainer::TrainingExample| (e.item.example, e.item.prompt);
+    let mut all: Vec<_> = t.items().iter().map(|it| (it.example, it.prompt)).collect();
+    all.sort_unstable();
+    let mut orders = Vec::new();
+    for epoch in 0..2 {
+        let order: Vec<_> = t
+            .epoch_batches(epoch)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .map(|e| key(&e))
+            .collect();
+        // Every item once per epoch, and a view's items one after another (a view never comes back).
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, all);
+        let mut views: Vec<usize> = order.iter().map(|k| k.0).collect();
+        views.dedup();
+        let mut distinct = views.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            views.len(),
+            distinct.len(),
+            "a view's prompts are split in epoch {epoch}"
+        );
+        orders.push(order);
+    }
+    assert!(
+        all.len() > distinct_views(&all),
+        "the set needs views with several prompts"
+    );
+    assert_ne!(orders[0], orders[1], "each epoch draws its own order");
+    // The tower's features, shared by a view's examples in a batch, still get every gradient.
+    let before = tensors(&fixture().join("model.safetensors"));
+    t.run(None).unwrap();
+    let after = tensors(&dir.join("run/model.safetensors"));
+    for (name, bytes) in &before {
+        assert_ne!(&after[name], bytes, "{name} did not change");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn distinct_views(items: &[(usize, usize)]) -> usize {
+    items
+        .iter()
+        .map(|k| k.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
+#[test]
 fn the_vision_tower_trains_only_with_full_finetuning() {
     let text = std::fs::read_to_string(common::repo().join("config/train.yaml")).unwrap();
     let mut cfg: TrainConfig = serde_yaml::from_str(&text).unwrap();

@@ -384,9 +384,9 @@ impl Detector {
     }
 
     /// [`Detector::query_states`] with a prompt per view (a training micro-batch: each example its own view and
-    /// prompt). Views of one image size whose prompts have one token count go through the decoder as one batch
-    /// (no padding, so no masks: the sequences have one length and share their positions); the others in
-    /// further batches.
+    /// prompt). Views of one image size go through the decoder as one batch, their prompts in batches of one
+    /// token count (no padding, so no masks: the sequences have one length and share their positions); examples
+    /// of one view (the same feature tensor and camera) share one pass over its image prefix.
     pub fn query_states_prompts(
         &self,
         feats: &[Tensor],
@@ -412,42 +412,85 @@ impl Detector {
             .map(|p| self.suffix_ids(p))
             .collect::<Result<_>>()?;
         let k = self.head.num_queries();
-        let mut rows: Vec<Option<Tensor>> = vec![None; grids.len()];
+        let mut rows_out: Vec<Option<Tensor>> = vec![None; grids.len()];
         let mut images: Vec<Option<ImageTokens>> = vec![None; grids.len()];
-        let mut groups: Vec<((GridThw, usize), Vec<usize>)> = Vec::new();
-        for (i, g) in grids.iter().enumerate() {
-            let key = (*g, suffixes[i].len());
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((key, vec![i])),
-            }
-        }
-        for ((grid, _), views) in groups {
+        for views in Self::groups(grids) {
+            let grid = grids[views[0]];
             let ids = self.prefix_ids(grid)?;
-            let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
-            let suffix: Vec<&[u32]> = views.iter().map(|&v| suffixes[v].as_slice()).collect();
-            let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
-            let emb = Tensor::cat(&[&emb, &semb], 1)?;
-            let pos: Positions = std::array::from_fn(|a| {
-                pos[a]
+            // Examples of one view (the same feature tensor and camera: a training batch's prompts of one view)
+            // share its image prefix: it runs once and each prompt continues it (the image tokens precede the
+            // prompt in the causal decoder, so their states do not depend on it).
+            let mut distinct: Vec<usize> = Vec::new();
+            let rows: Vec<u32> = views
+                .iter()
+                .map(|&v| {
+                    let same =
+                        |&d: &usize| feats[d].id() == feats[v].id() && cameras[d] == cameras[v];
+                    match distinct.iter().position(same) {
+                        Some(r) => r as u32,
+                        None => {
+                            distinct.push(v);
+                            (distinct.len() - 1) as u32
+                        }
+                    }
+                })
+                .collect();
+            // Prompts of one token count continue the prefix as one batch (no padding, so no masks).
+            let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (j, &v) in views.iter().enumerate() {
+                let n = suffixes[v].len();
+                match by_len.iter_mut().find(|(l, _)| *l == n) {
+                    Some((_, m)) => m.push(j),
+                    None => by_len.push((n, vec![j])),
+                }
+            }
+            let text = &self.pipeline.model.text;
+            if distinct.len() == views.len() && by_len.len() == 1 {
+                // Nothing to share: prefix and prompts in one pass.
+                let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
+                let suffix: Vec<&[u32]> = views.iter().map(|&v| suffixes[v].as_slice()).collect();
+                let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
+                let emb = Tensor::cat(&[&emb, &semb], 1)?;
+                let pos: Positions = std::array::from_fn(|a| {
+                    pos[a]
+                        .iter()
+                        .zip(&spos[a])
+                        .map(|(p, s)| p.iter().chain(s).copied().collect())
+                        .collect()
+                });
+                let h = text.forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
+                let q = h.narrow(1, h.dim(1)? - k, k)?;
+                let tokens = self.group_tokens(&h, &ids, grid, &views, cameras)?;
+                for ((i, &v), t) in views.iter().enumerate().zip(tokens) {
+                    rows_out[v] = Some(q.get(i)?);
+                    images[v] = Some(t);
+                }
+                continue;
+            }
+            let (emb, pos, next) = self.batch_inputs(&distinct, feats, &ids, grid)?;
+            let mut prefix = KvCache::new();
+            let hp = text.forward_embeds(&emb, &pos, &mut prefix, diff)?;
+            for (_, members) in by_len {
+                let sel: Vec<u32> = members.iter().map(|&j| rows[j]).collect();
+                let sel = Tensor::new(sel.as_slice(), hp.device())?;
+                let mut cache = prefix.select(&sel)?;
+                let suffix: Vec<&[u32]> = members
                     .iter()
-                    .zip(&spos[a])
-                    .map(|(p, s)| p.iter().chain(s).copied().collect())
-                    .collect()
-            });
-            let h =
-                self.pipeline
-                    .model
-                    .text
-                    .forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
-            let q = h.narrow(1, h.dim(1)? - k, k)?;
-            let tokens = self.group_tokens(&h, &ids, grid, &views, cameras)?;
-            for ((i, &v), t) in views.iter().enumerate().zip(tokens) {
-                rows[v] = Some(q.get(i)?);
-                images[v] = Some(t);
+                    .map(|&j| suffixes[views[j]].as_slice())
+                    .collect();
+                let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
+                let h = text.forward_embeds(&semb, &spos, &mut cache, diff)?;
+                let q = h.narrow(1, h.dim(1)? - k, k)?;
+                let sub: Vec<usize> = members.iter().map(|&j| views[j]).collect();
+                let tokens =
+                    self.group_tokens(&hp.index_select(&sel, 0)?, &ids, grid, &sub, cameras)?;
+                for ((i, &v), t) in sub.iter().enumerate().zip(tokens) {
+                    rows_out[v] = Some(q.get(i)?);
+                    images[v] = Some(t);
+                }
             }
         }
-        head_inputs(rows, images)
+        head_inputs(rows_out, images)
     }
 
     /// Applies the readout and the box head to the decoder's states.

@@ -98,6 +98,12 @@ pub struct TrainConfig {
     pub max_negatives: Option<usize>,
     /// Examples (view, prompt) per micro-batch.
     pub batch_size: usize,
+    /// Order each epoch by view (not in the paper; default off): the views are shuffled and each view's prompts
+    /// follow one another, so the examples of a micro-batch share views and the vision tower runs once per view
+    /// of the batch instead of once per example (the image tokens precede the prompt in the causal decoder, so
+    /// a view's tower output does not depend on its prompts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_by_view: bool,
     /// Micro-batches per optimizer step.
     pub grad_accumulation: usize,
     /// AdamW weight decay.

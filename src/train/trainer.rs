@@ -759,12 +759,26 @@ impl Trainer {
     }
 
     /// The epoch's example order (a permutation drawn from the seed and the epoch, so a resumed run sees the same).
+    /// With `batch_by_view` the views are shuffled and each view's items, shuffled among themselves, follow one
+    /// another.
     fn order(&self, epoch: usize) -> Vec<Item> {
         let mut items = self.items.clone();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
             self.cfg.seed.wrapping_mul(1_000_003) ^ epoch as u64,
         );
         items.shuffle(&mut rng);
+        if self.cfg.batch_by_view {
+            let mut views: Vec<usize> = items.iter().map(|it| it.example).collect();
+            views.sort_unstable();
+            views.dedup();
+            views.shuffle(&mut rng);
+            let mut rank = vec![0usize; self.views.len()];
+            for (r, &v) in views.iter().enumerate() {
+                rank[v] = r;
+            }
+            // A stable sort keeps the shuffled order of a view's items.
+            items.sort_by_key(|it| rank[it.example]);
+        }
         items
     }
 
@@ -779,9 +793,19 @@ impl Trainer {
         let mut examples = Vec::with_capacity(batch.len());
         let mut feats = Vec::with_capacity(batch.len());
         let mut grids = Vec::with_capacity(batch.len());
+        // A view's features are computed once per batch and shared by its examples (one augmentation per view and
+        // epoch); when the tower trains, its gradient sums over them.
+        let mut seen: HashMap<usize, (Tensor, GridThw)> = HashMap::new();
         for it in batch {
             let ex = self.assemble(*it, self.epoch)?;
-            let (feat, grid) = self.features(it.example, &ex.augmentation)?;
+            let (feat, grid) = match seen.get(&it.example) {
+                Some(f) => f.clone(),
+                None => {
+                    let f = self.features(it.example, &ex.augmentation)?;
+                    seen.insert(it.example, f.clone());
+                    f
+                }
+            };
             examples.push(ex);
             feats.push(feat);
             grids.push(grid);

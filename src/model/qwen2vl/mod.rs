@@ -2,12 +2,13 @@
 //! folders: [`config`] (config.json), [`weights`] (safetensors), [`preprocess`] (the reference's image
 //! processor), [`vision`] and [`text`] (the two towers), this file (the network: position rule, embedding with
 //! image features, forward, greedy generation), [`pipeline`] (tokenizer, chat format, [`Pipeline`]) and
-//! [`adapters`] (PEFT LoRA files).
+//! [`adapters`] (PEFT LoRA files); `tables` keeps the position tables on the device.
 pub mod adapters;
 pub mod config;
 pub mod init;
 pub mod pipeline;
 pub mod preprocess;
+mod tables;
 pub mod text;
 pub mod vision;
 pub mod weights;

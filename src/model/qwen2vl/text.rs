@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 use super::config::TextConfig;
+use super::tables::TableCache;
 use super::weights::{linear, tensor};
+use super::Positions;
 use crate::model::cpu::fused::{rope_diff, silu_mul};
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled};
@@ -41,6 +43,20 @@ impl KvCache {
             .first()
             .and_then(|l| l.as_ref())
             .and_then(|(k, _)| k.dim(0).ok())
+    }
+
+    /// A cache whose batch row `i` is this cache's row `rows[i]` (rows may repeat: several sequences continue one
+    /// prefix). Differentiable: gradients of the new rows sum into the rows they came from.
+    pub fn select(&self, rows: &Tensor) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                Some((k, v)) => Ok(Some((k.index_select(rows, 0)?, v.index_select(rows, 0)?))),
+                None => Ok(None),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self { layers })
     }
 }
 
@@ -164,6 +180,10 @@ pub struct TextModel {
     norm: Tensor,
     cfg: TextConfig,
     inv_freq: Vec<f32>,
+    /// M-RoPE cos/sin per (positions, dtype), on the device.
+    rope_cache: TableCache<(Positions, DType)>,
+    /// Causal masks per (new tokens, cached tokens, dtype), on the device.
+    mask_cache: TableCache<(usize, usize, DType)>,
 }
 
 impl TextModel {
@@ -214,6 +234,8 @@ impl TextModel {
             norm,
             cfg: c.clone(),
             inv_freq,
+            rope_cache: TableCache::default(),
+            mask_cache: TableCache::default(),
         })
     }
 
@@ -302,20 +324,31 @@ impl TextModel {
         let past = cache.len();
         let dev = embeds.device();
         let dtype = embeds.dtype();
-        let (cos, sin) = self.rope_tables(positions, dev, dtype)?;
+        let rope = self
+            .rope_cache
+            .get_or_build((positions.clone(), dtype), || {
+                let (cos, sin) = self.rope_tables(positions, dev, dtype)?;
+                Ok(vec![cos, sin])
+            })?;
         let mask = if s > 1 {
-            let m: Vec<f32> = (0..s)
-                .flat_map(|i| {
-                    (0..past + s).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            Some(Tensor::from_vec(m, (s, past + s), dev)?.to_dtype(dtype)?)
+            let m = self.mask_cache.get_or_build((s, past, dtype), || {
+                let m: Vec<f32> = (0..s)
+                    .flat_map(|i| {
+                        (0..past + s)
+                            .map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+                    })
+                    .collect();
+                Ok(vec![
+                    Tensor::from_vec(m, (s, past + s), dev)?.to_dtype(dtype)?
+                ])
+            })?;
+            Some(m[0].clone())
         } else {
             None
         };
         let mut x = embeds.clone();
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, mask.as_ref(), c, diff)?;
+            x = layer.forward(&x, &rope[0], &rope[1], mask.as_ref(), c, diff)?;
         }
         Ok(rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, diff)?)
     }

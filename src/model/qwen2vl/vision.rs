@@ -21,6 +21,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::config::VisionConfig;
 use super::preprocess::GridThw;
+use super::tables::TableCache;
 use super::weights::{layer_norm, linear, tensor};
 use crate::model::cpu::fused::{
     quick_gelu, rope_diff, segment_attention, segment_attention_unfused, softmax_last_dim,
@@ -250,6 +251,8 @@ pub struct VisionModel {
     mlp2: Linear,
     cfg: VisionConfig,
     attention: VisionAttention,
+    /// Rotary cos/sin per (image grids, dtype), on the device.
+    rotary_cache: TableCache<(Vec<GridThw>, DType)>,
 }
 
 impl VisionModel {
@@ -304,6 +307,7 @@ impl VisionModel {
             mlp2: linear(&vb.pp("merger.mlp.2"), m2, c.hidden_size, true, src)?,
             cfg: c.clone(),
             attention: VisionAttention::Auto,
+            rotary_cache: TableCache::default(),
         })
     }
 
@@ -391,7 +395,13 @@ impl VisionModel {
         }
         let dtype = self.patch_w.dtype();
         let x = linear_xwt(&pixel_values.to_dtype(dtype)?, &self.patch_w)?;
-        let (cos, sin) = self.rotary(grids, x.device(), dtype)?;
+        let rot = self
+            .rotary_cache
+            .get_or_build((grids.to_vec(), dtype), || {
+                let (cos, sin) = self.rotary(grids, x.device(), dtype)?;
+                Ok(vec![cos, sin])
+            })?;
+        let (cos, sin) = (&rot[0], &rot[1]);
         // Attention segments: one per temporal frame of each image.
         let mut cu = vec![0usize];
         for g in grids {
@@ -401,7 +411,7 @@ impl VisionModel {
         }
         let mut x = x;
         for b in &self.blocks {
-            x = b.forward(&x, &cos, &sin, &cu, diff, self.attention)?;
+            x = b.forward(&x, cos, sin, &cu, diff, self.attention)?;
         }
         let x = norm(&self.ln_q, &x, diff)?.reshape((n / m2, self.cfg.embed_dim * m2))?;
         let x = linear_2d(&self.mlp2, &linear_2d(&self.mlp0, &x)?.gelu_erf()?)?;
