@@ -5,8 +5,9 @@
 #                                       # tests, stripped and xz-compressed into .gpu/ (git-ignored, < 64 MiB)
 #   then one device call (the `device` tool), carrying .gpu/:
 #   bash scripts/gpu_check.sh device    # there: CUDA vs CPU parity (forward, one training step), `vlm3d bench
-#                                       # --train` and `vlm3d bench` on the GPU, `vlm3d train` on cuda vs cpu,
-#                                       # GPU memory peaks; all into $OUT
+#                                       # --train` and `vlm3d bench` (bf16, f32; 1 and 6 views, a second prompt)
+#                                       # on the GPU beside scripts/bench_hf_qwen2vl.py (PyTorch, bf16), `vlm3d
+#                                       # train` on cuda vs cpu, GPU memory peaks; all into $OUT
 #
 # The first `prepare` compiles candle's CUDA kernels: about 28 minutes on 2 cores (../shared/notes/cuda-build.md);
 # later runs reuse the target folder ($VLM3D_CUDA_TARGET, default ~/.cache/vlm3d/cuda-target).
@@ -117,6 +118,12 @@ device() {
             tee "$OUT/vlm3d_bench_$dtype.md"
         stop "vlm3d-$dtype"
     done
+    # The peer on the same GPU: transformers (the machine's torch image has it), same dims, views and prompt.
+    echo "== PyTorch + transformers (sdpa), Qwen2-VL-2B dims, cuda bf16"
+    peak hf-bf16
+    (cd "$ROOT" && PYTHONUNBUFFERED=1 python3 scripts/bench_hf_qwen2vl.py --models 2b --views 1,6 --device cuda \
+        --dtype bf16 --warmup 3 --repeat 10) | tee "$OUT/hf_bench_bf16.md" || echo "PYTORCH BENCH FAILED"
+    stop hf-bf16
     echo "== vlm3d train on the GPU: the demo recipe's data (seed 100), full fine-tuning with the vision tower"
     local W=/tmp/gpu-train
     rm -rf "$W" && mkdir -p "$W"

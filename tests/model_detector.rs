@@ -245,15 +245,7 @@ fn prompts_of_one_view_share_its_prefix_with_equal_states_and_gradients() {
     }
     assert!(max_abs_diff(&oa.boxes, &ob.boxes) <= 1e-4);
     for v in 0..2 {
-        let scale: f32 = gb[v]
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let scale = max_abs(&gb[v]);
         let d = max_abs_diff(&ga[v], &gb[v]);
         assert!(
             scale > 0.0 && d <= 1e-5 * scale.max(1.0),

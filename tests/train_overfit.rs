@@ -44,7 +44,8 @@ fn two_samples_are_fitted_in_about_a_minute() {
     cfg.max_negatives = Some(1);
     cfg.batch_size = 8;
     cfg.warmup_steps = 10;
-    cfg.schedule = vlm3d::train::config::Schedule::Constant;
+    // Decayed to 0 in each stage: at a constant rate the fit ends wherever the last noisy steps leave it (below).
+    cfg.schedule = vlm3d::train::config::Schedule::Cosine;
     cfg.max_pixels = 224 * 126;
     cfg.stage1.steps = Some(STAGE1_STEPS);
     cfg.stage1.lr = 1e-3;
@@ -86,23 +87,25 @@ fn two_samples_are_fitted_in_about_a_minute() {
         "only {} true boxes: the set is too small",
         near.len()
     );
-    // Measured on the committed base and head (2026-12-07) on two machines of this kind: median 1.02 / 1.37 m
-    // (17.92 m before the fit), 9 / 9 of 15 within 1.5 m, 4 / 1 of 15 within 0.5 m with IoU ≥ 0.5 (sizes fit to a
-    // few cm; the misses are depths of the objects 30–44 m away). Another CPU's rounding, amplified by 330 steps
-    // at lr 1e-3, moves the strict count most, so it is held to one.
+    // Measured on the committed base and head (2026-12-07, this session's machine), in three roundings of the same
+    // arithmetic (the default OpenBLAS kernels, OpenBLAS' SSE2 kernels, and the decoder's shared image prefix
+    // turned off): median 0.45 / 0.18 / 0.23 m (17.92 m before the fit), 14 / 14 / 13 of 15 within 1.5 m, 7 / 9 / 7
+    // within 0.5 m with IoU ≥ 0.5. With a constant lr 1e-3 instead of the cosine decay the same roundings gave
+    // medians of 1.63 / 1.86 / 1.37 m and one strict fit, and 3.65 m on SSE2 without the shared prefix: the
+    // run ended wherever the last noisy steps left it.
     assert!(
-        median(&near) <= 1.5 && median(&near) <= 0.75 * median(&before),
+        median(&near) <= 0.8 && median(&near) <= 0.1 * median(&before),
         "not fitted: median distance {:.2} m (before {:.2} m)",
         median(&near),
         median(&before)
     );
     assert!(
-        2 * within >= near.len(),
+        3 * within >= 2 * near.len(),
         "not fitted: {within} of {} true boxes within 1.5 m",
         near.len()
     );
     assert!(
-        exact >= 1,
+        4 * exact >= near.len(),
         "not fitted: {exact} of {} true boxes within 0.5 m with IoU ≥ 0.5",
         near.len()
     );

@@ -445,25 +445,28 @@ impl Detector {
                 }
             }
             let text = &self.pipeline.model.text;
-            if distinct.len() == views.len() && by_len.len() == 1 {
-                // Nothing to share: prefix and prompts in one pass.
-                let (emb, pos, next) = self.batch_inputs(&views, feats, &ids, grid)?;
-                let suffix: Vec<&[u32]> = views.iter().map(|&v| suffixes[v].as_slice()).collect();
-                let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
-                let emb = Tensor::cat(&[&emb, &semb], 1)?;
-                let pos: Positions = std::array::from_fn(|a| {
-                    pos[a]
-                        .iter()
-                        .zip(&spos[a])
-                        .map(|(p, s)| p.iter().chain(s).copied().collect())
-                        .collect()
-                });
-                let h = text.forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
-                let q = h.narrow(1, h.dim(1)? - k, k)?;
-                let tokens = self.group_tokens(&h, &ids, grid, &views, cameras)?;
-                for ((i, &v), t) in views.iter().enumerate().zip(tokens) {
-                    rows_out[v] = Some(q.get(i)?);
-                    images[v] = Some(t);
+            if distinct.len() == views.len() {
+                // Nothing to share: each prompt length's views with their prefix in one pass.
+                for (_, members) in by_len {
+                    let sub: Vec<usize> = members.iter().map(|&j| views[j]).collect();
+                    let (emb, pos, next) = self.batch_inputs(&sub, feats, &ids, grid)?;
+                    let suffix: Vec<&[u32]> = sub.iter().map(|&v| suffixes[v].as_slice()).collect();
+                    let (semb, spos) = self.suffix_inputs_each(&suffix, next)?;
+                    let emb = Tensor::cat(&[&emb, &semb], 1)?;
+                    let pos: Positions = std::array::from_fn(|a| {
+                        pos[a]
+                            .iter()
+                            .zip(&spos[a])
+                            .map(|(p, s)| p.iter().chain(s).copied().collect())
+                            .collect()
+                    });
+                    let h = text.forward_embeds(&emb, &pos, &mut KvCache::new(), diff)?;
+                    let q = h.narrow(1, h.dim(1)? - k, k)?;
+                    let tokens = self.group_tokens(&h, &ids, grid, &sub, cameras)?;
+                    for ((i, &v), t) in sub.iter().enumerate().zip(tokens) {
+                        rows_out[v] = Some(q.get(i)?);
+                        images[v] = Some(t);
+                    }
                 }
                 continue;
             }
