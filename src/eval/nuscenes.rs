@@ -511,6 +511,31 @@ pub struct NuscMetrics {
     pub tp_errors: [f64; 5],
     /// Per class, in [`CLASSES`] order.
     pub classes: BTreeMap<String, ClassMetrics>,
+    /// Centre errors along and across the line of sight by distance (not the devkit's: a diagnostic).
+    pub by_range: Vec<RangeErrors>,
+}
+
+/// Distance bins of [`RangeErrors`], metres from the ego position (the devkit's class ranges end at 50 m).
+pub const RANGE_BINS: [[f64; 2]; 4] = [[0.0, 10.0], [10.0, 20.0], [20.0, 30.0], [30.0, 50.0]];
+
+/// The centre errors of one distance bin: every class's boxes matched at the loosest threshold (4 m, greedy by
+/// score as the devkit's `accumulate`), split into the component along the ego → truth direction in the xy
+/// plane (radial: depth, for a camera near the ego origin) and across it (lateral). Separates a depth problem
+/// from a bearing problem, which the devkit's ATE (their Euclidean sum) does not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RangeErrors {
+    /// `[from, to)` metres from the ego position, by the truth's centre.
+    pub range_m: [f64; 2],
+    /// Kept ground truth boxes in the bin.
+    pub truth: usize,
+    /// Of those, matched within 4 m.
+    pub matched: usize,
+    /// Median |radial error|, metres (NaN without matches).
+    pub radial_median_m: f64,
+    /// Median |lateral error|, metres.
+    pub lateral_median_m: f64,
+    /// Mean signed radial error (> 0: predicted beyond the truth), metres.
+    pub radial_bias_m: f64,
 }
 
 /// numpy's `interp(x, xp, fp, left, right)` for a non-decreasing `xp`: the segment from the last point whose
@@ -609,6 +634,8 @@ struct MetricData {
     confidence: Vec<f64>,
     /// ATE, ASE, AOE, AVE, AAE at the recall points.
     errors: [Vec<f64>; 5],
+    /// (sample, truth centre, predicted centre) of every match.
+    matched: Vec<(String, [f64; 3], [f64; 3])>,
 }
 
 impl MetricData {
@@ -617,6 +644,7 @@ impl MetricData {
             precision: vec![0.0; NELEM],
             confidence: vec![0.0; NELEM],
             errors: std::array::from_fn(|_| vec![1.0; NELEM]),
+            matched: Vec::new(),
         }
     }
 
@@ -675,6 +703,7 @@ fn accumulate(
     let mut conf = Vec::new();
     let mut errs: [Vec<f64>; 5] = Default::default();
     let mut match_conf = Vec::new();
+    let mut matched = Vec::new();
     let mut taken: std::collections::HashSet<(&str, usize)> = std::collections::HashSet::new();
     let period = if class == "barrier" {
         std::f64::consts::PI
@@ -717,6 +746,7 @@ fn accumulate(
                     1.0 - f64::from(u8::from(m.attribute_name == p.attribute_name))
                 });
                 match_conf.push(p.score);
+                matched.push((p.sample_token.clone(), m.translation, p.translation));
             }
             None => {
                 tp.push(0.0);
@@ -762,7 +792,71 @@ fn accumulate(
         precision,
         confidence,
         errors,
+        matched,
     }
+}
+
+/// [`RangeErrors`] per [`RANGE_BINS`] bin from the kept truth and the matches (sample, truth, prediction).
+fn range_errors(
+    gt: &BTreeMap<&str, Vec<&NuscBox>>,
+    ego: &BTreeMap<&str, [f64; 3]>,
+    matched: &[(String, [f64; 3], [f64; 3])],
+) -> Vec<RangeErrors> {
+    let dist = |e: &[f64; 3], c: &[f64; 3]| (c[0] - e[0]).hypot(c[1] - e[1]);
+    let median = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    RANGE_BINS
+        .iter()
+        .map(|&[lo, hi]| {
+            let inside = |d: f64| d >= lo && d < hi;
+            let truth = gt
+                .iter()
+                .flat_map(|(s, list)| list.iter().map(move |b| (s, b)))
+                .filter(|(s, b)| inside(dist(&ego[**s], &b.translation)))
+                .count();
+            let (mut radial, mut lateral) = (Vec::new(), Vec::new());
+            for (s, t, p) in matched {
+                let e = ego[s.as_str()];
+                let d = dist(&e, t);
+                if !inside(d) {
+                    continue;
+                }
+                // Unit line of sight; a truth on the ego origin has none, its error counts as radial.
+                let (ux, uy) = if d > 0.0 {
+                    ((t[0] - e[0]) / d, (t[1] - e[1]) / d)
+                } else {
+                    (1.0, 0.0)
+                };
+                let (dx, dy) = (p[0] - t[0], p[1] - t[1]);
+                radial.push(dx * ux + dy * uy);
+                lateral.push((dy * ux - dx * uy).abs());
+            }
+            let matched = radial.len();
+            let bias = if matched == 0 {
+                f64::NAN
+            } else {
+                radial.iter().sum::<f64>() / matched as f64
+            };
+            RangeErrors {
+                range_m: [lo, hi],
+                truth,
+                matched,
+                radial_median_m: median(radial.iter().map(|r| r.abs()).collect()),
+                lateral_median_m: median(lateral),
+                radial_bias_m: bias,
+            }
+        })
+        .collect()
 }
 
 /// The devkit's filters: class range, points (ground truth), bicycle racks.
@@ -836,12 +930,16 @@ pub fn evaluate(
     let mut classes = BTreeMap::new();
     let mut aps = Vec::new();
     let mut tp_rows: Vec<[f64; 5]> = Vec::new();
+    let mut matched_loose = Vec::new();
     for class in CLASSES {
         let mut ap = [0.0; 4];
         let mut at_tp = None;
         for (k, &th) in DIST_THS.iter().enumerate() {
             let md = accumulate(&gt, &all_preds, class, th);
             ap[k] = md.ap();
+            if k == DIST_THS.len() - 1 {
+                matched_loose.extend(md.matched.iter().cloned());
+            }
             if th == DIST_TH_TP {
                 at_tp = Some(md);
             }
@@ -891,11 +989,16 @@ pub fn evaluate(
     let tp_scores: f64 = tp_errors.iter().map(|e| (1.0 - e).max(0.0)).sum();
     let nd_score =
         (MEAN_AP_WEIGHT * mean_ap + tp_scores) / (MEAN_AP_WEIGHT + TP_METRICS.len() as f64);
+    let ego: BTreeMap<&str, [f64; 3]> = truth
+        .iter()
+        .map(|s| (s.token.as_str(), s.ego_translation))
+        .collect();
     Ok(NuscMetrics {
         mean_ap,
         nd_score,
         tp_errors,
         classes,
+        by_range: range_errors(&gt, &ego, &matched_loose),
     })
 }
 
@@ -942,6 +1045,24 @@ pub fn markdown(name: &str, m: &NuscMetrics) -> String {
             f(c.tp_errors[2]),
             f(c.tp_errors[3]),
             f(c.tp_errors[4]),
+        ));
+    }
+    md.push_str(
+        "\nCentre errors by distance (not the devkit's; every class's boxes matched within 4 m, split along the \
+         line of sight from the ego position and across it):\n\n\
+         | distance (m) | truth | matched | median radial error (m) | median lateral error (m) | mean radial bias (m) |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for r in &m.by_range {
+        md.push_str(&format!(
+            "| {:.0}–{:.0} | {} | {} | {:.2} | {:.2} | {:+.2} |\n",
+            r.range_m[0],
+            r.range_m[1],
+            r.truth,
+            r.matched,
+            r.radial_median_m,
+            r.lateral_median_m,
+            r.radial_bias_m
         ));
     }
     md
@@ -1044,8 +1165,66 @@ mod tests {
         far[0].boxes.push(b("s", "car", 60.0, -1.0));
         let m2 = evaluate(&far, &preds).unwrap();
         assert_eq!(m2.classes["car"].truth, 2);
+        // Exact matches: no error in any bin; the two boxes sit at 10 and 20 m.
+        assert_eq!(m.by_range[1].truth, 1);
+        assert_eq!(m.by_range[2].matched, 1);
+        assert_eq!(m.by_range[2].radial_median_m, 0.0);
         // Samples must match.
         let other = BTreeMap::from([("t".to_string(), vec![])]);
         assert!(evaluate(&truth, &other).is_err());
+    }
+
+    #[test]
+    fn range_errors_split_the_centre_error_along_and_across_the_line_of_sight() {
+        // Ego at (100, 50); truths 5 m east, 15 m north, 25 m and 40 m along the diagonal.
+        let ego = [100.0, 50.0, 0.0];
+        let at = |x: f64, y: f64, score: f64| {
+            let mut k = b("s", "car", 0.0, score);
+            k.translation = [ego[0] + x, ego[1] + y, 0.5];
+            k
+        };
+        let r = std::f64::consts::FRAC_1_SQRT_2;
+        let truth = vec![SampleTruth {
+            token: "s".into(),
+            ego_translation: ego,
+            boxes: vec![
+                at(5.0, 0.0, -1.0),
+                at(0.0, 15.0, -1.0),
+                at(25.0 * r, 25.0 * r, -1.0),
+                at(40.0 * r, 40.0 * r, -1.0),
+            ],
+            bike_racks: vec![],
+        }];
+        // Errors: +1 m radial and 0.5 m lateral; 2 m short (radial −2) and 1 m across; on the diagonal 3 m
+        // beyond and 1 m across ((3 + 1)/√2 east, (3 − 1)/√2 north); the 40 m one missed (6 m off).
+        let preds = BTreeMap::from([(
+            "s".to_string(),
+            vec![
+                at(6.0, 0.5, 0.9),
+                at(-1.0, 13.0, 0.8),
+                at(28.0 * r + r, 28.0 * r - r, 0.7),
+                at(46.0 * r, 46.0 * r, 0.6),
+            ],
+        )]);
+        let m = evaluate(&truth, &preds).unwrap();
+        let bins = &m.by_range;
+        assert_eq!(
+            bins.iter().map(|b| b.truth).collect::<Vec<_>>(),
+            [1, 1, 1, 1]
+        );
+        assert_eq!(
+            bins.iter().map(|b| b.matched).collect::<Vec<_>>(),
+            [1, 1, 1, 0]
+        );
+        let close = |a: f64, e: f64| assert!((a - e).abs() < 1e-9, "{a} vs {e}");
+        close(bins[0].radial_median_m, 1.0);
+        close(bins[0].lateral_median_m, 0.5);
+        close(bins[0].radial_bias_m, 1.0);
+        close(bins[1].radial_bias_m, -2.0);
+        close(bins[1].lateral_median_m, 1.0);
+        close(bins[2].radial_median_m, 3.0);
+        close(bins[2].lateral_median_m, 1.0);
+        assert!(bins[3].radial_median_m.is_nan());
+        assert!(markdown("m", &m).contains("| 20–30 | 1 | 1 | 3.00 | 1.00 | +3.00 |"));
     }
 }
