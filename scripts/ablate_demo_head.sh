@@ -10,7 +10,8 @@
 # Variants: dense (the recipe as committed), queries (the previous query head), dense-no-centre (no centre term in
 # its own units), view-units (centre channels in each view's token units, `centre_units: view`, instead of one
 # scale for every view), by-view (each epoch ordered by view, `batch_by_view: true`: a batch's examples share the
-# vision tower's passes).
+# vision tower's passes), box-radius (the dense head's box terms also at the tokens around each box's centre
+# token, `box_radius: 1`).
 #
 # Environment: VLM3D_BIN (default target/release/vlm3d), DEMO_WORK (default out/demo-model), ABLATE_STEPS
 # (stage-1 steps, default 600; stage 2 gets a sixth of it), ABLATE_FROM_DEMO=1 (start every variant from the
@@ -59,6 +60,8 @@ for v in "${VARIANTS[@]}"; do
         view-units) echo "centre_units: view" >> "$R/recipe.yaml" ;;
         # The same recipe with each epoch ordered by view, so a batch's examples share tower passes.
         by-view) echo "batch_by_view: true" >> "$R/recipe.yaml" ;;
+        # Box terms at the tokens within one token of each centre where the heat target is ≥ 0.5 (centre sampling).
+        box-radius) echo "box_radius: 1" >> "$R/recipe.yaml" ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
     T=$SECONDS

@@ -136,6 +136,11 @@ pub struct TrainConfig {
     /// the coding of an `init_head` file; the saved head records it.
     #[serde(default, skip_serializing_if = "is_default_centre")]
     pub centre_units: CentreCoding,
+    /// Dense head: the box terms also apply at the tokens within this many tokens of a box's centre token
+    /// (Chebyshev distance) whose heat-map target is ≥ 0.5, each box's tokens sharing its weight (FCOS's centre
+    /// sampling; not in the paper). 0 (default): CenterNet's one token per box.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub box_radius: usize,
     /// A `head.safetensors` (e.g. a pre-training run's) that a fresh run's head starts from instead of the seed's
     /// draw.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,6 +310,18 @@ impl TrainConfig {
                 }
             }
         }
+        if self.box_radius > 3 {
+            return Err(bad(
+                "box_radius",
+                format!("{} (must be at most 3 tokens)", self.box_radius),
+            ));
+        }
+        if self.box_radius > 0 && self.head != HeadKind::Dense {
+            return Err(bad(
+                "box_radius",
+                "applies to the dense head only (`head: dense`)",
+            ));
+        }
         if self.train_vision && self.finetune != Finetune::Full {
             return Err(bad(
                 "train_vision",
@@ -373,6 +390,14 @@ mod tests {
         c.stage1.lr = -1e-4;
         assert!(c.validate().unwrap_err().to_string().contains("stage1.lr"));
         let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
+        c.box_radius = 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("box_radius") && e.contains("dense"), "{e}");
+        c.head = HeadKind::Dense;
+        c.validate().unwrap();
+        c.box_radius = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("box_radius"));
+        let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
         c.batch_size = 0;
         assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
         let mut c: TrainConfig = serde_yaml::from_str(SHIPPED).unwrap();
@@ -427,4 +452,8 @@ mod tests {
         assert_eq!(holdout_of(&dir).unwrap(), c.holdout().unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }

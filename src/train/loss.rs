@@ -57,6 +57,9 @@ pub struct LossWeights {
     pub confidence_target: ConfidenceTarget,
     /// The presence map's loss (a focal loss on every image token; not in the paper; 0 = off).
     pub presence: f64,
+    /// Dense head: the radius in tokens around a box's centre token within which its box terms apply
+    /// ([`dense_loss`]; 0: the centre token only).
+    pub box_radius: usize,
 }
 
 /// The confidence label of a matched query (unmatched queries always learn 0).
@@ -374,8 +377,10 @@ fn heat_sigma(apparent_tokens: f64) -> f64 {
 /// and (`weights.localization`) an L1 on the centre channels in their own units (the view's
 /// [`CentreUnits`]): the ray offset towards the centre's ray and the log depth. The yaw target is the true heading or its opposite,
 /// whichever is nearer the prediction (the synthetic objects, like many real ones, look alike from front and
-/// back; IoU and nuScenes' AP do not see the difference). Values are sums over the assigned tokens
-/// (`normalizer`).
+/// back; IoU and nuScenes' AP do not see the difference). With `weights.box_radius` > 0 the box terms also
+/// apply at the free tokens within that many tokens of the centre token where the box's heat target is ≥ 0.5
+/// (FCOS's centre sampling: a heat-map peak one token off still answers with a trained box), the box's tokens
+/// sharing its weight of 1 in proportion to their targets. Values are sums over the boxes (`normalizer`).
 pub fn dense_loss(
     out: &HeadOutput,
     targets: &[[f64; 7]],
@@ -430,6 +435,12 @@ pub fn dense_loss(
     // Heat-map targets and the assignment of boxes to tokens.
     let mut heat = vec![0f32; n];
     let mut owner: Vec<Option<usize>> = vec![None; n];
+    // Per box: its centre in token units and its heat spread.
+    let mut spot: Vec<Option<(f64, f64, f64)>> = vec![None; targets.len()];
+    let gauss = |i: usize, (fx, fy, sigma): (f64, f64, f64)| {
+        let (r, k) = ((i / cols) as f64 + 0.5, (i % cols) as f64 + 0.5);
+        (-((k - fx).powi(2) + (r - fy).powi(2)) / (2.0 * sigma * sigma)).exp()
+    };
     for (g, (c, cam)) in image_centres.iter().zip(camera_centres).enumerate() {
         let (Some(c), true) = (c, cam[2] > 1e-3) else {
             continue;
@@ -441,11 +452,10 @@ pub fn dense_loss(
         let t = (fy.floor().clamp(0.0, rows as f64 - 1.0) as usize) * cols
             + fx.floor().clamp(0.0, cols as f64 - 1.0) as usize;
         let size = targets[g][3].max(targets[g][4]) / cam[2] / ray_step;
-        let sigma = heat_sigma(size);
+        let at = (fx, fy, heat_sigma(size));
+        spot[g] = Some(at);
         for (i, h) in heat.iter_mut().enumerate() {
-            let (r, k) = ((i / cols) as f64 + 0.5, (i % cols) as f64 + 0.5);
-            let y = (-((k - fx).powi(2) + (r - fy).powi(2)) / (2.0 * sigma * sigma)).exp();
-            *h = h.max(y as f32);
+            *h = h.max(gauss(i, at) as f32);
         }
         if owner[t].is_none_or(|o| camera_centres[o][2] > cam[2]) {
             owner[t] = Some(g);
@@ -459,6 +469,42 @@ pub fn dense_loss(
     for &(t, _) in &matched {
         heat[t] = 1.0;
     }
+    // The tokens whose box terms count, with their weights: each box's centre token and, within
+    // `box_radius`, the free tokens where its heat target is ≥ 0.5 (a token near two boxes goes to the one
+    // whose target is higher there). A box's tokens share its weight of 1 in proportion to their targets (the
+    // centre token's is 1), so the loss per box, and its normalization by the number of boxes, are unchanged.
+    let mut regress: Vec<(usize, usize, f64)> = matched.iter().map(|&(t, g)| (t, g, 1.0)).collect();
+    if weights.box_radius > 0 {
+        let r = weights.box_radius;
+        let mut claim: Vec<Option<(usize, f64)>> = vec![None; n];
+        for &(t, g) in &matched {
+            let Some(at) = spot[g] else { continue };
+            let (tr, tc) = (t / cols, t % cols);
+            for row in tr.saturating_sub(r)..=(tr + r).min(rows - 1) {
+                for col in tc.saturating_sub(r)..=(tc + r).min(cols - 1) {
+                    let i = row * cols + col;
+                    let y = gauss(i, at);
+                    if owner[i].is_none() && y >= 0.5 && claim[i].is_none_or(|(_, h)| y > h) {
+                        claim[i] = Some((g, y));
+                    }
+                }
+            }
+        }
+        regress.extend(
+            claim
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.map(|(g, y)| (i, g, y))),
+        );
+        let mut share = vec![0.0; targets.len()];
+        for &(_, g, y) in &regress {
+            share[g] += y;
+        }
+        for e in &mut regress {
+            e.2 /= share[e.1];
+        }
+    }
+    let weighted = regress.len() > matched.len();
     let is_pos: Vec<f32> = heat.iter().map(|&y| f32::from(y >= 1.0)).collect();
     let x = logits;
     let pos_mask = Tensor::from_vec(is_pos.clone(), n, &device)?;
@@ -478,14 +524,28 @@ pub fn dense_loss(
     let mut total = (focal * weights.confidence)?;
 
     let (mut mse_v, mut iou_v, mut centre_v) = (0.0, 0.0, 0.0);
-    if !matched.is_empty() {
-        let idx: Vec<u32> = matched.iter().map(|&(t, _)| t as u32).collect();
+    if !regress.is_empty() {
+        let m = regress.len();
+        let idx: Vec<u32> = regress.iter().map(|&(t, _, _)| t as u32).collect();
         let idx = Tensor::new(idx.as_slice(), &device)?;
         let pred = boxes.index_select(&idx, 0)?;
+        // Σ over tokens of each row's sum, weighted when tokens share a box.
+        let w = Tensor::from_vec(
+            regress.iter().map(|e| e.2 as f32).collect::<Vec<f32>>(),
+            (m, 1),
+            &device,
+        )?;
+        let total_of = |rows: Tensor| -> Result<Tensor> {
+            Ok(if weighted {
+                rows.sum_keepdim(1)?.broadcast_mul(&w)?.sum_all()?
+            } else {
+                rows.sum_all()?
+            })
+        };
         // The heading or its opposite, whichever the prediction is nearer.
-        let flipped: Vec<[f64; 7]> = matched
+        let flipped: Vec<[f64; 7]> = regress
             .iter()
-            .map(|&(t, g)| {
+            .map(|&(t, g, _)| {
                 let mut b = targets[g];
                 let (s, c) = (f64::from(raw[t][6]), f64::from(raw[t][7]));
                 if s * b[6].sin() + c * b[6].cos() < 0.0 {
@@ -495,33 +555,33 @@ pub fn dense_loss(
             })
             .collect();
         let truth: Vec<f32> = flipped.iter().flat_map(|b| encode_box(*b)).collect();
-        let truth = Tensor::from_vec(truth, (matched.len(), BOX_CHANNELS), &device)?;
+        let truth = Tensor::from_vec(truth, (m, BOX_CHANNELS), &device)?;
         if weights.mse > 0.0 {
             let d = (embedding.embed(&pred)? - embedding.embed(&truth)?)?;
-            let mse = d.sqr()?.sum_all()?;
+            let mse = total_of(d.sqr()?)?;
             mse_v = f64::from(mse.to_scalar::<f32>()?);
             total = (total + (mse * weights.mse)?)?;
         }
         // The centre channels in their own units: ray offset and log depth.
-        let want: Vec<f32> = matched
+        let want: Vec<f32> = regress
             .iter()
-            .flat_map(|&(t, g)| {
+            .flat_map(|&(t, g, _)| {
                 let ray = [f64::from(rays[t][0]), f64::from(rays[t][1])];
                 units.encode(ray, camera_centres[g])
             })
             .collect();
-        let want = Tensor::from_vec(want, (matched.len(), 3), &device)?;
+        let want = Tensor::from_vec(want, (m, 3), &device)?;
         let got = dense
             .raw_centre
             .to_dtype(DType::F32)?
             .index_select(&idx, 0)?;
-        let l1 = (got - want)?.abs()?.sum_all()?;
+        let l1 = total_of((got - want)?.abs()?)?;
         centre_v = f64::from(l1.to_scalar::<f32>()?);
         if weights.localization > 0.0 {
             total = (total + (l1 * weights.localization)?)?;
         }
-        let mut grads = Vec::with_capacity(matched.len() * BOX_CHANNELS);
-        for (&(t, _), b) in matched.iter().zip(&flipped) {
+        let mut grads = Vec::with_capacity(m * BOX_CHANNELS);
+        for (&(t, _, wt), b) in regress.iter().zip(&flipped) {
             let (iou, d) = iou_and_raw_grad(&raw[t], *b, frame)?;
             if !iou.is_finite() || d.iter().any(|v| !v.is_finite()) {
                 return Err(Error::invalid(
@@ -529,11 +589,11 @@ pub fn dense_loss(
                     format!("non-finite IoU or gradient at token {t}"),
                 ));
             }
-            iou_v += 1.0 - iou;
-            grads.extend(d.iter().map(|v| -*v as f32));
+            iou_v += wt * (1.0 - iou);
+            grads.extend(d.iter().map(|v| -(*v * wt) as f32));
         }
         if weights.iou > 0.0 {
-            let g = Tensor::from_vec(grads, (matched.len(), BOX_CHANNELS), &device)?;
+            let g = Tensor::from_vec(grads, (m, BOX_CHANNELS), &device)?;
             let s = (&pred * &g)?.sum_all()?;
             let surrogate = ((&s - s.detach())? + iou_v)?;
             total = (total + (surrogate * weights.iou)?)?;
@@ -746,6 +806,7 @@ mod tests {
             localization: 0.0,
             confidence_target: ConfidenceTarget::Matched,
             presence: 0.0,
+            box_radius: 0,
         };
         let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(2, 0)]);
@@ -797,6 +858,7 @@ mod tests {
             localization: 0.0,
             confidence_target: ConfidenceTarget::Distance,
             presence: 0.0,
+            box_radius: 0,
         };
         let l = two_stage_loss(&out, &[target], &[], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(1, 0)]);
@@ -854,6 +916,7 @@ mod tests {
             localization: 1.0,
             confidence_target: ConfidenceTarget::Matched,
             presence: 0.0,
+            box_radius: 0,
         };
         for (looking, other) in [(0usize, 1usize), (1, 0)] {
             // Swap the queries' scores: the match follows the look.
@@ -928,6 +991,7 @@ mod tests {
             localization: 0.0,
             confidence_target: ConfidenceTarget::Matched,
             presence: 1.0,
+            box_radius: 0,
         };
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
         let sp = |x: f64| (1.0 + x.exp()).ln();
@@ -1025,6 +1089,7 @@ mod tests {
             localization: 1.0,
             confidence_target: ConfidenceTarget::Matched,
             presence: 0.0,
+            box_radius: 0,
         };
         let out = dense_out(boxes.clone(), logits.clone(), raw_centre.clone());
         let l = dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e).unwrap();
@@ -1097,5 +1162,111 @@ mod tests {
         assert!(l.mse < 1e-8, "{l:?}");
         // Mismatched inputs are refused.
         assert!(dense_loss(&out, &[target], &[], &[cam], Frame::Camera, &w, &e).is_err());
+    }
+
+    /// `box_radius` by hand: a near box (4 m long at 5 m: 8 tokens, σ = 4/3 token) centred in token 4 of the
+    /// 2 × 3 raster shares its box terms with the five other tokens (all within one token) in proportion to
+    /// their heat targets exp(−d²/2σ²): 0.7548 at distance 1, 0.5698 on the diagonal, 1 at the centre.
+    #[test]
+    fn box_radius_spreads_a_boxs_terms_over_its_neighbourhood_by_heat() {
+        let e = BoxEmbedding::new(&Device::Cpu).unwrap();
+        let target = [0.0, 0.25, 5.0, 4.0, 2.0, 1.5, 0.0];
+        let cam = [0.0, 0.25, 5.0];
+        let uv = [0.0, 0.5];
+        let enc = encode_box(target);
+        let units = CentreCoding::Fixed.units([0.1, 0.1]);
+        let exact: Vec<[f32; 3]> = (0..6)
+            .map(|i| {
+                let ray = [0.1 * ((i % 3) as f64 - 1.0), 0.1 * ((i / 3) as f64 - 0.5)];
+                units.encode(ray, cam)
+            })
+            .collect();
+        let w = LossWeights {
+            mse: 1.0,
+            iou: 1.0,
+            confidence: 1.0,
+            localization: 1.0,
+            confidence_target: ConfidenceTarget::Matched,
+            presence: 0.0,
+            box_radius: 1,
+        };
+        let run = |boxes: Vec<[f32; 8]>, centre: Vec<[f32; 3]>, radius: usize| {
+            let out = dense_out(boxes, vec![0.0; 6], centre);
+            let w = LossWeights {
+                box_radius: radius,
+                ..w
+            };
+            dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e).unwrap()
+        };
+        let l = run(vec![enc; 6], exact.clone(), 1);
+        assert_eq!(l.matched, [(4, 0)]);
+        assert_eq!(l.normalizer, Some(1.0));
+        assert!(
+            l.mse < 1e-8 && l.iou_loss < 1e-5 && l.localization < 1e-5,
+            "{l:?}"
+        );
+        // Token 0 (diagonal) off by 0.5 in log depth and with a box 1 m to the side.
+        let share = 1.0
+            + 3.0 * (-1.0f64 / (2.0 * 16.0 / 9.0)).exp()
+            + 2.0 * (-2.0f64 / (2.0 * 16.0 / 9.0)).exp();
+        let w0 = (-2.0f64 / (2.0 * 16.0 / 9.0)).exp() / share;
+        assert!((w0 - 0.5698 / 4.4040).abs() < 1e-4, "{w0}");
+        let mut centre = exact.clone();
+        centre[0][2] += 0.5;
+        let mut boxes = vec![enc; 6];
+        let mut moved = target;
+        moved[0] += 1.0;
+        boxes[0] = encode_box(moved);
+        let l = run(boxes.clone(), centre.clone(), 1);
+        assert!(
+            (l.localization - 0.5 * w0).abs() < 1e-5,
+            "{} vs {}",
+            l.localization,
+            0.5 * w0
+        );
+        let (iou, _) = iou_and_raw_grad(&boxes[0], target, Frame::Camera).unwrap();
+        assert!((l.iou_loss - w0 * (1.0 - iou)).abs() < 1e-5, "{l:?}");
+        let d = (e
+            .embed(&Tensor::new(&[boxes[0]], &Device::Cpu).unwrap())
+            .unwrap()
+            - e.embed(&Tensor::new(&[enc], &Device::Cpu).unwrap())
+                .unwrap())
+        .unwrap();
+        let mse0 = f64::from(
+            d.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        );
+        assert!(
+            (l.mse - w0 * mse0).abs() < 1e-5 * mse0.max(1.0),
+            "{} vs {}",
+            l.mse,
+            w0 * mse0
+        );
+        // Radius 0: token 0 does not count.
+        let l = run(boxes, centre, 0);
+        assert!(
+            l.mse < 1e-8 && l.localization < 1e-5 && l.iou_loss < 1e-5,
+            "{l:?}"
+        );
+        // A far box (σ = ½ token): its neighbours' targets are below ½, so only its centre token counts.
+        let far = [0.0, 0.5, 10.0, 0.5, 0.4, 1.5, 0.0];
+        let mut centre = exact;
+        centre[0][2] += 0.5;
+        let out = dense_out(vec![encode_box(far); 6], vec![0.0; 6], centre);
+        let l = dense_loss(
+            &out,
+            &[far],
+            &[Some(uv)],
+            &[[0.0, 0.5, 10.0]],
+            Frame::Camera,
+            &w,
+            &e,
+        )
+        .unwrap();
+        assert!((l.localization - (0.5f64).ln().abs()).abs() < 1e-4, "{l:?}");
     }
 }

@@ -104,6 +104,7 @@ pub fn schedule_at(
             localization: cfg.localization_weight,
             confidence_target: cfg.confidence_target,
             presence: cfg.presence_weight,
+            box_radius: cfg.box_radius,
         },
     )
 }
