@@ -91,6 +91,7 @@ pub fn run(
         localization: 0.0,
         confidence_target: Default::default(),
         presence: 0.0,
+        box_radius: 0,
     };
     let mut times = Vec::new();
     let mut rss = Vec::new();
