@@ -408,6 +408,7 @@ fn cuda_training_step_matches_cpu() {
             localization: 0.0,
             confidence_target: Default::default(),
             presence: 0.0,
+            box_radius: 0,
         };
         let l = two_stage_loss(
             &out,

@@ -182,6 +182,10 @@ fn is_default_centre(c: &CentreCoding) -> bool {
     *c == CentreCoding::default()
 }
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
 fn is_default_head(h: &HeadKind) -> bool {
     *h == HeadKind::default()
 }
@@ -452,8 +456,4 @@ mod tests {
         assert_eq!(holdout_of(&dir).unwrap(), c.holdout().unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-fn is_zero(v: &usize) -> bool {
-    *v == 0
 }

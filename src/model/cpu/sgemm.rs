@@ -36,6 +36,44 @@ mod ffi {
             c: *mut f32,
             ldc: c_int,
         );
+        pub fn openblas_set_num_threads(n: c_int);
+        pub fn openblas_get_num_threads() -> c_int;
+    }
+}
+
+/// Products of fewer multiply-adds than this run on the calling thread alone. OpenBLAS splits any product
+/// above 262,144 multiply-adds across its threads, whose workers then spin for about 0.1 s waiting for the
+/// next one, on the cores where rayon runs the rest of the step (the fused kernels, candle's backward
+/// products): on 2 cores a tiny model's LoRA step ran at 60 or 165 examples/s from one run to the next. At
+/// 2²⁴ a tiny decoder's attention projections (884 × 128 × 128) stay on one thread, its MLP's and every
+/// Qwen2-VL-2B product are split (README, Benchmarks). `VLM3D_BLAS_SINGLE_MACS` overrides it (0: always split,
+/// OpenBLAS' own rule).
+#[cfg(feature = "openblas")]
+const SINGLE_THREAD_MACS: usize = 1 << 24;
+
+/// Sets OpenBLAS' thread count for a product of `macs` multiply-adds: one below [`SINGLE_THREAD_MACS`], its
+/// start-up count above it. Calls OpenBLAS only when the count changes; concurrent callers may race on it,
+/// which changes only the speed.
+#[cfg(feature = "openblas")]
+fn blas_threads_for(macs: usize) {
+    use std::os::raw::c_int;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::OnceLock;
+    static DEFAULT: OnceLock<c_int> = OnceLock::new();
+    static CURRENT: AtomicI32 = AtomicI32::new(0);
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    let limit = *LIMIT.get_or_init(|| {
+        std::env::var("VLM3D_BLAS_SINGLE_MACS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SINGLE_THREAD_MACS)
+    });
+    // SAFETY: plain getters/setters of OpenBLAS' global thread count.
+    let default = *DEFAULT.get_or_init(|| unsafe { ffi::openblas_get_num_threads() }.max(1));
+    let want = if macs < limit { 1 } else { default };
+    if CURRENT.swap(want, Ordering::Relaxed) != want {
+        // SAFETY: as above; OpenBLAS starts any missing workers itself.
+        unsafe { ffi::openblas_set_num_threads(want) };
     }
 }
 
@@ -338,6 +376,7 @@ pub(crate) fn sgemm_ld(
             .map_err(|_| candle_core::Error::Msg(format!("{k} is too large for BLAS")))?,
     );
     let tb = if trans_b { ffi::TRANS } else { ffi::NO_TRANS };
+    blas_threads_for(m.saturating_mul(n).saturating_mul(k));
     // SAFETY: the checks above keep every element BLAS touches (rows × leading dimension) inside the
     // slices; BLAS reads a and b and writes only `out`.
     unsafe {

@@ -1,6 +1,7 @@
 //! The Qwen2-VL image processor: smart resize, rescale + normalize, 14-px patches, temporal patch 2, 2×2 merge
 //! ordering, and `image_grid_thw`.
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use candle_core::{Device, Tensor};
 use fast_image_resize as fir;
@@ -110,7 +111,9 @@ impl ImageProcessor {
     /// rows, `patches × C·T·P·P`): rescale and normalize through a per-channel table (the reference's
     /// arithmetic: `v / 255` in f32, then `(x - mean) / std`, so the values are bit-identical), 14-px patches,
     /// the still image repeated over the temporal patch, rows in the 2×2 merge order.
-    fn patchify(&self, img: &RgbImage, out: &mut [f32]) -> GridThw {
+    ///
+    /// `out` may be uninitialized: every element is written once (the return value says how many were).
+    fn patchify(&self, img: &RgbImage, out: &mut [MaybeUninit<f32>]) -> (GridThw, usize) {
         let c = &self.config;
         let (p, m, tp) = (c.patch_size, c.merge_size, c.temporal_patch_size);
         let mut lut = [[0f32; 256]; 3];
@@ -134,7 +137,7 @@ impl ImageProcessor {
                             for py in 0..p {
                                 let row = &raw[((y0 + py) * w + x0) * 3 + ch..];
                                 for (px, o) in out[k..k + p].iter_mut().enumerate() {
-                                    *o = table[row[px * 3] as usize];
+                                    o.write(table[row[px * 3] as usize]);
                                 }
                                 k += p;
                             }
@@ -148,7 +151,7 @@ impl ImageProcessor {
                 }
             }
         }
-        GridThw { t: 1, h: gh, w: gw }
+        (GridThw { t: 1, h: gh, w: gw }, k)
     }
 
     /// Processes several images into one patch tensor (on `device`) plus their grids. The images are resized
@@ -168,9 +171,11 @@ impl ImageProcessor {
             .map(|&(h, w)| (h / c.patch_size) * (w / c.patch_size))
             .collect();
         let n: usize = patches.iter().sum();
-        let mut data = vec![0f32; n * row];
+        // Not zero-filled first (16 MB for six views): each image's task writes all of its rows, checked below
+        // before the length is set.
+        let mut data: Vec<f32> = Vec::with_capacity(n * row);
         let mut parts = Vec::with_capacity(images.len());
-        let mut rest = data.as_mut_slice();
+        let mut rest = &mut data.spare_capacity_mut()[..n * row];
         for &k in &patches {
             let (part, tail) = rest.split_at_mut(k * row);
             parts.push(part);
@@ -182,9 +187,19 @@ impl ImageProcessor {
             .zip(parts)
             .map(|((img, (h, w)), out)| {
                 let resized = resize_bicubic(img, h, w)?;
-                Ok(self.patchify(&resized, out))
+                let len = out.len();
+                let (grid, written) = self.patchify(&resized, out);
+                if written != len {
+                    return Err(Error::invalid(
+                        "image patches",
+                        format!("{written} values written for {len} ({w}×{h} image)"),
+                    ));
+                }
+                Ok(grid)
             })
             .collect::<Result<Vec<GridThw>>>()?;
+        // SAFETY: the parts tile the first n · row elements and each was written in full (checked above).
+        unsafe { data.set_len(n * row) };
         let pixel_values = Tensor::from_vec(data, (n, row), device)?;
         Ok(ProcessedImages {
             pixel_values,
