@@ -201,14 +201,7 @@ impl Detector {
     }
 
     fn groups(grids: &[GridThw]) -> Vec<Vec<usize>> {
-        let mut groups: Vec<(GridThw, Vec<usize>)> = Vec::new();
-        for (i, g) in grids.iter().enumerate() {
-            match groups.iter_mut().find(|(k, _)| k == g) {
-                Some((_, v)) => v.push(i),
-                None => groups.push((*g, vec![i])),
-            }
-        }
-        groups.into_iter().map(|(_, v)| v).collect()
+        group_indices(grids.iter())
     }
 
     /// Vision features of all views in one vision-tower pass, split per view, with their grids.
@@ -436,18 +429,11 @@ impl Detector {
                 })
                 .collect();
             // Prompts of one token count continue the prefix as one batch (no padding, so no masks).
-            let mut by_len: Vec<(usize, Vec<usize>)> = Vec::new();
-            for (j, &v) in views.iter().enumerate() {
-                let n = suffixes[v].len();
-                match by_len.iter_mut().find(|(l, _)| *l == n) {
-                    Some((_, m)) => m.push(j),
-                    None => by_len.push((n, vec![j])),
-                }
-            }
+            let by_len = group_indices(views.iter().map(|&v| suffixes[v].len()));
             let text = &self.pipeline.model.text;
             if distinct.len() == views.len() {
                 // Nothing to share: each prompt length's views with their prefix in one pass.
-                for (_, members) in by_len {
+                for members in by_len {
                     let sub: Vec<usize> = members.iter().map(|&j| views[j]).collect();
                     let (emb, pos, next) = self.batch_inputs(&sub, feats, &ids, grid)?;
                     let suffix: Vec<&[u32]> = sub.iter().map(|&v| suffixes[v].as_slice()).collect();
@@ -473,7 +459,7 @@ impl Detector {
             let (emb, pos, next) = self.batch_inputs(&distinct, feats, &ids, grid)?;
             let mut prefix = KvCache::new();
             let hp = text.forward_embeds(&emb, &pos, &mut prefix, diff)?;
-            for (_, members) in by_len {
+            for members in by_len {
                 let sel: Vec<u32> = members.iter().map(|&j| rows[j]).collect();
                 let sel = Tensor::new(sel.as_slice(), hp.device())?;
                 let mut cache = prefix.select(&sel)?;
@@ -549,6 +535,17 @@ impl Detector {
     }
 }
 
+/// The positions of equal keys, grouped in order of first appearance.
+fn group_indices<K: PartialEq>(keys: impl Iterator<Item = K>) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for (i, key) in keys.enumerate() {
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((key, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, v)| v).collect()
+}
 fn head_inputs(rows: Vec<Option<Tensor>>, images: Vec<Option<ImageTokens>>) -> Result<HeadInputs> {
     let missing = || Error::invalid("views", "a view produced no output");
     let rows: Vec<Tensor> = rows

@@ -1022,6 +1022,19 @@ mod tests {
         assert!(two_stage_loss(&bare, &[], &[], Frame::Camera, &w, &e).is_err());
     }
 
+    /// Every dense term at weight 1 (no presence map), box terms within `box_radius` tokens.
+    fn dense_weights(box_radius: usize) -> LossWeights {
+        LossWeights {
+            mse: 1.0,
+            iou: 1.0,
+            confidence: 1.0,
+            localization: 1.0,
+            confidence_target: ConfidenceTarget::Matched,
+            presence: 0.0,
+            box_radius,
+        }
+    }
+
     /// A dense output on a 2 × 3 raster whose token rays are 0.1 apart in x/z (columns) and y/z (rows).
     fn dense_out(boxes: Vec<[f32; 8]>, logits: Vec<f32>, raw_centre: Vec<[f32; 3]>) -> HeadOutput {
         dense_out_in(boxes, logits, raw_centre, CentreCoding::Fixed)
@@ -1082,15 +1095,7 @@ mod tests {
             (10.0 / DEPTH_SCALE).ln() as f32,
         ];
         let logits = vec![-2.0f32, 0.5, -1.0, 0.0, 3.0, -4.0];
-        let w = LossWeights {
-            mse: 1.0,
-            iou: 1.0,
-            confidence: 1.0,
-            localization: 1.0,
-            confidence_target: ConfidenceTarget::Matched,
-            presence: 0.0,
-            box_radius: 0,
-        };
+        let w = dense_weights(0);
         let out = dense_out(boxes.clone(), logits.clone(), raw_centre.clone());
         let l = dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e).unwrap();
         assert_eq!(l.matched, [(4, 0)]);
@@ -1181,22 +1186,19 @@ mod tests {
                 units.encode(ray, cam)
             })
             .collect();
-        let w = LossWeights {
-            mse: 1.0,
-            iou: 1.0,
-            confidence: 1.0,
-            localization: 1.0,
-            confidence_target: ConfidenceTarget::Matched,
-            presence: 0.0,
-            box_radius: 1,
-        };
+        let w = dense_weights(1);
         let run = |boxes: Vec<[f32; 8]>, centre: Vec<[f32; 3]>, radius: usize| {
             let out = dense_out(boxes, vec![0.0; 6], centre);
-            let w = LossWeights {
-                box_radius: radius,
-                ..w
-            };
-            dense_loss(&out, &[target], &[Some(uv)], &[cam], Frame::Camera, &w, &e).unwrap()
+            dense_loss(
+                &out,
+                &[target],
+                &[Some(uv)],
+                &[cam],
+                Frame::Camera,
+                &dense_weights(radius),
+                &e,
+            )
+            .unwrap()
         };
         let l = run(vec![enc; 6], exact.clone(), 1);
         assert_eq!(l.matched, [(4, 0)]);
