@@ -161,6 +161,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // A crash can also cut the log's last line short.
+    let log = dir.join("killed/metrics.jsonl");
+    let mut torn = std::fs::read_to_string(&log).unwrap_or_default();
+    torn.push_str("{\"step\":99,\"epo");
+    std::fs::write(&log, torn).unwrap();
     let st = train(&dir.join("killed"), true).output().unwrap();
     assert!(
         st.status.success(),
@@ -175,6 +180,27 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     assert!(
         a == b,
         "resumed adapters differ from the uninterrupted run's"
+    );
+    // The resumed log holds each step once (the killed run's lines after its checkpoint and the torn line
+    // dropped), with the uninterrupted run's losses.
+    let steps = |run: &str| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (whole, killed) = (steps("whole"), steps("killed"));
+    assert_eq!(
+        whole.iter().map(|s| s.0).collect::<Vec<_>>(),
+        (1..=12).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        killed, whole,
+        "the resumed log differs from the uninterrupted one"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

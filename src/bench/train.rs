@@ -13,7 +13,7 @@ use crate::geometry::{Frame, ViewCamera};
 use crate::model::lora::LoraConfig;
 use crate::proc::{peak_rss_mib, reset_peak_rss};
 use crate::train::loss::{two_stage_loss, BoxEmbedding, LossWeights};
-use crate::train::trainer::AdamW;
+use crate::train::optim::AdamW;
 use crate::{Error, Result};
 
 /// One row of the training bench.

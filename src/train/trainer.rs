@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -22,6 +22,7 @@ use serde::Serialize;
 use super::checkpoint::{latest_checkpoint, write_checkpoint, write_synced, TrainState};
 use super::config::{Finetune, Schedule, TrainConfig, TRAIN_CONFIG_FILE};
 use super::loss::{dense_loss, two_stage_loss, BoxEmbedding, LossWeights};
+use super::optim::AdamW;
 use super::prompts::{apply_holdout, choose, training_vocabulary};
 use crate::data::augment::{apply_boxes, apply_camera, apply_image, Augmentation};
 use crate::data::dataset::{fnv1a64, Dataset, DatasetConfig, Example};
@@ -107,89 +108,6 @@ pub fn schedule_at(
             box_radius: cfg.box_radius,
         },
     )
-}
-
-/// AdamW (decoupled weight decay) whose moments can be saved and restored, so a resumed run continues exactly.
-pub struct AdamW {
-    vars: Vec<(String, Var)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    /// Steps taken.
-    pub t: usize,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-}
-
-impl AdamW {
-    /// Zero moments for `vars` (β = 0.9, 0.999; ε = 1e-8).
-    pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Result<Self> {
-        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
-        Ok(Self {
-            m: vars
-                .iter()
-                .map(|(_, v)| zeros(v))
-                .collect::<candle_core::Result<_>>()?,
-            v: vars
-                .iter()
-                .map(|(_, v)| zeros(v))
-                .collect::<candle_core::Result<_>>()?,
-            vars,
-            t: 0,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay,
-        })
-    }
-
-    /// One update with gradients `grads[i]` for `vars[i]` (missing ones are zero).
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        self.t += 1;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let c1 = 1.0 - b1.powi(self.t as i32);
-        let c2 = 1.0 - b2.powi(self.t as i32);
-        for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = &grads[i] else { continue };
-            // A variable's gradient keeps its backward graph (candle detaches only intermediate nodes'):
-            // moments built from it would hold every step's activations alive.
-            let g = g.to_dtype(DType::F32)?.detach();
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
-            let w = var.as_tensor().to_dtype(DType::F32)?;
-            let next = ((&w * (1.0 - lr * self.weight_decay))? - (update * lr)?)?;
-            var.set(&next.to_dtype(var.dtype())?)?;
-        }
-        Ok(())
-    }
-
-    /// The moments, named `m.<var>` / `v.<var>`.
-    pub fn state(&self) -> HashMap<String, Tensor> {
-        let mut out = HashMap::new();
-        for (i, (n, _)) in self.vars.iter().enumerate() {
-            out.insert(format!("m.{n}"), self.m[i].clone());
-            out.insert(format!("v.{n}"), self.v[i].clone());
-        }
-        out
-    }
-
-    /// Restores moments saved by [`AdamW::state`] (and the step count).
-    pub fn load_state(&mut self, path: &Path, t: usize) -> Result<()> {
-        let st = crate::model::qwen2vl::weights::read_file(path)?;
-        for (i, (n, var)) in self.vars.iter().enumerate() {
-            for (key, slot) in [
-                (format!("m.{n}"), &mut self.m[i]),
-                (format!("v.{n}"), &mut self.v[i]),
-            ] {
-                let t = crate::model::qwen2vl::weights::get_shaped(&st, path, &key, var.dims())?;
-                *slot = t.to_device(var.device())?;
-            }
-        }
-        self.t = t;
-        Ok(())
-    }
 }
 
 /// Vision features of the frozen tower, computed once per image and kept within a memory budget.
@@ -302,6 +220,37 @@ pub struct StepMetrics {
     /// something is kept from step to step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_mib: Option<f64>,
+}
+
+/// Keeps the lines of a metrics log up to step `step` and drops the rest, as well as a line cut short by a crash
+/// (one that does not parse); the file is rewritten through a synced temporary and a rename. Returns how many
+/// lines were dropped (0 when there is no log).
+pub fn truncate_log_after(path: &Path, step: usize) -> Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let logged = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step")?.as_u64());
+        match logged {
+            Some(n) if n as usize <= step => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        let partial = path.with_extension("jsonl.partial");
+        write_synced(&partial, kept.as_bytes())?;
+        std::fs::rename(&partial, path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(dropped)
 }
 
 /// What a finished run reports.
@@ -545,7 +494,13 @@ impl Trainer {
         let (step, epoch, position) = match (&found, &state) {
             (Some((dir, _)), Some(s)) => {
                 opt.load_state(&dir.join("optimizer.safetensors"), s.step)?;
-                tracing::info!("resuming from {} (step {})", dir.display(), s.step);
+                // Steps the interrupted run logged after its checkpoint are done again: drop their lines.
+                let dropped = truncate_log_after(&out.join("metrics.jsonl"), s.step)?;
+                tracing::info!(
+                    "resuming from {} (step {}; {dropped} later log lines dropped)",
+                    dir.display(),
+                    s.step
+                );
                 (s.step, s.epoch, s.position)
             }
             _ => {
@@ -919,7 +874,7 @@ impl Trainer {
         write_checkpoint(&self.out.join("checkpoints"), state, |d| {
             self.save_vlm(d)?;
             self.detector.head.save(&d.join("head.safetensors"))?;
-            candle_core::safetensors::save(&self.opt.state(), d.join("optimizer.safetensors"))?;
+            candle_core::safetensors::save(&self.opt.state()?, d.join("optimizer.safetensors"))?;
             write_synced(&d.join("config.yaml"), self.cfg_text.as_bytes())
         })
     }
@@ -964,7 +919,7 @@ impl Trainer {
             let started = Instant::now();
             let (stage, lr, weights) =
                 schedule_at(&self.cfg, self.stage_steps.0, self.stage_steps.1, self.step);
-            let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars.len()];
+            let mut sums: Vec<Option<Tensor>> = vec![None; self.opt.vars().len()];
             let mut parts = [0.0; 5];
             let mut loss_sum = 0.0;
             let mut n_ex = 0;
@@ -981,7 +936,7 @@ impl Trainer {
                 let step = self.step;
                 loss_sum += check_finite(&loss, || format!("step {step}: the total loss"))?;
                 let grads: GradStore = loss.backward()?;
-                for (i, (_, var)) in self.opt.vars.iter().enumerate() {
+                for (i, (_, var)) in self.opt.vars().iter().enumerate() {
                     if let Some(g) = grads.get(var.as_tensor()) {
                         let g = g.detach();
                         sums[i] = Some(match sums[i].take() {
@@ -1006,7 +961,8 @@ impl Trainer {
                             "training",
                             format!(
                                 "step {}: the gradient of {} is not finite",
-                                self.step, self.opt.vars[i].0
+                                self.step,
+                                self.opt.vars()[i].0
                             ),
                         ));
                     }
@@ -1089,45 +1045,5 @@ impl Trainer {
             last,
             trained: self.out.clone(),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A variable's gradient carries its backward graph; the optimizer's moments must not, or every step's
-    /// activations stay alive (the run grew by ~75 MB a step before).
-    #[test]
-    fn adamw_moments_hold_no_graph() {
-        let w = Var::from_tensor(
-            &Tensor::new(&[1.0f32, -2.0, 0.5], &candle_core::Device::Cpu).unwrap(),
-        )
-        .unwrap();
-        let x = Var::from_tensor(
-            &Tensor::new(&[0.3f32, 0.1, -0.4], &candle_core::Device::Cpu).unwrap(),
-        )
-        .unwrap();
-        // d/dw of sum(w * x²) = x², built from the tracked x: a gradient with a graph.
-        let loss = (w.as_tensor() * x.as_tensor().sqr().unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        let g = grads.get(w.as_tensor()).unwrap().clone();
-        assert!(
-            g.track_op(),
-            "the premise: candle keeps the graph on a variable's gradient"
-        );
-        let mut opt = AdamW::new(vec![("w".into(), w.clone())], 0.01).unwrap();
-        opt.step(&[Some(g)], 1e-2).unwrap();
-        for (name, t) in opt.state() {
-            assert!(!t.track_op(), "{name} holds a backward graph");
-        }
-        // One AdamW step moves each weight by ≈ lr against the gradient's sign (here x² > 0).
-        let now: Vec<f32> = w.as_tensor().to_vec1().unwrap();
-        for (a, b) in now.iter().zip([1.0f32, -2.0, 0.5]) {
-            assert!((a - (b * (1.0 - 1e-4) - 1e-2)).abs() < 1e-5, "{a} from {b}");
-        }
     }
 }
