@@ -37,44 +37,36 @@ mod ffi {
             ldc: c_int,
         );
         pub fn openblas_set_num_threads(n: c_int);
-        pub fn openblas_get_num_threads() -> c_int;
     }
 }
 
-/// Products of fewer multiply-adds than this run on the calling thread alone. OpenBLAS splits any product
-/// above 262,144 multiply-adds across its threads, whose workers then spin for about 0.1 s waiting for the
-/// next one, on the cores where rayon runs the rest of the step (the fused kernels, candle's backward
-/// products): on 2 cores a tiny model's LoRA step ran at 60 or 165 examples/s from one run to the next. At
-/// 2²⁴ a tiny decoder's attention projections (884 × 128 × 128) stay on one thread, its MLP's and every
-/// Qwen2-VL-2B product are split (README, Benchmarks). `VLM3D_BLAS_SINGLE_MACS` overrides it (0: always split,
-/// OpenBLAS' own rule).
-#[cfg(feature = "openblas")]
+/// Products of fewer multiply-adds than this run on the calling thread alone; larger ones are split into one
+/// block of rows (or columns) per rayon thread, each block a single-threaded OpenBLAS call. OpenBLAS' own
+/// threads are never used: after each product its workers spin in `sched_yield` for about 0.1 s, on the cores
+/// where rayon runs the rest of the step (on 2 cores a tiny model's LoRA step ran at 60 or 165 examples/s from
+/// one run to the next with them, and a pre-training step spent 20 % of its samples in the scheduler).
+/// `VLM3D_BLAS_SINGLE_MACS` overrides the bound.
 const SINGLE_THREAD_MACS: usize = 1 << 24;
 
-/// Sets OpenBLAS' thread count for a product of `macs` multiply-adds: one below [`SINGLE_THREAD_MACS`], its
-/// start-up count above it. Calls OpenBLAS only when the count changes; concurrent callers may race on it,
-/// which changes only the speed.
-#[cfg(feature = "openblas")]
-fn blas_threads_for(macs: usize) {
-    use std::os::raw::c_int;
-    use std::sync::atomic::{AtomicI32, Ordering};
+/// [`SINGLE_THREAD_MACS`], or `VLM3D_BLAS_SINGLE_MACS` when set.
+fn single_thread_macs() -> usize {
     use std::sync::OnceLock;
-    static DEFAULT: OnceLock<c_int> = OnceLock::new();
-    static CURRENT: AtomicI32 = AtomicI32::new(0);
     static LIMIT: OnceLock<usize> = OnceLock::new();
-    let limit = *LIMIT.get_or_init(|| {
+    *LIMIT.get_or_init(|| {
         std::env::var("VLM3D_BLAS_SINGLE_MACS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(SINGLE_THREAD_MACS)
-    });
-    // SAFETY: plain getters/setters of OpenBLAS' global thread count.
-    let default = *DEFAULT.get_or_init(|| unsafe { ffi::openblas_get_num_threads() }.max(1));
-    let want = if macs < limit { 1 } else { default };
-    if CURRENT.swap(want, Ordering::Relaxed) != want {
-        // SAFETY: as above; OpenBLAS starts any missing workers itself.
-        unsafe { ffi::openblas_set_num_threads(want) };
-    }
+    })
+}
+
+/// Sets OpenBLAS to one thread, once (its products are split across rayon's threads instead).
+#[cfg(feature = "openblas")]
+fn blas_single_threaded() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    // SAFETY: a plain setter of OpenBLAS' global thread count.
+    ONCE.call_once(|| unsafe { ffi::openblas_set_num_threads(1) });
 }
 
 /// The f32 elements of a contiguous CPU tensor's storage, for custom ops; `what` names the op in the error
@@ -217,15 +209,15 @@ impl CustomOp2 for Gemm {
         let a = cpu_f32(s1, l1, "batched gemm through OpenBLAS")?;
         let b = cpu_f32(s2, l2, "batched gemm through OpenBLAS")?;
         let mut out = vec![0f32; batch * m * n];
-        for i in 0..batch {
+        par_batch(&mut out, m * n, m * n * k, |i, o| {
             sgemm(
                 &a[i * m * k..(i + 1) * m * k],
                 &b[i * k * n..(i + 1) * k * n],
-                &mut out[i * m * n..(i + 1) * m * n],
+                o,
                 (m, n, k),
                 (self.trans_b, self.alpha, 0.0),
-            )?;
-        }
+            )
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((batch, m, n))))
     }
 
@@ -237,32 +229,106 @@ impl CustomOp2 for Gemm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // y = α a bᵀ: da = α g b, db = α gᵀ a.   y = α a b: da = α g bᵀ, db = α aᵀ g.
-        let grad = &if self.alpha == 1.0 {
-            grad.clone()
-        } else {
-            (grad * self.alpha as f64)?
-        };
+        // Through OpenBLAS as well (candle's matmul here was a fifth of a pre-training step), outside the graph:
+        // gradients are not differentiated again.
+        let al = self.alpha;
         let da = a
             .track_op()
-            .then(|| {
-                if self.trans_b {
-                    grad.matmul(b)
-                } else {
-                    grad.matmul(&b.t()?)
-                }
-            })
+            .then(|| product(grad, b, (false, !self.trans_b), al))
             .transpose()?;
         let db = b
             .track_op()
             .then(|| {
                 if self.trans_b {
-                    grad.t()?.matmul(a)
+                    product(grad, a, (true, false), al)
                 } else {
-                    a.t()?.matmul(grad)
+                    product(a, grad, (true, false), al)
                 }
             })
             .transpose()?;
         Ok((da, db))
+    }
+}
+
+/// `alpha · op(a) · op(b)` for f32 CPU tensors of rank 2 or 3 (a batch of matrices), `op` transposing as
+/// `trans` says; computed outside the autograd graph (the backward passes' products).
+fn product(a: &Tensor, b: &Tensor, trans: (bool, bool), alpha: f32) -> candle_core::Result<Tensor> {
+    let a = a.contiguous()?;
+    let b = b.contiguous()?;
+    if a.rank() == 2 && b.rank() == 2 {
+        let y = a
+            .unsqueeze(0)?
+            .apply_op2_no_bwd(&b.unsqueeze(0)?, &GemmT { trans, alpha })?;
+        return y.squeeze(0);
+    }
+    a.apply_op2_no_bwd(&b, &GemmT { trans, alpha })
+}
+
+/// The batched product of [`product`]: `[batch, rows, cols]` operands, each optionally transposed.
+struct GemmT {
+    trans: (bool, bool),
+    alpha: f32,
+}
+
+impl CustomOp2 for GemmT {
+    fn name(&self) -> &'static str {
+        "openblas-sgemm-batched-op-a-op-b"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (ta, tb) = self.trans;
+        let (batch, r1, c1) = l1.shape().dims3()?;
+        let (batch2, r2, c2) = l2.shape().dims3()?;
+        let (m, k) = if ta { (c1, r1) } else { (r1, c1) };
+        let (k2, n) = if tb { (c2, r2) } else { (r2, c2) };
+        if batch != batch2 || k != k2 {
+            candle_core::bail!(
+                "batched gemm: a is {batch}×{r1}×{c1} (transposed: {ta}), b is {batch2}×{r2}×{c2} (transposed: {tb})"
+            );
+        }
+        let a = cpu_f32(s1, l1, "batched gemm through OpenBLAS")?;
+        let b = cpu_f32(s2, l2, "batched gemm through OpenBLAS")?;
+        let mut out = vec![0f32; batch * m * n];
+        let one = |i: usize, o: &mut [f32]| {
+            sgemm_ld_t(
+                (&a[i * m * k..(i + 1) * m * k], if ta { m } else { k }),
+                (&b[i * k * n..(i + 1) * k * n], if tb { k } else { n }),
+                (o, n),
+                (m, n, k),
+                (ta, tb, self.alpha, 0.0),
+            )
+        };
+        par_batch(&mut out, m * n, m * n * k, one)?;
+        Ok((CpuStorage::F32(out), Shape::from((batch, m, n))))
+    }
+}
+
+/// Runs `one(i, out_i)` for each batch element's `chunk` of `out`: in parallel when each product is small
+/// enough for one BLAS thread (else OpenBLAS splits each product itself).
+fn par_batch(
+    out: &mut [f32],
+    chunk: usize,
+    macs: usize,
+    one: impl Fn(usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+) -> candle_core::Result<()> {
+    if chunk == 0 {
+        return Ok(());
+    }
+    let batch = out.len() / chunk;
+    if batch > 1 && macs < single_thread_macs() {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(i, o)| one(i, o))
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .try_for_each(|(i, o)| one(i, o))
     }
 }
 
@@ -309,8 +375,14 @@ impl CustomOp3 for GemmBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dx = x.track_op().then(|| grad.matmul(w)).transpose()?;
-        let dw = w.track_op().then(|| grad.t()?.matmul(x)).transpose()?;
+        let dx = x
+            .track_op()
+            .then(|| product(grad, w, (false, false), 1.0))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| product(grad, x, (true, false), 1.0))
+            .transpose()?;
         let db = bias.track_op().then(|| grad.sum(0)).transpose()?;
         Ok((dx, dw, db))
     }
@@ -340,21 +412,34 @@ fn sgemm(
 /// inside its slice.
 #[cfg(feature = "openblas")]
 pub(crate) fn sgemm_ld(
+    a: (&[f32], usize),
+    b: (&[f32], usize),
+    out: (&mut [f32], usize),
+    dims: (usize, usize, usize),
+    (trans_b, alpha, beta): (bool, f32, f32),
+) -> candle_core::Result<()> {
+    sgemm_ld_t(a, b, out, dims, (false, trans_b, alpha, beta))
+}
+
+/// [`sgemm_ld`] with `a` transposed too (`trans_a`: `a` is stored `k×m`, leading dimension ≥ m).
+#[cfg(feature = "openblas")]
+pub(crate) fn sgemm_ld_t(
     (a, lda): (&[f32], usize),
     (b, ldb): (&[f32], usize),
     (out, ldc): (&mut [f32], usize),
     (m, n, k): (usize, usize, usize),
-    (trans_b, alpha, beta): (bool, f32, f32),
+    (trans_a, trans_b, alpha, beta): (bool, bool, f32, f32),
 ) -> candle_core::Result<()> {
     use std::os::raw::c_int;
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
     let fits = |len: usize, rows: usize, cols: usize, ld: usize| {
         cols <= ld && (rows == 0 || cols == 0 || (rows - 1) * ld + cols <= len)
     };
-    let inside = fits(a.len(), m, k, lda.max(1))
+    let inside = fits(a.len(), a_rows, a_cols, lda.max(1))
         && fits(b.len(), b_rows, b_cols, ldb.max(1))
         && fits(out.len(), m, n, ldc);
     if !inside {
@@ -365,39 +450,110 @@ pub(crate) fn sgemm_ld(
             out.len()
         );
     }
-    let dim = |v: usize| {
-        c_int::try_from(v.max(1))
-            .map_err(|_| candle_core::Error::Msg(format!("{v} is too large for BLAS")))
+    for v in [m, n, k, lda, ldb, ldc] {
+        c_int::try_from(v)
+            .map_err(|_| candle_core::Error::Msg(format!("{v} is too large for BLAS")))?;
+    }
+    blas_single_threaded();
+    let call = Gemm3 {
+        trans: (trans_a, trans_b),
+        ld: (lda.max(1), ldb.max(1), ldc),
+        alpha,
+        beta,
     };
-    let (mi, ni, ki) = (
-        dim(m)?,
-        dim(n)?,
-        c_int::try_from(k)
-            .map_err(|_| candle_core::Error::Msg(format!("{k} is too large for BLAS")))?,
-    );
-    let tb = if trans_b { ffi::TRANS } else { ffi::NO_TRANS };
-    blas_threads_for(m.saturating_mul(n).saturating_mul(k));
-    // SAFETY: the checks above keep every element BLAS touches (rows × leading dimension) inside the
-    // slices; BLAS reads a and b and writes only `out`.
-    unsafe {
+    let (a, b, out) = (a.as_ptr(), b.as_ptr(), SendPtr(out.as_mut_ptr()));
+    let parts = rayon::current_num_threads().min(if m >= n { m } else { n });
+    if m.saturating_mul(n).saturating_mul(k) < single_thread_macs() || parts < 2 {
+        // SAFETY: the checks above keep every element BLAS touches (rows × leading dimension) inside the
+        // slices; BLAS reads a and b and writes only `out`.
+        unsafe { call.run(a, b, out.0, (m, n, k)) };
+        return Ok(());
+    }
+    // Blocks of rows (or of columns when there are more columns): each block's rows of `a` (columns of `b`)
+    // and its part of `out`, disjoint between blocks.
+    let (a, b) = (SendPtr(a as *mut f32), SendPtr(b as *mut f32));
+    (0..parts).into_par_iter().for_each(|p| {
+        let (a, b, out) = (&a, &b, &out);
+        let len = if m >= n { m } else { n };
+        let (r0, r1) = (len * p / parts, len * (p + 1) / parts);
+        if r0 == r1 {
+            return;
+        }
+        // SAFETY: sub-matrices of the checked ones; the blocks write disjoint elements of `out`.
+        unsafe {
+            if m >= n {
+                let a_off = if trans_a { r0 } else { r0 * lda };
+                call.run(a.0.add(a_off), b.0, out.0.add(r0 * ldc), (r1 - r0, n, k));
+            } else {
+                let b_off = if trans_b { r0 * ldb } else { r0 };
+                call.run(a.0, b.0.add(b_off), out.0.add(r0), (m, r1 - r0, k));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A raw pointer that may cross into rayon's threads (blocks of one product write disjoint elements).
+#[cfg(feature = "openblas")]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint blocks of one product, which outlives the parallel loop.
+#[cfg(feature = "openblas")]
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+#[cfg(feature = "openblas")]
+unsafe impl Sync for SendPtr {}
+
+/// One `cblas_sgemm` call's fixed parameters.
+#[cfg(feature = "openblas")]
+struct Gemm3 {
+    trans: (bool, bool),
+    ld: (usize, usize, usize),
+    alpha: f32,
+    beta: f32,
+}
+
+#[cfg(feature = "openblas")]
+impl Gemm3 {
+    /// # Safety
+    /// `a`, `b` and `out` must hold the `m×k`, `k×n` (as transposed) and `m×n` matrices at the leading
+    /// dimensions of `self`, every dimension within `c_int` (checked by the caller).
+    unsafe fn run(
+        &self,
+        a: *const f32,
+        b: *const f32,
+        out: *mut f32,
+        (m, n, k): (usize, usize, usize),
+    ) {
+        use std::os::raw::c_int;
+        let t = |x: bool| if x { ffi::TRANS } else { ffi::NO_TRANS };
         ffi::cblas_sgemm(
             ffi::ROW_MAJOR,
-            ffi::NO_TRANS,
-            tb,
-            mi,
-            ni,
-            ki,
-            alpha,
-            a.as_ptr(),
-            dim(lda)?,
-            b.as_ptr(),
-            dim(ldb)?,
-            beta,
-            out.as_mut_ptr(),
-            dim(ldc)?,
+            t(self.trans.0),
+            t(self.trans.1),
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            self.alpha,
+            a,
+            self.ld.0 as c_int,
+            b,
+            self.ld.1 as c_int,
+            self.beta,
+            out,
+            self.ld.2 as c_int,
         );
     }
-    Ok(())
+}
+
+#[cfg(not(feature = "openblas"))]
+pub(crate) fn sgemm_ld_t(
+    _a: (&[f32], usize),
+    _b: (&[f32], usize),
+    _out: (&mut [f32], usize),
+    _dims: (usize, usize, usize),
+    _params: (bool, bool, f32, f32),
+) -> candle_core::Result<()> {
+    candle_core::bail!("built without the `openblas` feature")
 }
 
 #[cfg(not(feature = "openblas"))]

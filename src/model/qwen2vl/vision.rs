@@ -24,8 +24,8 @@ use super::preprocess::GridThw;
 use super::tables::TableCache;
 use super::weights::{layer_norm, linear, tensor};
 use crate::model::cpu::fused::{
-    quick_gelu, rope_diff, segment_attention, segment_attention_unfused, softmax_last_dim,
-    softmax_last_dim_diff,
+    attention_diff, quick_gelu, rope_diff, segment_attention, segment_attention_unfused,
+    softmax_last_dim, softmax_last_dim_diff,
 };
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled, linear_xwt, uses_blas};
@@ -107,8 +107,9 @@ const MAX_BATCH_SCORES: usize = 1 << 28;
 /// with one image size is a single batch, and images of different sizes cost one batch per distinct size
 /// (split further only past [`MAX_BATCH_SCORES`]). Empty segments are skipped.
 ///
-/// With `diff` every op has a backward pass ([`rope_diff`], [`softmax_last_dim_diff`]: fused on the f32 CPU
-/// path, candle's composite ops elsewhere); without it candle's `rope` kernel and [`softmax_last_dim`].
+/// With `diff` every op has a backward pass ([`rope_diff`], and in f32 [`attention_diff`]: scores, softmax and
+/// weighted values as one op on the CPU with OpenBLAS; [`softmax_last_dim_diff`] between the products in other
+/// dtypes); without it candle's `rope` kernel and [`softmax_last_dim`].
 pub fn segment_attention_batched(
     qkv: &Tensor,
     cos: &Tensor,
@@ -207,13 +208,18 @@ fn batched_attention(
             let qb = flat(rotate(part(0)?)?)?;
             let kb = flat(rotate(part(1)?)?)?;
             let vb = flat(part(2)?)?;
-            let att = batched_matmul_bt_scaled(&qb, &kb, scale)?.to_dtype(DType::F32)?;
-            let att = if diff {
-                softmax_last_dim_diff(&att)?
+            let o = if diff && dtype == DType::F32 {
+                attention_diff(&qb, &kb, &vb, scale)?
             } else {
-                softmax_last_dim(&att)?
+                let att = batched_matmul_bt_scaled(&qb, &kb, scale)?.to_dtype(DType::F32)?;
+                let att = if diff {
+                    softmax_last_dim_diff(&att)?
+                } else {
+                    softmax_last_dim(&att)?
+                };
+                batched_matmul(&att.to_dtype(dtype)?, &vb)?
             };
-            let o = batched_matmul(&att.to_dtype(dtype)?, &vb)?
+            let o = o
                 .reshape((count, heads, *len, hd))?
                 .transpose(1, 2)?
                 .reshape((count * len, dim))?;
