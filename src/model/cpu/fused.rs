@@ -280,33 +280,37 @@ impl CustomOp2 for SoftmaxBackward {
     }
 }
 
-/// `softmax(scale · q kᵀ) v` for `q, k: [batch, len, d]`, `v: [batch, len, dv]`, differentiable in all three.
-/// On the f32 CPU path with OpenBLAS it is one op: forward, each batch element's scores, softmax and weighted
-/// values in a rayon task (the probabilities kept for the backward pass); backward, per element
-/// `dv = pᵀ g`, `dp = g vᵀ`, `ds = p ⊙ (dp − Σ dp ⊙ p)`, `dq = scale · ds k`, `dk = scale · dsᵀ q`. So the
-/// autograd graph holds no `[batch, len, len]` tensor: as three ops (two products and the softmax) each score-
-/// sized gradient was zero-filled and added into by candle's backward, which with the vision tower training was
-/// the largest memory traffic of a pre-training step. Elsewhere candle's products around
-/// [`softmax_last_dim_diff`].
+/// `softmax(scale · q kᵀ + mask) v` for `q: [batch, lq, d]`, `k: [batch, lk, d]`, `v: [batch, lk, dv]`,
+/// differentiable in all three; with `causal` query `i` sees keys `0 ..= lk − lq + i` (the decoder's mask: the
+/// queries are the last `lq` of `lk` positions), else every key. On the f32 CPU path with OpenBLAS it is one
+/// op: forward, each batch element's scores, softmax and weighted values in a rayon task (the probabilities
+/// kept for the backward pass); backward, per element `dv = pᵀ g`, `dp = g vᵀ`, `ds = p ⊙ (dp − Σ dp ⊙ p)`,
+/// `dq = scale · ds k`, `dk = scale · dsᵀ q`. So the autograd graph holds no `[batch, lq, lk]` tensor: as
+/// separate ops (two products, the mask and the softmax) each score-sized gradient was zero-filled and added
+/// into by candle's backward, which with the vision tower training was the largest memory traffic of a
+/// pre-training step. Elsewhere candle's products around [`softmax_last_dim_diff`].
 pub fn attention_diff(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
+    causal: bool,
 ) -> candle_core::Result<Tensor> {
-    let (b, len, d) = q.dims3()?;
+    let (b, lq, d) = q.dims3()?;
+    let (bk, lk, dk) = k.dims3()?;
     let (bv, lv, _) = v.dims3()?;
-    if k.dims() != q.dims() || bv != b || lv != len {
+    if bk != b || dk != d || bv != b || lv != lk || (causal && lq > lk) {
         candle_core::bail!(
-            "attention: q {:?}, k {:?}, v {:?}",
+            "attention: q {:?}, k {:?}, v {:?} (causal: {causal})",
             q.shape(),
             k.shape(),
             v.shape()
         );
     }
-    if cfg!(feature = "openblas") && fast_path(&[q, k, v]) && len > 0 && d > 0 {
+    if cfg!(feature = "openblas") && fast_path(&[q, k, v]) && lq > 0 && lk > 0 && d > 0 {
         let op = Attention {
             scale: scale as f32,
+            causal,
             probs: std::sync::Mutex::new(None),
         };
         return q
@@ -314,44 +318,60 @@ pub fn attention_diff(
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
     let att = batched_matmul_bt_scaled(q, k, scale)?;
+    let att = if causal && lq > 1 {
+        let past = lk - lq;
+        let m: Vec<f32> = (0..lq)
+            .flat_map(|i| (0..lk).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        att.broadcast_add(&Tensor::from_vec(m, (lq, lk), q.device())?.to_dtype(att.dtype())?)?
+    } else {
+        att
+    };
     batched_matmul(&softmax_last_dim_diff(&att)?, v)
 }
 
 /// The op of [`attention_diff`]; `probs` holds the forward pass's probabilities until the backward pass.
 struct Attention {
     scale: f32,
+    causal: bool,
     probs: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl Attention {
-    /// Per batch element: the probabilities `softmax(scale · q kᵀ)` into `probs` (`[batch, len, len]`) and, with
-    /// `out`, the weighted values.
+    /// Per batch element: the probabilities `softmax(scale · q kᵀ + mask)` into `probs` (`[batch, lq, lk]`)
+    /// and, with `out`, the weighted values.
     fn forward(
         &self,
         (q, k, v): (&[f32], &[f32], &[f32]),
-        (len, d, dv): (usize, usize, usize),
+        (lq, lk, d, dv): (usize, usize, usize, usize),
         probs: &mut [f32],
         out: Option<&mut [f32]>,
     ) -> candle_core::Result<()> {
+        let past = lk.saturating_sub(lq);
         let one = |i: usize, p: &mut [f32], o: Option<&mut [f32]>| {
             let (qi, ki) = (
-                &q[i * len * d..(i + 1) * len * d],
-                &k[i * len * d..(i + 1) * len * d],
+                &q[i * lq * d..(i + 1) * lq * d],
+                &k[i * lk * d..(i + 1) * lk * d],
             );
             sgemm_ld_t(
                 (qi, d),
                 (ki, d),
-                (p, len),
-                (len, len, d),
+                (p, lk),
+                (lq, lk, d),
                 (false, true, self.scale, 0.0),
             )?;
-            p.chunks_mut(len).for_each(softmax_row);
+            for (r, row) in p.chunks_mut(lk).enumerate() {
+                if self.causal {
+                    row[(past + r + 1).min(lk)..].fill(f32::NEG_INFINITY);
+                }
+                softmax_row(row);
+            }
             match o {
                 Some(o) => sgemm_ld_t(
-                    (p, len),
-                    (&v[i * len * dv..(i + 1) * len * dv], dv),
+                    (p, lk),
+                    (&v[i * lk * dv..(i + 1) * lk * dv], dv),
                     (o, dv),
-                    (len, dv, len),
+                    (lq, dv, lk),
                     (false, false, 1.0, 0.0),
                 ),
                 None => Ok(()),
@@ -359,12 +379,12 @@ impl Attention {
         };
         match out {
             Some(out) => probs
-                .par_chunks_mut(len * len)
-                .zip(out.par_chunks_mut(len * dv))
+                .par_chunks_mut(lq * lk)
+                .zip(out.par_chunks_mut(lq * dv))
                 .enumerate()
                 .try_for_each(|(i, (p, o))| one(i, p, Some(o))),
             None => probs
-                .par_chunks_mut(len * len)
+                .par_chunks_mut(lq * lk)
                 .enumerate()
                 .try_for_each(|(i, p)| one(i, p, None)),
         }
@@ -388,16 +408,17 @@ impl CustomOp3 for Attention {
         let q = cpu_f32(s1, l1, "attention")?;
         let k = cpu_f32(s2, l2, "attention")?;
         let v = cpu_f32(s3, l3, "attention")?;
-        let (b, len, d) = l1.shape().dims3()?;
+        let (b, lq, d) = l1.shape().dims3()?;
+        let lk = l2.shape().dims3()?.1;
         let dv = l3.shape().dims3()?.2;
-        let mut probs = vec![0f32; b * len * len];
-        let mut out = vec![0f32; b * len * dv];
-        self.forward((q, k, v), (len, d, dv), &mut probs, Some(&mut out))?;
+        let mut probs = vec![0f32; b * lq * lk];
+        let mut out = vec![0f32; b * lq * dv];
+        self.forward((q, k, v), (lq, lk, d, dv), &mut probs, Some(&mut out))?;
         *self
             .probs
             .lock()
             .map_err(|_| candle_core::Error::Msg("attention: poisoned lock".into()))? = Some(probs);
-        Ok((CpuStorage::F32(out), Shape::from((b, len, dv))))
+        Ok((CpuStorage::F32(out), Shape::from((b, lq, dv))))
     }
 
     fn bwd(
@@ -408,8 +429,8 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, len, d) = q.dims3()?;
-        let dv = v.dim(2)?;
+        let (b, lq, d) = q.dims3()?;
+        let (lk, dv) = (k.dim(1)?, v.dim(2)?);
         let data = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         let (qs, ks, vs, gs) = (data(q)?, data(k)?, data(v)?, data(grad)?);
         let kept = self
@@ -420,47 +441,44 @@ impl CustomOp3 for Attention {
         let probs = match kept {
             Some(p) => p,
             None => {
-                let mut p = vec![0f32; b * len * len];
-                self.forward((&qs, &ks, &vs), (len, d, dv), &mut p, None)?;
+                let mut p = vec![0f32; b * lq * lk];
+                self.forward((&qs, &ks, &vs), (lq, lk, d, dv), &mut p, None)?;
                 p
             }
         };
         let (mut dq, mut dk, mut dvs) = (
-            vec![0f32; b * len * d],
-            vec![0f32; b * len * d],
-            vec![0f32; b * len * dv],
+            vec![0f32; b * lq * d],
+            vec![0f32; b * lk * d],
+            vec![0f32; b * lk * dv],
         );
         let scale = self.scale;
-        dq.par_chunks_mut(len * d)
-            .zip(dk.par_chunks_mut(len * d))
-            .zip(dvs.par_chunks_mut(len * dv))
+        dq.par_chunks_mut(lq * d)
+            .zip(dk.par_chunks_mut(lk * d))
+            .zip(dvs.par_chunks_mut(lk * dv))
             .enumerate()
             .try_for_each(|(i, ((dqi, dki), dvi))| {
-                let p = &probs[i * len * len..(i + 1) * len * len];
-                let (qi, ki) = (
-                    &qs[i * len * d..(i + 1) * len * d],
-                    &ks[i * len * d..(i + 1) * len * d],
-                );
-                let (vi, gi) = (
-                    &vs[i * len * dv..(i + 1) * len * dv],
-                    &gs[i * len * dv..(i + 1) * len * dv],
-                );
+                let p = &probs[i * lq * lk..(i + 1) * lq * lk];
+                let qi = &qs[i * lq * d..(i + 1) * lq * d];
+                let ki = &ks[i * lk * d..(i + 1) * lk * d];
+                let vi = &vs[i * lk * dv..(i + 1) * lk * dv];
+                let gi = &gs[i * lq * dv..(i + 1) * lq * dv];
+                // dv = pᵀ g, then dp = g vᵀ turned into ds in place.
                 sgemm_ld_t(
-                    (p, len),
+                    (p, lk),
                     (gi, dv),
                     (dvi, dv),
-                    (len, dv, len),
+                    (lk, dv, lq),
                     (true, false, 1.0, 0.0),
                 )?;
-                let mut ds = vec![0f32; len * len];
+                let mut ds = vec![0f32; lq * lk];
                 sgemm_ld_t(
                     (gi, dv),
                     (vi, dv),
-                    (&mut ds, len),
-                    (len, len, dv),
+                    (&mut ds, lk),
+                    (lq, lk, dv),
                     (false, true, 1.0, 0.0),
                 )?;
-                for (dsr, pr) in ds.chunks_mut(len).zip(p.chunks(len)) {
+                for (dsr, pr) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
                     simd(|| {
                         let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
                         for (x, &y) in dsr.iter_mut().zip(pr) {
@@ -469,17 +487,17 @@ impl CustomOp3 for Attention {
                     });
                 }
                 sgemm_ld_t(
-                    (&ds, len),
+                    (&ds, lk),
                     (ki, d),
                     (dqi, d),
-                    (len, d, len),
+                    (lq, d, lk),
                     (false, false, scale, 0.0),
                 )?;
                 sgemm_ld_t(
-                    (&ds, len),
+                    (&ds, lk),
                     (qi, d),
                     (dki, d),
-                    (len, d, len),
+                    (lk, d, lq),
                     (true, false, scale, 0.0),
                 )
             })?;
@@ -773,15 +791,40 @@ mod tests {
     #[test]
     fn fused_attention_matches_candle_with_gradients() {
         let dev = Device::Cpu;
-        for (b, len, d, dv) in [(3, 37, 16, 16), (2, 5, 8, 12), (1, 1, 4, 4)] {
+        let cases = [
+            (3, 37, 37, 16, 16, false),
+            (2, 5, 5, 8, 12, false),
+            (1, 1, 1, 4, 4, false),
+            (2, 9, 9, 8, 8, true),
+            (3, 6, 20, 8, 4, true),
+            (2, 1, 7, 4, 4, true),
+            (2, 4, 11, 8, 8, false),
+        ];
+        for (b, lq, lk, d, dv, causal) in cases {
             let var = |s: (usize, usize, usize)| {
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap()
             };
-            let (q, k, v) = (var((b, len, d)), var((b, len, d)), var((b, len, dv)));
-            let w = Tensor::randn(0f32, 1.0, (b, len, dv), &dev).unwrap();
+            let (q, k, v) = (var((b, lq, d)), var((b, lk, d)), var((b, lk, dv)));
+            let w = Tensor::randn(0f32, 1.0, (b, lq, dv), &dev).unwrap();
             let scale = 1.0 / (d as f64).sqrt();
-            let y = attention_diff(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale).unwrap();
+            let y =
+                attention_diff(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, causal).unwrap();
+            // The reference: candle's ops, the causal mask written out (query i is position lk − lq + i).
             let s = (q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap() * scale).unwrap();
+            let mask: Vec<f32> = (0..lq)
+                .flat_map(|i| {
+                    (0..lk).map(move |j| {
+                        if causal && j > lk - lq + i {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let s = s
+                .broadcast_add(&Tensor::from_vec(mask, (lq, lk), &dev).unwrap())
+                .unwrap();
             let p = candle_nn::ops::softmax(&s, candle_core::D::Minus1).unwrap();
             let y_ref = p.matmul(v.as_tensor()).unwrap();
             assert!(max_diff(&y, &y_ref) < 1e-5, "{}", max_diff(&y, &y_ref));
@@ -799,7 +842,8 @@ mod tests {
                 );
                 assert!(
                     max_diff(a, r) < 1e-5,
-                    "({b}, {len}, {d}, {dv}): {}",
+                    "{:?}: {}",
+                    (b, lq, lk, d, dv, causal),
                     max_diff(a, r)
                 );
             }

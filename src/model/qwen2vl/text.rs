@@ -8,7 +8,7 @@ use super::config::TextConfig;
 use super::tables::TableCache;
 use super::weights::{linear, tensor};
 use super::Positions;
-use crate::model::cpu::fused::{rope_diff, silu_mul};
+use crate::model::cpu::fused::{attention_diff, rope_diff, silu_mul};
 use crate::model::cpu::linear_2d;
 use crate::model::cpu::sgemm::{batched_matmul, batched_matmul_bt_scaled};
 use crate::model::lora::LoraLinear;
@@ -125,6 +125,23 @@ impl Attention {
             (k, v)
         };
         let scale = 1.0 / (self.hd as f64).sqrt();
+        if diff && q.dtype() == DType::F32 {
+            // Training: one op with its own backward pass; the mask the model passes is the causal one of
+            // `forward_embeds` (new tokens after the cached ones), which the op applies itself.
+            let flat = |t: &Tensor, len: usize| t.reshape((b * self.n_heads, len, self.hd));
+            let o = attention_diff(
+                &flat(&q, s)?,
+                &flat(&k, kv_len)?,
+                &flat(&v, kv_len)?,
+                scale,
+                mask.is_some(),
+            )?;
+            let o = o
+                .reshape((b, self.n_heads, s, self.hd))?
+                .transpose(1, 2)?
+                .reshape((b, s, self.n_heads * self.hd))?;
+            return self.o_proj.forward_t(&o, diff);
+        }
         let att = batched_matmul_bt_scaled(&q, &k, scale)?;
         let att = match mask {
             Some(m) => att.broadcast_add(m)?,

@@ -209,7 +209,7 @@ fn batched_attention(
             let kb = flat(rotate(part(1)?)?)?;
             let vb = flat(part(2)?)?;
             let o = if diff && dtype == DType::F32 {
-                attention_diff(&qb, &kb, &vb, scale)?
+                attention_diff(&qb, &kb, &vb, scale, false)?
             } else {
                 let att = batched_matmul_bt_scaled(&qb, &kb, scale)?.to_dtype(DType::F32)?;
                 let att = if diff {
