@@ -5,6 +5,7 @@ use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
 
 use crate::model::cpu::linear_2d;
+use crate::model::cpu::sgemm::{batched_matmul_bt_scaled, linear_xwt};
 use crate::Result;
 
 /// Names of the decoder's attention projections LoRA can target (the paper's targets).
@@ -123,9 +124,15 @@ impl LoraLinear {
                 } else {
                     x.clone()
                 };
-                let low = xin.broadcast_matmul(&ad.a.as_tensor().t()?)?;
-                let up = low.broadcast_matmul(&ad.b.as_tensor().t()?)?;
-                y + (up * ad.scale)?
+                // Leading dimensions folded into rows, the scale on the second product's alpha: two GEMMs
+                // (OpenBLAS on the f32 CPU path) instead of products broadcast over the batch, whose backward
+                // passes summed a copy of A and B per batch element.
+                let din = xin.dim(xin.rank() - 1)?;
+                let rows = xin.elem_count() / din.max(1);
+                let low = linear_xwt(&xin.reshape((rows, din))?, ad.a.as_tensor())?;
+                let up = batched_matmul_bt_scaled(&low, ad.b.as_tensor(), ad.scale)?;
+                let up = up.reshape(y.shape())?;
+                y + up
             }
         }
     }
