@@ -24,8 +24,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
+
+use crate::model::cpu::linear_2d;
 
 use crate::geometry::{Frame, ViewCamera};
 use crate::perception::Detection;
@@ -271,8 +273,8 @@ impl SpatialReadout {
     /// `queries` `[K, hidden]`, one view's tokens → what each query attends to.
     pub fn forward(&self, queries: &Tensor, image: &ImageTokens) -> Result<Attended> {
         let dtype = queries.dtype();
-        let q = self.q.forward(queries)?;
-        let k = self.k.forward(&image.states.to_dtype(dtype)?)?;
+        let q = linear_2d(&self.q, queries)?;
+        let k = linear_2d(&self.k, &image.states.to_dtype(dtype)?)?;
         let scores = (q.matmul(&k.t()?)? / (READOUT_DIM as f64).sqrt())?;
         // `softmax` (not the fused `softmax_last_dim`): the fused kernel has no backward.
         let attn = candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?;
@@ -312,8 +314,8 @@ impl PresenceMap {
     /// `queries` `[K, hidden]`, one view's tokens → `[N]` presence logits, one per image token.
     pub fn forward(&self, queries: &Tensor, image: &ImageTokens) -> Result<Tensor> {
         let dtype = queries.dtype();
-        let prompt = self.q.forward(&queries.mean_keepdim(0)?)?;
-        let k = self.k.forward(&image.states.to_dtype(dtype)?)?;
+        let prompt = linear_2d(&self.q, &queries.mean_keepdim(0)?)?;
+        let k = linear_2d(&self.k, &image.states.to_dtype(dtype)?)?;
         let heat = (prompt.matmul(&k.t()?)? / (READOUT_DIM as f64).sqrt())?.squeeze(0)?;
         Ok(heat.broadcast_add(&self.offset.to_dtype(dtype)?)?)
     }
@@ -447,9 +449,9 @@ impl BoxHead {
     pub fn forward(&self, x: &Tensor) -> Result<HeadOutput> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward(&h)?.relu()?;
+            h = linear_2d(l, &h)?.relu()?;
         }
-        let o = self.out.forward(&h)?;
+        let o = linear_2d(&self.out, &h)?;
         let last = o.rank() - 1;
         Ok(HeadOutput {
             embedding: h,
@@ -736,7 +738,7 @@ impl DetectionHead {
             }
             let q = inputs.queries.get(v)?;
             let dtype = q.dtype();
-            let gate = film.forward(&q.mean_keepdim(0)?)?;
+            let gate = linear_2d(film, &q.mean_keepdim(0)?)?;
             let s = img.states.to_dtype(dtype)?;
             let gated = s.broadcast_mul(&gate)?;
             fused.push(Tensor::cat(
