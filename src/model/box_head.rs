@@ -889,6 +889,7 @@ pub fn decode_box(query: usize, raw: &[f32], score: f32) -> Detection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Module;
 
     fn values(h: &DetectionHead) -> Vec<(String, Vec<f32>)> {
         h.vars()
