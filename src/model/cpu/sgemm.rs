@@ -197,28 +197,12 @@ impl CustomOp2 for Gemm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, m, k) = l1.shape().dims3()?;
-        let (batch2, r, c) = l2.shape().dims3()?;
-        let (k2, n) = if self.trans_b { (c, r) } else { (r, c) };
-        if batch != batch2 || k != k2 {
-            candle_core::bail!(
-                "batched gemm: a is {batch}×{m}×{k}, b is {batch2}×{r}×{c} (transposed: {})",
-                self.trans_b
-            );
-        }
-        let a = cpu_f32(s1, l1, "batched gemm through OpenBLAS")?;
-        let b = cpu_f32(s2, l2, "batched gemm through OpenBLAS")?;
-        let mut out = vec![0f32; batch * m * n];
-        par_batch(&mut out, m * n, m * n * k, |i, o| {
-            sgemm(
-                &a[i * m * k..(i + 1) * m * k],
-                &b[i * k * n..(i + 1) * k * n],
-                o,
-                (m, n, k),
-                (self.trans_b, self.alpha, 0.0),
-            )
-        })?;
-        Ok((CpuStorage::F32(out), Shape::from((batch, m, n))))
+        // The forward pass is the general product with `a` as it is.
+        let fwd = GemmT {
+            trans: (false, self.trans_b),
+            alpha: self.alpha,
+        };
+        fwd.cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
