@@ -165,17 +165,14 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
         ..PreprocessorConfig::default()
     });
     let repeat = o.repeat.max(1);
-    let mut reference = Vec::new();
-    let mut fast = Vec::new();
-    let (mut ref_input, mut fast_input) = (Vec::new(), Vec::new());
+    let (mut reference, mut fast) = (Vec::new(), Vec::new());
+    let (mut ref_input, mut fast_processed) = (Vec::new(), None);
     // Each path runs sets in a row, as the node runs frame after frame, in alternating blocks so that a busy
-    // spell of the machine hits both paths alike. The first set of a block is not timed: it pays for the other
-    // path's heap and cache state (up to 6 ms of decode on this machine when the paths alternate set by set),
-    // which a node running one path never sees.
+    // spell of the machine hits both paths alike.
     let mut timed = 0;
     while timed < repeat {
         let block = FRAME_BLOCK.min(repeat - timed);
-        for set in 0..=block {
+        reference.extend(time_block(block, || {
             let t = Instant::now();
             let images = jpegs
                 .iter()
@@ -185,25 +182,22 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
             let d = ms(t);
             let t = Instant::now();
             ref_input = reference_pixel_values(&proc, &images)?;
-            if set > 0 {
-                reference.push((d, ms(t)));
-            }
-        }
-        for set in 0..=block {
+            Ok((d, ms(t)))
+        })?);
+        fast.extend(time_block(block, || {
             let t = Instant::now();
             let images = decode_views(&jpegs)?;
             let d = ms(t);
             let t = Instant::now();
-            let processed = proc.process(&images, &Device::Cpu)?;
-            if set > 0 {
-                fast.push((d, ms(t)));
-            }
-            if set == block {
-                fast_input = processed.pixel_values.flatten_all()?.to_vec1::<f32>()?;
-            }
-        }
+            fast_processed = Some(proc.process(&images, &Device::Cpu)?);
+            Ok((d, ms(t)))
+        })?);
         timed += block;
     }
+    let fast_input = match fast_processed {
+        Some(p) => p.pixel_values.flatten_all()?.to_vec1::<f32>()?,
+        None => Vec::new(),
+    };
     if ref_input.len() != fast_input.len() {
         return Err(Error::invalid(
             "frame bench",
@@ -239,6 +233,14 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
         max_abs_diff,
         mean_abs_diff,
     })
+}
+
+/// Runs `set` once untimed, then `n` times, returning the timed (decode, preprocess) pairs. The untimed set pays
+/// for the other path's heap and cache state (up to 6 ms of decode on this machine when the paths alternated set
+/// by set), which a node running one path never sees.
+fn time_block(n: usize, mut set: impl FnMut() -> Result<(f64, f64)>) -> Result<Vec<(f64, f64)>> {
+    set()?;
+    (0..n).map(|_| set()).collect()
 }
 
 fn ms(t: Instant) -> f64 {
