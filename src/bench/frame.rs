@@ -6,7 +6,7 @@
 //!
 //! The JPEGs come from `vlm3d synth` (one sample, nuScenes' 1600 × 900 by default) so the bench needs no data.
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use image::{imageops::FilterType, RgbImage};
@@ -29,6 +29,9 @@ pub struct FrameBenchOptions {
     pub max_pixels: usize,
     /// Timed sets; the table shows medians.
     pub repeat: usize,
+    /// Idle time before each timed set (zero: back to back). On this 2-core VM a set after 900 ms idle took
+    /// twice as long as one in a row (README, "The frame path"): a node fed slowly meets a cold machine.
+    pub idle: Duration,
     /// Where the synthetic sample is written (a fresh folder is made inside).
     pub work: PathBuf,
 }
@@ -55,6 +58,8 @@ pub struct FrameBench {
     pub camera: (u32, u32),
     /// Model input size per view (width, height).
     pub input: (usize, usize),
+    /// Idle time before each timed set.
+    pub idle: Duration,
     /// The reference path, then the frame path.
     pub rows: Vec<FrameBenchRow>,
     /// Largest |difference| of the normalized model input between the paths.
@@ -172,7 +177,7 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
     let mut timed = 0;
     while timed < repeat {
         let block = FRAME_BLOCK.min(repeat - timed);
-        reference.extend(time_block(block, || {
+        reference.extend(time_block(block, o.idle, || {
             let t = Instant::now();
             let images = jpegs
                 .iter()
@@ -184,7 +189,7 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
             ref_input = reference_pixel_values(&proc, &images)?;
             Ok((d, ms(t)))
         })?);
-        fast.extend(time_block(block, || {
+        fast.extend(time_block(block, o.idle, || {
             let t = Instant::now();
             let images = decode_views(&jpegs)?;
             let d = ms(t);
@@ -226,6 +231,7 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
         views: jpegs.len(),
         camera: (o.width, o.height),
         input: (input.1, input.0),
+        idle: o.idle,
         rows: vec![
             row("before: sequential decode, image-crate resize", &reference),
             row("frame path: parallel decode, SIMD resize, fused", &fast),
@@ -235,12 +241,21 @@ pub fn run(o: &FrameBenchOptions) -> Result<FrameBench> {
     })
 }
 
-/// Runs `set` once untimed, then `n` times, returning the timed (decode, preprocess) pairs. The untimed set pays
-/// for the other path's heap and cache state (up to 6 ms of decode on this machine when the paths alternated set
-/// by set), which a node running one path never sees.
-fn time_block(n: usize, mut set: impl FnMut() -> Result<(f64, f64)>) -> Result<Vec<(f64, f64)>> {
+/// Runs `set` once untimed, then `n` times after `idle` each, returning the timed (decode, preprocess) pairs. The
+/// untimed set pays for the other path's heap and cache state (up to 6 ms of decode on this machine when the
+/// paths alternated set by set), which a node running one path never sees.
+fn time_block(
+    n: usize,
+    idle: Duration,
+    mut set: impl FnMut() -> Result<(f64, f64)>,
+) -> Result<Vec<(f64, f64)>> {
     set()?;
-    (0..n).map(|_| set()).collect()
+    (0..n)
+        .map(|_| {
+            std::thread::sleep(idle);
+            set()
+        })
+        .collect()
 }
 
 fn ms(t: Instant) -> f64 {
@@ -249,8 +264,13 @@ fn ms(t: Instant) -> f64 {
 
 /// The table `vlm3d bench --frame` prints.
 pub fn table(b: &FrameBench, repeat: usize) -> String {
+    let pace = if b.idle.is_zero() {
+        "back to back".to_string()
+    } else {
+        format!("each after {} ms idle", b.idle.as_millis())
+    };
     let mut s = format!(
-        "{} views of {}×{} JPEG → model input {}×{} per view, median of {repeat} sets, {} threads\n\n",
+        "{} views of {}×{} JPEG → model input {}×{} per view, median of {repeat} sets ({pace}), {} threads\n\n",
         b.views,
         b.camera.0,
         b.camera.1,

@@ -134,16 +134,15 @@ pub fn play(opts: &PlayOptions) -> Result<PlayReport> {
         publishers.insert(m.name.clone(), p);
     }
     wait_for_subscribers(
-        &mut node,
         &publishers,
         &opts.wait_for,
         opts.min_subscribers.max(1),
         opts.wait_timeout,
     )?;
-    let go = Instant::now() + opts.delay;
-    while Instant::now() < go {
-        node.spin_once(Duration::from_millis(10));
-    }
+    // The player's node only publishes: nothing arrives for it, and rcl returns at once from a wait on its empty
+    // wait set, so `spin_once` would never wait and every loop around it would take a whole core from the
+    // processes the bag feeds (measured: the demo's node decoded and ran its model at half speed). It sleeps.
+    std::thread::sleep(opts.delay);
     let mut report = PlayReport::default();
     let stopped = || {
         opts.stop
@@ -165,11 +164,11 @@ pub fn play(opts: &PlayOptions) -> Result<PlayReport> {
             let (t0, w0) = *first.get_or_insert((msg.log_time, Instant::now()));
             let due = w0
                 + Duration::from_secs_f64(msg.log_time.saturating_sub(t0) as f64 / 1e9 / opts.rate);
-            while Instant::now() < due {
+            while let Some(left) = due.checked_duration_since(Instant::now()) {
                 if stopped() {
                     return Ok(finish(report, start));
                 }
-                node.spin_once((due - Instant::now()).min(Duration::from_millis(10)));
+                std::thread::sleep(left.min(Duration::from_millis(10)));
             }
             if let Some(c) = &clock_pub {
                 c.publish(&Clock {
@@ -178,17 +177,13 @@ pub fn play(opts: &PlayOptions) -> Result<PlayReport> {
             }
             publisher.publish_raw(&msg.data)?;
             *report.published.entry(msg.topic.to_string()).or_default() += 1;
-            node.spin_once(Duration::ZERO);
         }
         if !opts.looped || report.published.is_empty() {
             break;
         }
     }
     // Let the last messages leave before the node (and its publishers) go.
-    let linger = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < linger {
-        node.spin_once(Duration::from_millis(10));
-    }
+    std::thread::sleep(Duration::from_millis(500));
     Ok(finish(report, start))
 }
 
@@ -197,10 +192,9 @@ fn finish(mut report: PlayReport, start: Instant) -> PlayReport {
     report
 }
 
-/// Spins until the publisher of every topic in `topics` is matched by at least `min` subscribers, or fails
+/// Waits until the publisher of every topic in `topics` is matched by at least `min` subscribers, or fails
 /// naming the unmatched ones after `timeout`.
 fn wait_for_subscribers(
-    node: &mut Node,
     publishers: &BTreeMap<String, PublisherUntyped>,
     topics: &[String],
     min: usize,
@@ -232,6 +226,6 @@ fn wait_for_subscribers(
                 missing.join(", ")
             )));
         }
-        node.spin_once(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,8 +1,10 @@
 //! Waiting for discovery.
 //!
-//! `Node::spin_once` returns at once when nothing is pending, so messages published right after a node
-//! starts go out before DDS discovery has matched anybody and are lost. These helpers spin the node until
-//! the expected peers are matched, with a deadline.
+//! Messages published right after a node starts go out before DDS discovery has matched anybody and are lost.
+//! These helpers spin the node until the expected peers are matched, with a deadline.
+//!
+//! rcl returns at once from a wait on an empty wait set (a node that only publishes), so `Node::spin_once`'s
+//! timeout does not bound a loop's pace there: [`spin_for`] sleeps out the rest of it.
 use std::time::{Duration, Instant};
 
 use r2r::{Node, Publisher, WrappedTypesupport};
@@ -28,7 +30,7 @@ pub fn wait_for_subscribers<T: WrappedTypesupport + 'static>(
                 "{n} of {min} subscriber(s) matched after {timeout:?}"
             )));
         }
-        node.spin_once(Duration::from_millis(20));
+        spin_for(node, Duration::from_millis(20));
     }
 }
 
@@ -51,6 +53,16 @@ pub fn wait_for_publishers(
                 "{n} of {min} publisher(s) on {topic} after {timeout:?}"
             )));
         }
-        node.spin_once(Duration::from_millis(20));
+        spin_for(node, Duration::from_millis(20));
+    }
+}
+
+/// Spins `node` once and then sleeps out whatever is left of `period`: a polling loop's pace, also for a node
+/// with nothing to wait on (where `spin_once` returns at once and a loop around it would take a whole core).
+pub fn spin_for(node: &mut Node, period: Duration) {
+    let t = Instant::now();
+    node.spin_once(period);
+    if let Some(left) = period.checked_sub(t.elapsed()) {
+        std::thread::sleep(left);
     }
 }

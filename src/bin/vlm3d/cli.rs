@@ -308,6 +308,10 @@ pub struct BenchArgs {
     /// With --frame: the model's pixel budget per view (the demo model's: 448 × 252).
     #[arg(long, default_value_t = 112_896)]
     pub max_pixels: usize,
+    /// With --frame: idle this many milliseconds before each timed set, as a node fed slower than it works
+    /// (the demo plays 1 set/s: 800 ms idle between sets). 0: sets back to back, as a busy node.
+    #[arg(long, default_value_t = 0, requires = "frame")]
+    pub idle_ms: u64,
     /// Time LoRA training steps instead (examples/s, peak host memory; f32, on --device).
     #[arg(long)]
     pub train: bool,
@@ -666,6 +670,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     height: h,
                     max_pixels: a.max_pixels,
                     repeat,
+                    idle: std::time::Duration::from_millis(a.idle_ms),
                     work: std::path::PathBuf::from("target/bench-frame"),
                 })?;
                 print!("{}", vlm3d::bench::frame::table(&b, repeat));
