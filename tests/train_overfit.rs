@@ -2,7 +2,7 @@
 //! their true boxes again through the evaluation's detect → camera-to-LiDAR → BEV NMS path. A regression anywhere
 //! between the data, the losses, the gradients, the optimizer, saving, loading and decoding breaks it. It starts
 //! from the demo's base and head and must end well closer to the boxes than that start. (The target of every box
-//! within 0.5 m with IoU3D ≥ 0.5 is not reached in this budget: the test prints how many are.)
+//! within 0.5 m with IoU3D ≥ 0.5 is not reached in this budget: 12–13 of 15 are; the test prints how many.)
 mod common;
 
 use common::{repo, scratch, synth_bag};
@@ -11,9 +11,12 @@ use vlm3d::geometry::iou_3d;
 use vlm3d::model::box_head::HeadKind;
 use vlm3d::train::{TrainConfig, Trainer};
 
-/// Optimizer steps of the two stages (batches of 8 examples).
-const STAGE1_STEPS: usize = 210;
-const STAGE2_STEPS: usize = 120;
+/// Optimizer steps of the two stages (batches of 8 examples). Most of them in stage 2: its IoU term is what
+/// places the far, small boxes. Same 330 steps, same run time, on the committed base and head (2026-12-08, this
+/// machine, strict fits of 15): 210 + 120 gave 9, 150 + 180 gave 11, 90 + 240 gave 13, 30 + 300 gave 12 (one run
+/// each, one thread). 420 + 240 gave 13 in twice the time.
+const STAGE1_STEPS: usize = 90;
+const STAGE2_STEPS: usize = 240;
 
 #[test]
 fn two_samples_are_fitted_in_about_a_minute() {
@@ -87,25 +90,23 @@ fn two_samples_are_fitted_in_about_a_minute() {
         "only {} true boxes: the set is too small",
         near.len()
     );
-    // Measured on the committed base and head (2026-12-07, this session's machine), in three roundings of the same
-    // arithmetic (the default OpenBLAS kernels, OpenBLAS' SSE2 kernels, and the decoder's shared image prefix
-    // turned off): median 0.45 / 0.18 / 0.23 m (17.92 m before the fit), 14 / 14 / 13 of 15 within 1.5 m, 7 / 9 / 7
-    // within 0.5 m with IoU ≥ 0.5. With a constant lr 1e-3 instead of the cosine decay the same roundings gave
-    // medians of 1.63 / 1.86 / 1.37 m and one strict fit, and 3.65 m on SSE2 without the shared prefix: the
-    // run ended wherever the last noisy steps left it.
+    // Measured on the committed base and head (2026-12-08, this machine), in three roundings of the same
+    // arithmetic (the default OpenBLAS kernels; OPENBLAS_CORETYPE=Haswell; OPENBLAS_CORETYPE=Prescott with
+    // VLM3D_SIMD=baseline): median 0.09 / 0.05 / 0.05 m (16.02 m before the fit), 14 / 14 / 14 of 15 within 1.5 m,
+    // 13 / 12 / 13 within 0.5 m with IoU ≥ 0.5, in 38.5 s of training. The bounds leave a margin below those.
     assert!(
-        median(&near) <= 0.8 && median(&near) <= 0.1 * median(&before),
+        median(&near) <= 0.3 && median(&near) <= 0.1 * median(&before),
         "not fitted: median distance {:.2} m (before {:.2} m)",
         median(&near),
         median(&before)
     );
     assert!(
-        3 * within >= 2 * near.len(),
+        5 * within >= 4 * near.len(),
         "not fitted: {within} of {} true boxes within 1.5 m",
         near.len()
     );
     assert!(
-        4 * exact >= near.len(),
+        3 * exact >= 2 * near.len(),
         "not fitted: {exact} of {} true boxes within 0.5 m with IoU ≥ 0.5",
         near.len()
     );
