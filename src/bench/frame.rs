@@ -30,7 +30,8 @@ pub struct FrameBenchOptions {
     /// Timed sets; the table shows medians.
     pub repeat: usize,
     /// Idle time before each timed set (zero: back to back). On this 2-core VM a set after 900 ms idle took
-    /// twice as long as one in a row (README, "The frame path"): a node fed slowly meets a cold machine.
+    /// 2.2–3.7× as long as one in a row (README, "The node agrees with the bench"): a node fed slowly meets cold
+    /// caches.
     pub idle: Duration,
     /// Where the synthetic sample is written (a fresh folder is made inside).
     pub work: PathBuf,
